@@ -188,14 +188,13 @@ def _check_output(label: str, out: Any, n: int) -> list[float | None]:
         if v is None:
             clean.append(None)
             continue
-        if isinstance(v, bool) or not isinstance(v, (int, float)) and not hasattr(v, "__float__"):
-            if not isinstance(v, bool):
-                raise RewardError(f"reward '{label}' returned {v!r} ({type(v).__name__}) for sample {i}; "
-                                  "expected float or None")
+        if isinstance(v, (str, bytes)) or not hasattr(v, "__float__"):
+            raise RewardError(f"reward '{label}' returned {v!r} ({type(v).__name__}) for sample {i}; "
+                              "expected float or None")
         f = float(v)
-        clean.append(None if math.isnan(f) else f)
         if math.isinf(f):
             raise RewardError(f"reward '{label}' returned {f} for sample {i}; rewards must be finite")
+        clean.append(None if math.isnan(f) else f)
     return clean
 
 

@@ -1,0 +1,148 @@
+"""Sampling: the one small interface every rollout backend implements, and the HF `generate` backend.
+
+A backend turns B prompts (token ids) into B*G completions and returns a `RolloutBatch`. Rows are
+grouped by prompt: row ``i`` belongs to prompt ``i // group_size`` (``group[i]``). The trainer never
+branches on the backend; the fast static-cache engine (grpo/engine) implements the same `Sampler`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature == 0 means greedy. top_k == 0 and top_p == 1.0 disable those filters.
+
+    min_new_tokens forces exactly that many tokens before EOS may end a row (benchmarks use
+    min_new_tokens == max_new_tokens).
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_new_tokens: int = 0
+
+
+@dataclass
+class RolloutBatch:
+    """Completions of one sampling call. N = num_prompts * group_size rows, T = longest completion.
+
+    prompt_ids:      list of N lists of prompt token ids (unpadded; rows of one group share a prompt)
+    completion_ids:  [N, T] long, right-padded with pad_token_id after the end of each completion
+    completion_mask: [N, T] float 1/0: real completion tokens (the EOS token included)
+    logprobs:        [N, T] float32 log-prob of each sampled token under the sampling distribution
+                     (logits / temperature, before top-p/top-k), 0 where mask is 0; None if the
+                     backend does not provide them
+    texts:           N decoded completions (special tokens removed)
+    group:           [N] long, prompt index of each row
+    truncated:       [N] bool, True where the row hit max_new_tokens without emitting EOS
+    """
+
+    prompt_ids: list[list[int]]
+    completion_ids: torch.Tensor
+    completion_mask: torch.Tensor
+    logprobs: torch.Tensor | None
+    texts: list[str]
+    group: torch.Tensor
+    truncated: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum().item())
+
+
+class Sampler(Protocol):
+    def generate(self, prompt_ids: list[list[int]], group_size: int, params: SamplingParams) -> RolloutBatch:
+        ...
+
+
+def finish_rows(seqs: torch.Tensor, eos_ids: set[int], pad_id: int, max_new_tokens: int):
+    """Cut generated rows at their first EOS. seqs: [N, T] new tokens only.
+
+    Returns (ids [N, T'] padded with pad_id after EOS, mask [N, T'] incl. the EOS token, truncated [N]).
+    """
+    n, t = seqs.shape
+    is_eos = torch.zeros_like(seqs, dtype=torch.bool)
+    for e in eos_ids:
+        is_eos |= seqs == e
+    has_eos = is_eos.any(dim=1)
+    first = torch.where(has_eos, is_eos.float().argmax(dim=1), torch.full((n,), t, device=seqs.device))
+    lengths = torch.clamp(first + has_eos.long(), max=t)  # keep the EOS token itself
+    pos = torch.arange(t, device=seqs.device).unsqueeze(0)
+    mask = pos < lengths.unsqueeze(1)
+    ids = torch.where(mask, seqs, torch.full_like(seqs, pad_id))
+    keep = int(lengths.max().item()) if n else 0
+    truncated = ~has_eos & (lengths >= max_new_tokens)
+    return ids[:, :keep], mask[:, :keep].float(), truncated
+
+
+class HFSampler:
+    """Backend on `transformers` `generate` (dynamic KV cache, left-padded prompts).
+
+    Simple and works for any causal LM; each of the G samples re-runs the prompt prefill.
+    """
+
+    def __init__(self, model, tokenizer, batch_size: int = 256):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], group_size: int, params: SamplingParams) -> RolloutBatch:
+        rows = [p for p in prompt_ids for _ in range(group_size)]
+        group = torch.arange(len(prompt_ids)).repeat_interleave(group_size)
+        chunks = [self._generate_chunk(rows[i:i + self.batch_size], params)
+                  for i in range(0, len(rows), self.batch_size)]
+        width = max(c[0].shape[1] for c in chunks)
+        ids = torch.cat([_pad_right(c[0], width, self.pad_id) for c in chunks])
+        mask = torch.cat([_pad_right(c[1], width, 0) for c in chunks])
+        logprobs = torch.cat([_pad_right(c[2], width, 0) for c in chunks])
+        truncated = torch.cat([c[3] for c in chunks])
+        texts = self.tokenizer.batch_decode(
+            [r[m.bool()].tolist() for r, m in zip(ids, mask)], skip_special_tokens=True)
+        return RolloutBatch(prompt_ids=rows, completion_ids=ids, completion_mask=mask, logprobs=logprobs,
+                            texts=texts, group=group, truncated=truncated)
+
+    def _generate_chunk(self, rows: list[list[int]], params: SamplingParams):
+        device = next(self.model.parameters()).device
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):  # left padding
+            input_ids[i, width - len(r):] = torch.tensor(r)
+            attn[i, width - len(r):] = 1
+        greedy = params.temperature == 0
+        kwargs = dict(max_new_tokens=params.max_new_tokens, min_new_tokens=params.min_new_tokens,
+                      do_sample=not greedy, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
+                      return_dict_in_generate=True, output_logits=True)
+        if not greedy:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
+        self.model.train(was_training)
+        new = out.sequences[:, width:].cpu()
+        ids, mask, truncated = finish_rows(new, self.eos_ids, self.pad_id, params.max_new_tokens)
+        t = ids.shape[1]
+        if t == 0:
+            return ids, mask, torch.zeros_like(mask), truncated
+        logits = torch.stack(out.logits[:t], dim=1).float().cpu()  # [n, t, V]
+        if not greedy:
+            logits = logits / params.temperature
+        lp = torch.log_softmax(logits, dim=-1).gather(-1, new[:, :t].unsqueeze(-1)).squeeze(-1)
+        return ids, mask, lp * mask, truncated
+
+
+def _pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
+    if x.shape[1] == width:
+        return x
+    pad = torch.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype)
+    return torch.cat([x, pad], dim=1)
