@@ -83,7 +83,9 @@ def finish_rows(seqs: torch.Tensor, eos_ids: set[int], pad_id: int, max_new_toke
 class HFSampler:
     """Backend on `transformers` `generate` (dynamic KV cache, left-padded prompts).
 
-    Simple and works for any causal LM; each of the G samples re-runs the prompt prefill.
+    Simple and works for any causal LM; each of the G samples re-runs the prompt prefill. Returns no
+    sampling logprobs (holding generate's per-step [N, V] logits would cost N*T*V floats); the trainer
+    computes old/reference log-probs with a forward pass.
     """
 
     def __init__(self, model, tokenizer, batch_size: int = 256):
@@ -104,11 +106,10 @@ class HFSampler:
         width = max(c[0].shape[1] for c in chunks)
         ids = torch.cat([_pad_right(c[0], width, self.pad_id) for c in chunks])
         mask = torch.cat([_pad_right(c[1], width, 0) for c in chunks])
-        logprobs = torch.cat([_pad_right(c[2], width, 0) for c in chunks])
-        truncated = torch.cat([c[3] for c in chunks])
+        truncated = torch.cat([c[2] for c in chunks])
         texts = self.tokenizer.batch_decode(
             [r[m.bool()].tolist() for r, m in zip(ids, mask)], skip_special_tokens=True)
-        return RolloutBatch(prompt_ids=rows, completion_ids=ids, completion_mask=mask, logprobs=logprobs,
+        return RolloutBatch(prompt_ids=rows, completion_ids=ids, completion_mask=mask, logprobs=None,
                             texts=texts, group=group, truncated=truncated)
 
     def _generate_chunk(self, rows: list[list[int]], params: SamplingParams):
@@ -122,7 +123,7 @@ class HFSampler:
         greedy = params.temperature == 0
         kwargs = dict(max_new_tokens=params.max_new_tokens, min_new_tokens=params.min_new_tokens,
                       do_sample=not greedy, pad_token_id=self.pad_id, eos_token_id=sorted(self.eos_ids),
-                      return_dict_in_generate=True, output_logits=True)
+                      return_dict_in_generate=True)
         if not greedy:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=params.top_k)
         was_training = self.model.training
@@ -131,15 +132,7 @@ class HFSampler:
         self.model.train(was_training)
         new = out.sequences[:, width:].cpu()
         ids, mask, truncated = finish_rows(new, self.eos_ids, self.pad_id, params.max_new_tokens)
-        t = ids.shape[1]
-        if t == 0:
-            return ids, mask, torch.zeros_like(mask), truncated
-        logits = torch.stack(out.logits[:t], dim=1).float().cpu()  # [n, t, V]
-        if not greedy:
-            logits = logits / params.temperature
-        lp = torch.log_softmax(logits, dim=-1).gather(-1, new[:, :t].unsqueeze(-1)).squeeze(-1)
-        return ids, mask, lp * mask, truncated
-
+        return ids, mask, truncated
 
 def _pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
     if x.shape[1] == width:
