@@ -23,6 +23,7 @@ SOURCES: dict[str, str] = {
     "mbpp": "data.tasks:load_mbpp",
     "file": "data.sources:load_file",      # local jsonl / json / parquet with a column mapping
     "hub": "data.sources:load_hub",        # any Hugging Face Hub dataset with a column mapping
+    "cold_start": "data.cold_start:load",  # another source's worked solutions as R1 SFT targets
 }
 
 
