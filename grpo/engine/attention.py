@@ -1,0 +1,136 @@
+"""Per-layer attention with its own static cache: the hook where other attention kinds plug in.
+
+The engine calls, for each decoder layer, one object that follows `LayerAttention`:
+
+    allocate(rows, length)      own a cache for `rows` sequences of `length` slots (called rarely)
+    prefill(h, ctx) -> out      h [B, P, H] left-padded prompts, one row per prompt; must fill cache
+                                slots [0, P) of all ctx.group_size rows of each prompt (row r of the
+                                cache belongs to prompt r // group_size)
+    decode(h, ctx) -> out       h [N, 1, H], one new token per row; write slot ctx.slot, attend to
+                                cache slots [0, ctx.length) under ctx.mask
+    release()                   drop the cache
+
+The default, `GQAAttention`, is Llama/Qwen2/Qwen3 attention (q/k/v/o projections, optional q/k norms,
+rotate-half RoPE, grouped-query heads) against a [rows, kv_heads, slots, head_dim] K/V cache. A model
+whose attention module has a method `engine_attention(config, ops)` returning such an object (the MLA
+adapter: an absorbed latent cache) is served through that object instead; nothing else changes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from grpo.engine.ops import PLAIN_OPS
+
+
+@dataclass
+class PrefillContext:
+    """positions [B, P] long (0 at each prompt's first real token), cos/sin [B, P, 1, D] of those
+    positions, mask [B, 1, P, P] additive (causal, padding hidden), group_size G."""
+
+    positions: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor
+    group_size: int
+
+
+@dataclass
+class DecodeContext:
+    """positions [N] long, cos/sin [N, 1, 1, D], slot [1] long (cache slot written this step, the same
+    for every row), mask [N, 1, 1, length] additive over cache slots, length: slots attended."""
+
+    positions: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    slot: torch.Tensor
+    mask: torch.Tensor
+    length: int
+
+
+class LayerAttention(Protocol):
+    def allocate(self, rows: int, length: int) -> None: ...
+    def prefill(self, h: torch.Tensor, ctx: PrefillContext) -> torch.Tensor: ...
+    def decode(self, h: torch.Tensor, ctx: DecodeContext) -> torch.Tensor: ...
+    def release(self) -> None: ...
+
+
+def _linear(x: torch.Tensor, lin) -> torch.Tensor:
+    return F.linear(x, lin.weight, lin.bias)
+
+
+class GQAAttention:
+    """Llama/Qwen-style attention reading the HF module's own weights (no copies)."""
+
+    def __init__(self, module, config, ops):
+        self.m = module
+        self.ops = ops
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = getattr(module, "head_dim", None) or config.hidden_size // self.n_heads
+        self.rep = self.n_heads // self.n_kv
+        self.scale = getattr(module, "scaling", self.head_dim ** -0.5)
+        self.q_norm = getattr(module, "q_norm", None)  # Qwen3
+        self.k_norm = getattr(module, "k_norm", None)
+        self.k_cache = self.v_cache = None
+
+    def allocate(self, rows: int, length: int) -> None:
+        w = self.m.q_proj.weight
+        shape = (rows, self.n_kv, length, self.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
+        self.v_cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
+
+    def release(self) -> None:
+        self.k_cache = self.v_cache = None
+
+    def _qkv(self, h, cos, sin, ops):
+        n, t, _ = h.shape
+        q = _linear(h, self.m.q_proj).view(n, t, self.n_heads, self.head_dim)
+        k = _linear(h, self.m.k_proj).view(n, t, self.n_kv, self.head_dim)
+        v = _linear(h, self.m.v_proj).view(n, t, self.n_kv, self.head_dim)
+        if self.q_norm is not None:
+            q = ops.rms_norm(q, self.q_norm.weight, _eps(self.q_norm))
+            k = ops.rms_norm(k, self.k_norm.weight, _eps(self.k_norm))
+        q, k = ops.rope_qk(q, k, cos, sin)
+        return q, k, v  # [n, t, heads, d]
+
+    def prefill(self, h: torch.Tensor, ctx: PrefillContext) -> torch.Tensor:
+        b, p, _ = h.shape
+        q, k, v = self._qkv(h, ctx.cos, ctx.sin, PLAIN_OPS)  # prompt shapes vary: no recompiles
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, p, d]
+        g = ctx.group_size
+        # one prefill per prompt, its K/V broadcast to the G rows of its group
+        self.k_cache[: b * g, :, :p].view(b, g, self.n_kv, p, self.head_dim).copy_(k[:, None])
+        self.v_cache[: b * g, :, :p].view(b, g, self.n_kv, p, self.head_dim).copy_(v[:, None])
+        if self.rep > 1:
+            k, v = k.repeat_interleave(self.rep, dim=1), v.repeat_interleave(self.rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, scale=self.scale)
+        return _linear(out.transpose(1, 2).reshape(b, p, -1), self.m.o_proj)
+
+    def decode(self, h: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:
+        n = h.shape[0]
+        q, k, v = self._qkv(h, ctx.cos, ctx.sin, self.ops)
+        kc, vc = self.k_cache[:n], self.v_cache[:n]
+        kc.index_copy_(2, ctx.slot, k.transpose(1, 2))
+        vc.index_copy_(2, ctx.slot, v.transpose(1, 2))
+        # a single new token: the rep query heads sharing a kv head act as rep query positions,
+        # so grouped-query attention is plain attention on [N, kv, rep, D] with no K/V expansion
+        q = q.view(n, self.n_kv, self.rep, self.head_dim)
+        out = F.scaled_dot_product_attention(q, kc[:, :, : ctx.length], vc[:, :, : ctx.length],
+                                             attn_mask=ctx.mask, scale=self.scale)
+        return _linear(out.reshape(n, 1, -1), self.m.o_proj)
+
+
+def _eps(norm) -> float:
+    return getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+
+
+def attention_for(module, config, ops) -> LayerAttention:
+    """The layer's engine attention: its own `engine_attention` if it has one, else GQA."""
+    hook = getattr(module, "engine_attention", None)
+    if callable(hook):
+        return hook(config, ops)
+    return GQAAttention(module, config, ops)

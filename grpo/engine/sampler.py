@@ -1,0 +1,283 @@
+"""EngineSampler: the fast rollout backend (static KV cache, CUDA-graph decode, shared prompt prefill).
+
+How one `generate` call runs, per chunk of at most `max_batch` rows (N = prompts * G):
+  1. prefill: the B prompts, left-padded to P, go through the model once (not G times); each layer
+     writes its K/V into the static cache rows of all G samples of that prompt.
+  2. the first token of every row is drawn from the prefill logits.
+  3. decode: max_new_tokens - 1 steps of one token for all N rows. Every step writes the same cache
+     slot (P + t) for all rows, so the step has fixed shapes and is captured once per attention
+     length bucket (multiples of `bucket` slots) as a CUDA graph and replayed; sampling (Gumbel-max),
+     EOS handling and the output writes happen inside the graph, with no host sync per token.
+  4. rows that emitted EOS keep running but write padding; the loop stops early once every row is
+     done (checked every few steps, only when EOS is allowed).
+
+The engine reads the training model's own parameter tensors: no copy, no weight sync. CUDA graphs
+hold their addresses, which stay valid because optimizers update parameters in place. The model runs
+in eval mode under no_grad and its train/eval mode is restored afterwards.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from grpo.engine.attention import DecodeContext, PrefillContext, attention_for
+from grpo.engine.ops import PLAIN_OPS, Ops
+from grpo.rollout import RolloutBatch, SamplingParams, _pad_right, finish_rows
+
+SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
+
+
+def _eps(norm) -> float:
+    return getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+
+
+class Decoder:
+    """The HF model's decoder stack run layer by layer on the engine's buffers."""
+
+    def __init__(self, model, ops: Ops):
+        cfg = model.config
+        base = model.get_decoder()
+        self.embed = base.embed_tokens
+        self.layers = list(base.layers)
+        self.final_norm = base.norm
+        self.rotary = base.rotary_emb
+        self.lm_head = model.get_output_embeddings()
+        self.attn = [attention_for(layer.self_attn, cfg, ops) for layer in self.layers]
+        hooked = all(hasattr(layer.self_attn, "engine_attention") for layer in self.layers)
+        if cfg.model_type not in SUPPORTED_MODEL_TYPES and not hooked:
+            raise NotImplementedError(
+                f"engine supports {SUPPORTED_MODEL_TYPES} (or attention modules with engine_attention); "
+                f"got model_type={cfg.model_type!r}: use sampling.backend: hf")
+        self.gated_mlp = getattr(cfg, "hidden_act", "silu") in ("silu", "swish") and all(
+            all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")) for layer in self.layers)
+
+    def _mlp(self, mlp, h, ops: Ops):
+        if not self.gated_mlp:
+            return mlp(h)
+        act = ops.swiglu(F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias),
+                         F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias))
+        return F.linear(act, mlp.down_proj.weight, mlp.down_proj.bias)
+
+    def hidden(self, ids: torch.Tensor, ctx, decode: bool, ops: Ops) -> torch.Tensor:
+        """ids [n, t] -> final-normed hidden states [n, t, H]."""
+        res = F.embedding(ids, self.embed.weight)
+        first = self.layers[0].input_layernorm
+        h = ops.rms_norm(res, first.weight, _eps(first))
+        for i, layer in enumerate(self.layers):
+            a = self.attn[i].decode(h, ctx) if decode else self.attn[i].prefill(h, ctx)
+            post = layer.post_attention_layernorm
+            res, h = ops.add_rms_norm(res, a, post.weight, _eps(post))
+            nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.final_norm
+            res, h = ops.add_rms_norm(res, self._mlp(layer.mlp, h, ops), nxt.weight, _eps(nxt))
+        return h
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, self.lm_head.weight, getattr(self.lm_head, "bias", None))
+
+
+class _Workspace:
+    """Static buffers for one batch shape (rows, cache slots, max_new_tokens), and its CUDA graphs."""
+
+    def __init__(self, decoder: Decoder, rows: int, slots: int, max_new: int, pad_id: int, eos_ids):
+        w = decoder.embed.weight
+        dev, dtype = w.device, w.dtype
+        self.rows, self.slots, self.max_new, self.pad_id = rows, slots, max_new, pad_id
+        for a in decoder.attn:
+            a.allocate(rows, slots)
+        cos, sin = decoder.rotary(torch.empty(0, dtype=dtype, device=dev),
+                                  torch.arange(slots, device=dev)[None])
+        self.cos_table, self.sin_table = cos[0], sin[0]  # [slots, D]
+        self.eos_mask = torch.zeros(w.shape[0], dtype=torch.bool, device=dev)  # [V]
+        self.eos_mask[sorted(eos_ids)] = True
+        self.tok = torch.zeros(rows, dtype=torch.long, device=dev)  # input token of the next step
+        self.pos = torch.zeros(rows, dtype=torch.long, device=dev)  # its RoPE position
+        self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
+        self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # cache slot it is written to
+        self.out_idx = torch.zeros(1, dtype=torch.long, device=dev)  # output column of the next token
+        self.out_tok = torch.full((rows, max_new), pad_id, dtype=torch.long, device=dev)
+        self.out_logp = torch.zeros((rows, max_new), dtype=torch.float32, device=dev)
+        self.mask = torch.full((rows, slots), float("-inf"), dtype=dtype, device=dev)  # [N, S] additive
+        self.graphs: dict = {}
+        self.pool = None
+
+
+class EngineSampler:
+    """Static-cache, CUDA-graph rollout backend implementing `grpo.rollout.Sampler`.
+
+    max_batch:   rows decoded together (a multiple of group_size is used); more rows run in chunks
+    max_seq_len: longest prompt + completion the engine accepts
+    cuda_graphs: capture the decode step in CUDA graphs ("auto": on CUDA devices)
+    compile:     fuse the small elementwise ops with torch.compile ("auto": on CUDA devices)
+    bucket:      attention length granularity in cache slots (one graph per bucket)
+    """
+
+    def __init__(self, model, tokenizer, max_batch: int = 256, max_seq_len: int = 2048,
+                 cuda_graphs: bool | str = "auto", compile: bool | str = "auto", bucket: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch = max_batch
+        self.max_seq_len = max_seq_len
+        self.bucket = bucket
+        self.device = next(model.parameters()).device
+        on_cuda = self.device.type == "cuda"
+        self.cuda_graphs = on_cuda if cuda_graphs == "auto" else bool(cuda_graphs)
+        if self.cuda_graphs and not on_cuda:
+            raise ValueError("cuda_graphs=True needs the model on a CUDA device")
+        self.compile = on_cuda if compile == "auto" else bool(compile)
+        self.ops = Ops(compile=self.compile)
+        self.decoder = Decoder(model, self.ops)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+        self._ws: _Workspace | None = None
+
+    def release(self) -> None:
+        """Free the KV cache and the graphs (the next call allocates and captures again)."""
+        self._ws = None
+        for a in self.decoder.attn:
+            a.release()
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: list[list[int]], group_size: int, params: SamplingParams) -> RolloutBatch:
+        per_chunk = max(1, min(len(prompt_ids), self.max_batch // group_size))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            chunks = []
+            for i in range(0, len(prompt_ids), per_chunk):
+                part = prompt_ids[i:i + per_chunk]
+                real = len(part) * group_size
+                part = part + [part[-1]] * (per_chunk - len(part))  # keep the graphs' row count
+                ids, mask, logp, trunc = self._generate_chunk(part, group_size, params)
+                chunks.append((ids[:real], mask[:real], logp[:real], trunc[:real]))
+        finally:
+            self.model.train(was_training)
+        width = max(c[0].shape[1] for c in chunks)
+        ids = torch.cat([_pad_right(c[0], width, self.pad_id) for c in chunks])
+        mask = torch.cat([_pad_right(c[1], width, 0) for c in chunks])
+        logp = torch.cat([_pad_right(c[2], width, 0.0) for c in chunks])
+        truncated = torch.cat([c[3] for c in chunks])
+        rows = [p for p in prompt_ids for _ in range(group_size)]
+        texts = self.tokenizer.batch_decode([r[m.bool()].tolist() for r, m in zip(ids, mask)],
+                                            skip_special_tokens=True)
+        group = torch.arange(len(prompt_ids)).repeat_interleave(group_size)
+        return RolloutBatch(prompt_ids=rows, completion_ids=ids, completion_mask=mask, logprobs=logp,
+                            texts=texts, group=group, truncated=truncated)
+
+    def _workspace(self, rows: int, need_slots: int, max_new: int) -> _Workspace:
+        if need_slots > self.max_seq_len:
+            raise ValueError(f"prompt + max_new_tokens = {need_slots} > max_seq_len = {self.max_seq_len}")
+        ws = self._ws
+        if ws is None or ws.rows != rows or ws.max_new != max_new or ws.slots < need_slots:
+            self.release()
+            slots = min(self.max_seq_len, -(-need_slots // self.bucket) * self.bucket)
+            ws = self._ws = _Workspace(self.decoder, rows, slots, max_new, self.pad_id, self.eos_ids)
+        return ws
+
+    def _generate_chunk(self, prompts: list[list[int]], g: int, params: SamplingParams):
+        if min(len(p) for p in prompts) == 0:
+            raise ValueError("empty prompt")
+        p0 = max(len(p) for p in prompts)
+        t_max = params.max_new_tokens
+        ws = self._workspace(len(prompts) * g, p0 + t_max, t_max)
+        logits = self._prefill(ws, prompts, g, p0)
+        self._commit(ws, logits.repeat_interleave(g, 0), params)
+        can_stop = params.min_new_tokens < t_max
+        produced = 1
+        for t in range(t_max - 1):
+            length = min(-(-(p0 + t + 1) // self.bucket) * self.bucket, ws.slots)
+            self._run_step(ws, length, params)
+            produced += 1
+            if can_stop and produced % 8 == 0 and produced >= params.min_new_tokens and bool(ws.done.all()):
+                break
+        ids, mask, truncated = finish_rows(ws.out_tok[:, :produced].cpu(), self.eos_ids, self.pad_id, t_max)
+        logp = ws.out_logp[:, : ids.shape[1]].cpu() * mask
+        return ids, mask, logp, truncated
+
+    def _prefill(self, ws: _Workspace, prompts: list[list[int]], g: int, p0: int) -> torch.Tensor:
+        """Run the B prompts once, fill the cache of all B*G rows and reset the decode state.
+        Returns next-token logits [B, V]."""
+        dev = ws.tok.device
+        b = len(prompts)
+        ids = torch.full((b, p0), self.pad_id, dtype=torch.long)
+        valid = torch.zeros((b, p0), dtype=torch.bool)
+        for i, p in enumerate(prompts):  # left padding: every prompt ends at slot p0 - 1
+            ids[i, p0 - len(p):] = torch.tensor(p)
+            valid[i, p0 - len(p):] = True
+        ids, valid = ids.to(dev), valid.to(dev)
+        positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+        causal = torch.ones(p0, p0, dtype=torch.bool, device=dev).tril()
+        allowed = (causal[None] & valid[:, None, :]) | torch.eye(p0, dtype=torch.bool, device=dev)[None]
+        neg = torch.tensor(float("-inf"), dtype=ws.mask.dtype, device=dev)
+        mask = torch.where(allowed, torch.zeros((), dtype=ws.mask.dtype, device=dev), neg)[:, None]
+        ctx = PrefillContext(positions=positions, cos=ws.cos_table[positions][:, :, None],
+                             sin=ws.sin_table[positions][:, :, None], mask=mask, group_size=g)
+        h = self.decoder.hidden(ids, ctx, decode=False, ops=PLAIN_OPS)
+        logits = self.decoder.logits(h[:, -1])
+
+        rows_valid = valid.repeat_interleave(g, 0)
+        ws.mask.fill_(float("-inf"))
+        ws.mask[:, :p0].masked_fill_(rows_valid, 0.0)
+        ws.pos.copy_(rows_valid.sum(-1))
+        ws.slot.fill_(p0)
+        ws.out_idx.zero_()
+        ws.done.zero_()
+        ws.out_tok.fill_(self.pad_id)
+        ws.out_logp.zero_()
+        return logits
+
+    def _commit(self, ws: _Workspace, logits: torch.Tensor, params: SamplingParams) -> None:
+        """Draw the next token of every row from logits [N, V] and record it (graph-safe)."""
+        banned = None
+        if params.min_new_tokens > 0:
+            banned = ws.eos_mask[None] & (ws.out_idx < params.min_new_tokens)[:, None]  # [1, V]
+        tok, logp = self.ops.sample_tokens(logits, params.temperature, params.top_k, params.top_p, banned)
+        tok = torch.where(ws.done, self.pad_id, tok)
+        logp = torch.where(ws.done, 0.0, logp)
+        ws.out_tok.index_copy_(1, ws.out_idx, tok[:, None])
+        ws.out_logp.index_copy_(1, ws.out_idx, logp[:, None])
+        ws.done |= ws.eos_mask[tok]
+        ws.tok.copy_(tok)
+        ws.out_idx.add_(1)
+
+    def _step(self, ws: _Workspace, length: int, params: SamplingParams) -> None:
+        """One decode step for all rows at attention length `length` (fixed shapes, graph-safe)."""
+        ws.mask.index_fill_(1, ws.slot, 0.0)
+        cos = ws.cos_table.index_select(0, ws.pos)[:, None, None]  # [N, 1, 1, D]
+        sin = ws.sin_table.index_select(0, ws.pos)[:, None, None]
+        ctx = DecodeContext(positions=ws.pos, cos=cos, sin=sin, slot=ws.slot,
+                            mask=ws.mask[:, None, None, :length], length=length)
+        h = self.decoder.hidden(ws.tok[:, None], ctx, decode=True, ops=self.ops)
+        self._commit(ws, self.decoder.logits(h[:, 0]), params)
+        ws.pos.add_(1)
+        ws.slot.add_(1)
+
+    def _run_step(self, ws: _Workspace, length: int, params: SamplingParams) -> None:
+        if not self.cuda_graphs:
+            self._step(ws, length, params)
+            return
+        key = (length, params.temperature, params.top_k, params.top_p, params.min_new_tokens)
+        graph = ws.graphs.get(key)
+        if graph is not None:
+            graph.replay()
+            return
+        # first time at this shape: run it eagerly on a side stream (this step's real work; also warms
+        # up cuBLAS and compiles the fused ops), then record it; recording does not execute it
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._step(ws, length, params)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, pool=ws.pool):
+                self._step(ws, length, params)
+        except RuntimeError as e:  # keep working without graphs rather than fail a training run
+            warnings.warn(f"CUDA graph capture failed ({e}); decoding without graphs")
+            self.cuda_graphs = False
+            return
+        ws.pool = graph.pool()
+        ws.graphs[key] = graph

@@ -1,0 +1,121 @@
+"""The rollout engine against Hugging Face generate and a full forward pass, on tiny random models."""
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+
+from grpo.engine import EngineSampler
+from grpo.rollout import HFSampler, SamplingParams
+
+EOS, PAD, VOCAB = 2, 0, 96
+
+
+class TinyTokenizer:
+    pad_token_id, eos_token_id = PAD, EOS
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(str(t) for t in r if not (skip_special_tokens and t in (PAD, EOS))) for r in rows]
+
+
+def tiny_model(kind="llama", seed=0):
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                  bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=True)
+    cfg = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[kind](**common)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    with torch.no_grad():  # larger weights than the default init: peaked, varied distributions
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    model.generation_config.eos_token_id = EOS
+    model.generation_config.pad_token_id = PAD
+    return model.train()
+
+
+PROMPTS = [[1, 5, 9, 14, 3], [1, 7], [1, 20, 21, 22, 23, 24, 25, 26, 27], [1, 11, 12]]
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "qwen3"])
+def test_greedy_matches_hf_generate(kind):
+    model = tiny_model(kind)
+    params = SamplingParams(max_new_tokens=20, temperature=0.0)
+    ref = HFSampler(model, TinyTokenizer()).generate(PROMPTS, 2, params)
+    out = EngineSampler(model, TinyTokenizer(), max_batch=8, bucket=8).generate(PROMPTS, 2, params)
+    assert model.training  # train mode restored
+    assert torch.equal(out.completion_mask, ref.completion_mask)
+    assert torch.equal(out.completion_ids, ref.completion_ids)
+    assert torch.equal(out.truncated, ref.truncated)
+    assert out.texts == ref.texts
+    assert out.prompt_ids == ref.prompt_ids and torch.equal(out.group, ref.group)
+
+
+def full_forward_logprobs(model, rows, ids, mask, temperature):
+    """Per-token log-probs of each completion by one forward pass on prompt + completion."""
+    out = torch.zeros(ids.shape)
+    with torch.no_grad():
+        for i, prompt in enumerate(rows):
+            n = int(mask[i].sum())
+            seq = torch.tensor(prompt + ids[i, :n].tolist())[None]
+            logits = model(seq).logits[0, len(prompt) - 1: len(prompt) - 1 + n].float() / temperature
+            out[i, :n] = logits.log_softmax(-1).gather(-1, ids[i, :n, None])[:, 0]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen3"])
+def test_sampled_logprobs_match_forward_pass(kind):
+    model = tiny_model(kind, seed=1)
+    torch.manual_seed(0)
+    params = SamplingParams(max_new_tokens=24, temperature=0.7)
+    out = EngineSampler(model, TinyTokenizer(), max_batch=16, bucket=16).generate(PROMPTS, 3, params)
+    ref = full_forward_logprobs(model, out.prompt_ids, out.completion_ids, out.completion_mask, 0.7)
+    assert out.logprobs.shape == out.completion_ids.shape
+    assert (out.logprobs[out.completion_mask == 0] == 0).all()
+    assert torch.allclose(out.logprobs, ref, atol=1e-4), (out.logprobs - ref).abs().max()
+    # samples of one group differ: the G rows are not copies of one draw
+    assert not torch.equal(out.completion_ids[0], out.completion_ids[1])
+
+
+def test_min_new_tokens_and_eos_padding():
+    model = tiny_model(seed=2)
+    with torch.no_grad():  # make EOS the likely token so rows end early once allowed
+        model.lm_head.weight[EOS] = model.lm_head.weight.mean(0) * 0 + 0.5
+    eng = EngineSampler(model, TinyTokenizer(), max_batch=16, bucket=8)
+    out = eng.generate(PROMPTS, 2, SamplingParams(max_new_tokens=40, temperature=1.0, min_new_tokens=5))
+    lengths = out.completion_mask.sum(1)
+    assert (lengths >= 5).all()
+    ended = ~out.truncated
+    assert ended.any()
+    for i in torch.nonzero(ended)[:, 0]:
+        n = int(lengths[i])
+        assert out.completion_ids[i, n - 1] == EOS and (out.completion_ids[i, :n - 1] != EOS).all()
+        assert (out.completion_ids[i, n:] == PAD).all()
+    fixed = eng.generate(PROMPTS, 2, SamplingParams(max_new_tokens=12, temperature=1.0, min_new_tokens=12))
+    assert fixed.completion_mask.shape == (8, 12) and bool(fixed.completion_mask.all())
+
+
+def test_chunks_top_k_and_top_p():
+    model = tiny_model(seed=3)
+    eng = EngineSampler(model, TinyTokenizer(), max_batch=4, bucket=8)  # 5 prompts * G=2 in chunks of 4 rows
+    prompts = PROMPTS + [[1, 4, 4]]
+    out = eng.generate(prompts, 2, SamplingParams(max_new_tokens=10, temperature=1.0, top_k=1))
+    greedy = eng.generate(prompts, 2, SamplingParams(max_new_tokens=10, temperature=0.0))
+    assert out.completion_ids.shape[0] == 10
+    assert torch.equal(out.completion_ids, greedy.completion_ids)  # top-k 1 is greedy
+    nucleus = eng.generate(prompts, 2, SamplingParams(max_new_tokens=10, temperature=1.0, top_p=1e-6))
+    assert torch.equal(nucleus.completion_ids, greedy.completion_ids)  # a tiny nucleus keeps the argmax
+    # logprobs are those of the unfiltered distribution, so below 0 for a non-certain argmax
+    assert (nucleus.logprobs[nucleus.completion_mask.bool()] < 0).all()
+
+
+def test_weights_are_shared_with_training():
+    model = tiny_model(seed=4)
+    eng = EngineSampler(model, TinyTokenizer(), max_batch=8, bucket=8)
+    params = SamplingParams(max_new_tokens=8, temperature=0.0)
+    before = eng.generate(PROMPTS, 1, params).completion_ids
+    opt = torch.optim.AdamW(model.parameters(), lr=0.5)
+    model(torch.tensor([PROMPTS[0]]), labels=torch.tensor([PROMPTS[0]])).loss.backward()
+    opt.step()  # in-place update; the engine must see it without a sync step
+    after = eng.generate(PROMPTS, 1, params)
+    ref = HFSampler(model, TinyTokenizer()).generate(PROMPTS, 1, params)
+    assert torch.equal(after.completion_ids, ref.completion_ids)
+    assert not torch.equal(after.completion_ids, before)
