@@ -59,8 +59,8 @@ def _subject_key(subject: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", subject.lower().replace("&", "and")).strip("_")
 
 
-def load_math(path: str | None = None, split: str = "train", levels: Iterable[int] | None = None,
-              subjects: Iterable[str] | None = None, config: str | None = None,
+def load_math(path: str | None = None, split: str = "train", levels: int | Iterable[int] | None = None,
+              subjects: str | Iterable[str] | None = None, config: str | None = None,
               holdout: float | dict[str, Any] | None = None) -> list[Example]:
     r"""MATH (Hendrycks et al.): prompt = problem; answer = the last \boxed{} of the solution.
 
@@ -71,7 +71,13 @@ def load_math(path: str | None = None, split: str = "train", levels: Iterable[in
     """
     rows, origin = _rows(path, split, MATH_HUB, config)
     require_columns(rows, ["problem", "solution"], origin)
-    want_levels = {int(lv) for lv in levels} if levels is not None else None
+    if isinstance(levels, (int, str)):
+        levels = [levels]
+    if isinstance(subjects, str):
+        subjects = [subjects]
+    want_levels = {_level_number(lv) for lv in levels} if levels is not None else None
+    if want_levels is not None and None in want_levels:
+        raise DataError(f"math levels must be numbers 1-5 (or 'Level 3'), got {levels}")
     want_subjects = {_subject_key(s) for s in subjects} if subjects is not None else None
     if want_levels is not None or want_subjects is not None:
         require_columns(rows, (["level"] if want_levels is not None else []) +

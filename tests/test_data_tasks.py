@@ -68,9 +68,12 @@ def test_math_boxed_answers_and_filters():
     assert ex[0].id == "math-train-00000" and ex[0].task == "math"
     assert ex[0].meta["level"] == 1 and ex[0].meta["subject"] == "Prealgebra"
     assert [e.id for e in load_math(path=path, levels=[2])] == ["math-train-00001", "math-train-00002"]
+    assert [e.id for e in load_math(path=path, levels="Level 2")] == ["math-train-00001", "math-train-00002"]
+    with pytest.raises(DataError, match="levels must be numbers"):
+        load_math(path=path, levels=["hard"])
     picked = load_math(path=path, subjects=["counting_and_probability", "number theory"])
     assert [e.answer for e in picked] == ["6", "2"]
-    assert [e.answer for e in load_math(path=path, levels=[3], subjects=["ALGEBRA"])] == [r"\{-1, 1\}"]
+    assert [e.answer for e in load_math(path=path, levels=3, subjects="ALGEBRA")] == [r"\{-1, 1\}"]
     with pytest.raises(DataError, match="subjects present: Algebra"):
         load_math(path=path, subjects=["geometry"])
 
