@@ -1,0 +1,350 @@
+"""DeepSeekMoE conversion of a dense SwiGLU MLP, aux-loss-free balancing, and routing replay.
+
+Algorithm (DeepSeek-V3, arXiv:2412.19437, §2.1.2; DeepSeekMoE, arXiv:2401.06066):
+
+    s_{t,i}  = sigmoid(u_t · e_i)                          router affinity, fp32        [N, E]
+    chosen_t = TopK_i(s_{t,i} + b_i, k)                     b: per-expert bias, routing only
+    g_{t,i}  = k · s_{t,i} / Σ_{j∈chosen_t} s_{t,j}          for i ∈ chosen_t, else 0
+    y_t      = Σ_{j<S} FFN^shared_j(u_t) + Σ_i g_{t,i} FFN_i(u_t)
+
+The bias never enters g (so no gradient reaches it). After every optimizer step
+``b_i += γ · sign(mean_load − load_i)`` with the loads counted since the previous step
+(`after_optimizer_step`). Optional sequence-wise balance loss (V3 eq. 17-20):
+``L = α · mean_b Σ_i f_i P_i`` with ``f_i = E/(k·T) Σ_t 1[i ∈ chosen_t]`` and
+``P_i = 1/T Σ_t s_{t,i}/Σ_j s_{t,j}``, over the real (unpadded) tokens of each sequence.
+
+The routed scaling factor is ``k`` (V3 uses a tuned 2.5): with equal affinities every chosen expert
+then gets weight exactly 1, which is what makes the conversion below exact.
+
+Conversion (fine-grained splitting of the dense intermediate neurons). The dense SwiGLU MLP is
+``y = W_d (silu(W_g u) ⊙ W_u u)``, a sum over its I neurons, so any partition of the neurons into
+groups gives experts whose outputs sum to the dense output. We rank neurons by the weight-space
+proxy ``‖W_g[j]‖·‖W_u[j]‖·‖W_d[:, j]‖``; the top ``I − E·d_e`` go to the shared expert (always on),
+the rest are dealt round-robin into E routed experts of ``d_e = I // (E + S)`` neurons each
+(round-robin so that every expert gets a similar share of the strong neurons). The router starts at
+zero: all affinities are 0.5, every chosen expert gets weight 1.
+
+    exact   : top_k == num_experts (any num_shared): the converted layer computes the dense MLP
+              up to float rounding (tests assert max |Δlogits| ≤ 1e-4 in fp32).
+    inexact : top_k < num_experts drops (E − k)·d_e neurons per token; `dense_deviation` measures it.
+              With a zero router the choice is decided by the bias alone until the router trains.
+
+Compute is "dense-masked": all routed neurons are evaluated and scaled by their expert's g (zero if
+not chosen). FLOPs equal the dense MLP's; for 100M-scale models this beats a per-expert gather loop,
+whose launch overhead dominates. The routing maths, balancing and replay do not depend on it.
+
+Routing replay ("R3"): with ``routing_replay(model, "record")`` every forward appends the experts
+chosen for each real token; ``routing_replay(model, "replay", routes)`` makes the update forward use
+those experts (gate weights still come from the current router, so the router keeps its gradient).
+The alignment contract is documented on `RecordedRoutes`.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class MoEConfig:
+    num_experts: int = 8
+    top_k: int = 2
+    num_shared: int = 1
+    bias_update_rate: float = 1e-3
+    balance_loss_coef: float = 0.0
+    routing_replay: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MoEConfig":
+        names = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in names:
+                raise ValueError(f"unknown model.adapter.moe key {k!r}; valid keys: {sorted(names)}")
+        cfg = cls(**d)
+        if not 1 <= cfg.top_k <= cfg.num_experts:
+            raise ValueError(f"moe.top_k must be in [1, num_experts={cfg.num_experts}], got {cfg.top_k}")
+        if cfg.num_shared < 0:
+            raise ValueError("moe.num_shared must be >= 0")
+        return cfg
+
+
+def expert_sizes(intermediate_size: int, cfg: MoEConfig) -> tuple[int, int]:
+    """(d_e neurons per routed expert, neurons of the shared expert); all I neurons are used."""
+    d_e = intermediate_size // (cfg.num_experts + cfg.num_shared)
+    shared = intermediate_size - cfg.num_experts * d_e
+    if d_e == 0:
+        raise ValueError(f"intermediate_size {intermediate_size} too small for {cfg.num_experts} experts")
+    if cfg.num_shared == 0 and shared:
+        raise ValueError(f"num_shared=0 needs intermediate_size ({intermediate_size}) divisible by "
+                         f"num_experts ({cfg.num_experts})")
+    return d_e, shared
+
+
+class RoutingState:
+    """Shared by all MoE layers of one model (not a module, never saved).
+
+    token_mask: [B, L] bool real tokens of the current forward (None = all real), set by a pre-hook.
+    """
+
+    def __init__(self, num_layers: int):
+        self.num_layers = num_layers
+        self.mode = "off"
+        self.token_mask: torch.Tensor | None = None
+        self.count_loads = True
+        self._calls: list[dict] = []        # record: one entry per generate call (prefill + decodes)
+        self.replay: RecordedRoutes | None = None
+        self.replay_idx: torch.Tensor | None = None    # [n_layers, B, L, k] for the current forward
+        self.replay_valid: torch.Tensor | None = None  # [B, L] bool
+
+
+@dataclass
+class RecordedRoutes:
+    """Experts chosen during rollout, per sequence row and real token.
+
+    routes:  [N, T, n_layers, k] int16, the routes of row n's real tokens packed left in position order
+    lengths: [N] long, number of recorded tokens per row
+
+    Contract. Rows are numbered in the order the recording forwards saw them: a forward with an empty
+    KV cache (prefill) starts ``B`` new rows, later forwards with a cache extend those rows (decode).
+    With the HF sampler this is exactly the `RolloutBatch` row order. "Real" tokens are those with
+    attention_mask == 1 (all tokens if no mask is passed). During replay, a forward over ``B`` rows
+    must use ``routes.select(row_indices)`` with the same ``B`` rows in the same order; the j-th real
+    token of a row (any padding side) gets the j-th recorded route. Tokens past the recorded length
+    (the last sampled token is never fed to the model during rollout; post-EOS padding is) fall back
+    to the router's own choice; their outputs do not affect the log-probs of sampled tokens.
+    """
+
+    routes: torch.Tensor
+    lengths: torch.Tensor
+
+    @property
+    def num_rows(self) -> int:
+        return self.routes.shape[0]
+
+    def select(self, rows) -> "RecordedRoutes":
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.routes.device)
+        return RecordedRoutes(self.routes[rows], self.lengths[rows])
+
+    @staticmethod
+    def cat(parts: list["RecordedRoutes"]) -> "RecordedRoutes":
+        t = max(p.routes.shape[1] for p in parts)
+        padded = [F.pad(p.routes, (0, 0, 0, 0, 0, t - p.routes.shape[1])) for p in parts]
+        return RecordedRoutes(torch.cat(padded), torch.cat([p.lengths for p in parts]))
+
+
+class DeepSeekMoE(nn.Module):
+    """Routed + shared SwiGLU experts replacing one dense MLP. x: [B, L, D] -> [B, L, D]."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, cfg: MoEConfig, act_fn, layer: int,
+                 state: RoutingState, dtype=None):
+        super().__init__()
+        self.cfg = cfg
+        self.layer = layer
+        self.state = state
+        self.act_fn = act_fn
+        self.expert_dim, shared = expert_sizes(intermediate_size, cfg)
+        routed = cfg.num_experts * self.expert_dim
+        kw = dict(bias=False, dtype=dtype)
+        self.router = nn.Linear(hidden_size, cfg.num_experts, **kw)
+        # routed neurons, expert e owns rows [e*d_e, (e+1)*d_e)
+        self.gate_proj = nn.Linear(hidden_size, routed, **kw)
+        self.up_proj = nn.Linear(hidden_size, routed, **kw)
+        self.down_proj = nn.Linear(routed, hidden_size, **kw)
+        self.shared_dim = shared
+        if shared:
+            self.shared_gate_proj = nn.Linear(hidden_size, shared, **kw)
+            self.shared_up_proj = nn.Linear(hidden_size, shared, **kw)
+            self.shared_down_proj = nn.Linear(shared, hidden_size, **kw)
+        self.register_buffer("e_score_correction_bias", torch.zeros(cfg.num_experts, dtype=torch.float32))
+        # statistics since the last optimizer step: [load per expert (E) | entropy sum | tokens];
+        # a plain attribute, not a buffer, so it is never saved nor touched by from_pretrained
+        self.stats: torch.Tensor | None = None
+        self.aux_loss: torch.Tensor | None = None
+        self.last_stats: dict[str, float] = {}
+
+    @torch.no_grad()
+    def init_from_dense(self, mlp: nn.Module) -> None:
+        wg, wu, wd = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight  # [I,D] [I,D] [D,I]
+        score = wg.float().norm(dim=1) * wu.float().norm(dim=1) * wd.float().norm(dim=0)
+        order = torch.argsort(score, descending=True)
+        shared, rest = order[:self.shared_dim], order[self.shared_dim:]
+        e, d_e = self.cfg.num_experts, self.expert_dim
+        # round-robin deal: expert i takes rest[i], rest[i+E], ...; stored expert-major
+        routed = rest.view(d_e, e).t().reshape(-1)
+        self.gate_proj.weight.copy_(wg[routed])
+        self.up_proj.weight.copy_(wu[routed])
+        self.down_proj.weight.copy_(wd[:, routed])
+        if self.shared_dim:
+            self.shared_gate_proj.weight.copy_(wg[shared])
+            self.shared_up_proj.weight.copy_(wu[shared])
+            self.shared_down_proj.weight.copy_(wd[:, shared])
+        self.router.weight.zero_()
+        self.e_score_correction_bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, l, d = x.shape
+        e, k = self.cfg.num_experts, self.cfg.top_k
+        flat = x.reshape(-1, d)                                                  # [N, D]
+        scores = torch.sigmoid(F.linear(flat.float(), self.router.weight.float()))  # [N, E]
+        own = torch.topk(scores.detach() + self.e_score_correction_bias, k, dim=-1).indices  # [N, k]
+        idx = own
+        st = self.state
+        if st.mode == "replay" and st.replay_idx is not None:
+            rep = st.replay_idx[self.layer].reshape(-1, k).long()
+            idx = torch.where(st.replay_valid.reshape(-1, 1), rep, own)
+        elif st.mode == "record":
+            st._calls[-1]["routes"][self.layer].append(own.view(b, l, k).to(torch.int16))
+        w = scores.gather(1, idx)
+        w = w / w.sum(dim=-1, keepdim=True) * k                                  # [N, k]
+        gates = torch.zeros_like(scores).scatter(1, idx, w)                       # [N, E]
+        h = self.act_fn(self.gate_proj(flat)) * self.up_proj(flat)               # [N, E*d_e]
+        h = (h.view(-1, e, self.expert_dim) * gates.unsqueeze(-1).to(h.dtype)).view(-1, e * self.expert_dim)
+        y = self.down_proj(h)
+        if self.shared_dim:
+            y = y + self.shared_down_proj(self.act_fn(self.shared_gate_proj(flat)) * self.shared_up_proj(flat))
+        if torch.is_grad_enabled():
+            self._account(scores, own, b, l)
+        return y.view(b, l, d)
+
+    def _account(self, scores: torch.Tensor, own: torch.Tensor, b: int, l: int) -> None:
+        """Count loads / entropy of the router's own choice; build the balance loss. Grad forwards only."""
+        e, k = self.cfg.num_experts, self.cfg.top_k
+        mask = self.state.token_mask
+        real = mask.reshape(-1).float() if mask is not None and mask.numel() == b * l else scores.new_ones(b * l)
+        onehot = torch.zeros_like(scores).scatter(1, own, 1.0)                   # [N, E]
+        p = scores / scores.sum(dim=-1, keepdim=True)                            # [N, E]
+        with torch.no_grad():
+            if self.stats is None:
+                self.stats = torch.zeros(e + 2, dtype=torch.float32, device=scores.device)
+            ent = -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+            self.stats[:e] += (onehot * real[:, None]).sum(0)
+            self.stats[e] += (ent * real).sum()
+            self.stats[e + 1] += real.sum()
+        if self.cfg.balance_loss_coef > 0:
+            r = real.view(b, l, 1)
+            t = r.sum(1).clamp_min(1.0)                                          # [B, 1]
+            f = (onehot.view(b, l, e) * r).sum(1) * e / (k * t)                  # [B, E]
+            pm = (p.view(b, l, e) * r).sum(1) / t                                # [B, E]
+            loss = self.cfg.balance_loss_coef * (f * pm).sum(-1).mean()
+            self.aux_loss = loss if self.aux_loss is None else self.aux_loss + loss
+
+    @torch.no_grad()
+    def update_bias(self) -> None:
+        """b_i += γ·sign(mean_load − load_i); snapshot and reset the statistics."""
+        e = self.cfg.num_experts
+        if self.stats is None or float(self.stats[e + 1]) == 0:
+            return
+        load, n = self.stats[:e], float(self.stats[e + 1])
+        mean = load.mean()
+        self.last_stats = {
+            "load_max_over_mean": float(load.max() / mean.clamp_min(1e-12)),
+            "router_entropy": float(self.stats[e]) / n,
+        }
+        self.e_score_correction_bias += self.cfg.bias_update_rate * torch.sign(mean - load)
+        self.stats.zero_()
+
+    @torch.no_grad()
+    def dense_deviation(self, mlp: nn.Module, x: torch.Tensor) -> float:
+        """max |MoE(x) − MLP(x)| / max |MLP(x)| on hidden states x [B, L, D] (routing mode unchanged)."""
+        ref = mlp(x)
+        return float((self(x) - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
+
+
+def moe_layers(model: nn.Module) -> list[DeepSeekMoE]:
+    return [m for m in model.modules() if isinstance(m, DeepSeekMoE)]
+
+
+def convert_moe(model: nn.Module, cfg: MoEConfig, init: bool = True) -> RoutingState:
+    """Replace every decoder layer's `mlp` with a DeepSeekMoE (weights copied from it when init)."""
+    layers = model.model.layers
+    state = RoutingState(len(layers))
+    c = model.config
+    for i, layer in enumerate(layers):
+        dense = layer.mlp
+        w = dense.gate_proj.weight
+        moe = DeepSeekMoE(c.hidden_size, c.intermediate_size, cfg, dense.act_fn, i, state, dtype=w.dtype)
+        moe.to(w.device)
+        if init:
+            moe.init_from_dense(dense)
+        layer.mlp = moe
+    model._grpo_routing = state
+    model.model.register_forward_pre_hook(_routing_pre_hook(state), with_kwargs=True)
+    return state
+
+
+def _routing_pre_hook(state: RoutingState):
+    def hook(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        emb = kwargs.get("inputs_embeds")
+        shape = ids.shape if ids is not None else emb.shape[:2]
+        b, l = shape[0], shape[1]
+        mask = kwargs.get("attention_mask")
+        tok = mask[:, -l:].bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+        state.token_mask = tok
+        past = kwargs.get("past_key_values")
+        fresh = past is None or past.get_seq_length() == 0
+        if state.mode == "record":
+            if fresh:
+                state._calls.append({"masks": [], "routes": [[] for _ in range(state.num_layers)]})
+            device = ids.device if ids is not None else emb.device
+            state._calls[-1]["masks"].append(tok if tok is not None else torch.ones(b, l, dtype=torch.bool,
+                                                                                       device=device))
+        elif state.mode == "replay":
+            if not fresh:
+                raise RuntimeError("routing replay is for full forwards (no KV cache)")
+            _prepare_replay(state, tok, b, l)
+        return None
+    return hook
+
+
+def _prepare_replay(state: RoutingState, tok: torch.Tensor | None, b: int, l: int) -> None:
+    routes = state.replay
+    if routes.num_rows != b:
+        raise ValueError(f"replay got {routes.num_rows} recorded rows for a forward of {b} rows; "
+                         "pass routes.select(row_indices) for each micro-batch")
+    dev = routes.routes.device
+    tok = tok.to(dev) if tok is not None else torch.ones(b, l, dtype=torch.bool, device=dev)
+    rank = tok.long().cumsum(1) - 1                                              # [B, L]
+    valid = tok & (rank < routes.lengths[:, None])
+    t = routes.routes.shape[1]
+    gather = rank.clamp(0, max(t - 1, 0))
+    r = routes.routes[torch.arange(b, device=dev)[:, None], gather]              # [B, L, n_layers, k]
+    state.replay_idx = r.permute(2, 0, 1, 3)
+    state.replay_valid = valid
+
+
+def _finish_call(call: dict) -> RecordedRoutes:
+    mask = torch.cat(call["masks"], dim=1)                                       # [B, T]
+    r = torch.stack([torch.cat(per, dim=1) for per in call["routes"]], dim=2)    # [B, T, n_layers, k]
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)            # real tokens first
+    lengths = mask.sum(1)
+    t = int(lengths.max()) if lengths.numel() else 0
+    packed = r.gather(1, order[:, :, None, None].expand_as(r))[:, :t]
+    return RecordedRoutes(packed, lengths)
+
+
+@contextlib.contextmanager
+def routing_replay(model: nn.Module, mode: str, routes: RecordedRoutes | None = None):
+    """"record": yields a list that holds one `RecordedRoutes` after the block (all rows recorded);
+    "replay": forwards in the block use `routes`; "off": own routing. No-op for dense models."""
+    state: RoutingState | None = getattr(model, "_grpo_routing", None)
+    if mode not in ("record", "replay", "off"):
+        raise ValueError(f"routing_replay mode must be record|replay|off, got {mode!r}")
+    out: list[RecordedRoutes] = []
+    if state is None:
+        yield out
+        return
+    if mode == "replay" and routes is None:
+        raise ValueError("routing_replay(model, 'replay', routes) needs the recorded routes")
+    prev = state.mode
+    state.mode, state.replay, state._calls = mode, routes, []
+    try:
+        yield out
+        if mode == "record" and state._calls:
+            out.append(RecordedRoutes.cat([_finish_call(c) for c in state._calls]))
+    finally:
+        state.mode, state.replay, state._calls = prev, None, []
+        state.replay_idx = state.replay_valid = None
