@@ -265,21 +265,23 @@ def check_unique_ids(examples: list[Example], origin: str) -> None:
 
 
 # --------------------------------------------------------------------------------- train / eval split
-def _split_key(ex_id: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}\0{ex_id}".encode()).hexdigest()
+def _eval_score(prompt: str, seed: int) -> float:
+    """A seeded hash of the prompt mapped to [0, 1)."""
+    digest = hashlib.sha256(f"{seed}\0{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def split_examples(examples: list[Example], eval_fraction: float, seed: int = 0) -> tuple[list[Example], list[Example]]:
-    """Stable (train, eval) split: ranks examples by a seeded hash of their id, so the split depends on
-    neither the input order nor the rest of the dataset; both parts keep the input order.
-    The eval part has round(len * eval_fraction) examples (at least 1 when the fraction is > 0)."""
+    """Stable (train, eval) split: an example goes to eval when a seeded hash of its prompt falls below
+    `eval_fraction`. Its part therefore depends on nothing else (not the input order, not which other
+    examples are loaded, not `limit`), and repeated prompts always land in the same part, so the
+    eval part never leaks into training. The eval part has about eval_fraction of the examples.
+    Both parts keep the input order."""
     if not 0.0 <= eval_fraction < 1.0:
         raise DataError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
-    k = 0 if eval_fraction == 0 else max(1, round(len(examples) * eval_fraction))
-    ranked = sorted(range(len(examples)), key=lambda i: _split_key(examples[i].id, seed))
-    eval_idx = set(ranked[:k])
-    train = [ex for i, ex in enumerate(examples) if i not in eval_idx]
-    held = [ex for i, ex in enumerate(examples) if i in eval_idx]
+    train, held = [], []
+    for ex in examples:
+        (held if _eval_score(ex.prompt, seed) < eval_fraction else train).append(ex)
     return train, held
 
 

@@ -128,13 +128,15 @@ def _examples(n):
 
 
 def test_split_examples_is_stable_and_order_independent():
-    exs = _examples(200)
+    exs = _examples(400)
     train, held = split_examples(exs, 0.1, seed=7)
-    assert len(held) == 20 and len(train) == 180
+    assert 20 <= len(held) <= 60 and len(train) + len(held) == 400           # about 10%
     assert {e.id for e in train}.isdisjoint({e.id for e in held})
-    assert [e.id for e in held] == sorted(e.id for e in held)            # input order kept
+    assert [e.id for e in held] == sorted(e.id for e in held)               # input order kept
     _, held_rev = split_examples(list(reversed(exs)), 0.1, seed=7)
-    assert {e.id for e in held_rev} == {e.id for e in held}            # independent of input order
+    assert {e.id for e in held_rev} == {e.id for e in held}               # independent of input order
+    _, held_sub = split_examples(exs[:100], 0.1, seed=7)
+    assert {e.id for e in held_sub} == {e.id for e in held if e.id < "x-0100"}  # ... and of the other rows
     _, held_other = split_examples(exs, 0.1, seed=8)
     assert {e.id for e in held_other} != {e.id for e in held}
     assert split_examples(exs, 0.0)[1] == []
@@ -142,13 +144,21 @@ def test_split_examples_is_stable_and_order_independent():
         split_examples(exs, 1.0)
 
 
+def test_split_keeps_repeated_prompts_together():
+    exs = [Example(id=f"d-{i}", task="t", prompt=f"p{i % 50}") for i in range(300)]   # each prompt 6 times
+    train, held = split_examples(exs, 0.3, seed=0)
+    assert held and train
+    assert {e.prompt for e in train}.isdisjoint({e.prompt for e in held})
+
+
 def test_holdout_option_selects_complementary_parts():
     opts = dict(path=str(FIXTURES / "gsm8k_train.jsonl"), columns={"prompt": "question", "answer": "answer"},
                 answer_extract="gsm8k", dedup=False)
-    train = load_examples("file", holdout={"fraction": 0.34, "seed": 1}, **opts)
-    held = load_examples("file", holdout={"fraction": 0.34, "seed": 1, "part": "eval"}, **opts)
-    assert len(held) == 2 and len(train) == 4
+    train = load_examples("file", holdout={"fraction": 0.5, "seed": 1}, **opts)
+    held = load_examples("file", holdout={"fraction": 0.5, "seed": 1, "part": "eval"}, **opts)
     assert sorted(e.id for e in train + held) == [e.id for e in load_examples("file", **opts)]
+    assert train and held
+    assert load_examples("file", holdout=0.5, **opts) == load_examples("file", holdout={"fraction": 0.5}, **opts)
 
 
 def test_last_boxed():
