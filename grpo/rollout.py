@@ -139,3 +139,24 @@ def _pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
         return x
     pad = torch.full((x.shape[0], width - x.shape[1]), value, dtype=x.dtype)
     return torch.cat([x, pad], dim=1)
+
+
+def encode_prompts(tokenizer, examples, template: str, assistant_prefix: str = ""):
+    """Examples -> (chat messages per example, prompt token ids per example)."""
+    from data.templates import render, to_messages
+
+    chats = [to_messages(e, template) for e in examples]
+    texts = [render(tokenizer, c, assistant_prefix) for c in chats]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return chats, ids
+
+
+def make_sampler(backend: str, model, tokenizer, batch_size: int, max_seq_len: int):
+    """The configured `Sampler`. "engine" is imported lazily (it may need CUDA-specific pieces)."""
+    if backend == "hf":
+        return HFSampler(model, tokenizer, batch_size=batch_size)
+    if backend == "engine":
+        from grpo.engine import EngineSampler
+
+        return EngineSampler(model, tokenizer, max_batch=batch_size, max_seq_len=max_seq_len)
+    raise ValueError(f"unknown sampling backend {backend!r}")

@@ -324,35 +324,42 @@ def cache_bytes_per_token(model, dtype=torch.bfloat16) -> int:
     return c.num_hidden_layers * 2 * c.num_key_value_heads * d * torch.empty((), dtype=dtype).element_size()
 
 
+def absorbed_forward(model, input_ids: torch.Tensor, position_ids: torch.Tensor, caches: list[torch.Tensor],
+                     start: int, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Whole-model forward of L new tokens on the latent caches. input_ids/position_ids [B, L],
+    key_mask [B, >= start+L] bool (False = padding key). Returns logits [B, L, V]."""
+    inner = model.model
+    h = inner.embed_tokens(input_ids)
+    pe = inner.rotary_emb(h, position_ids)
+    l = input_ids.shape[1]
+    km = key_mask[:, :start + l] if key_mask is not None else None
+    for layer, cache in zip(inner.layers, caches):
+        h = h + layer.self_attn.absorbed_step(layer.input_layernorm(h), pe, cache, start, km)
+        h = h + layer.mlp(layer.post_attention_layernorm(h))
+    return model.lm_head(inner.norm(h))
+
+
 @torch.no_grad()
 def mla_generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                  max_new_tokens: int = 32, eos_token_id: int | None = None) -> torch.Tensor:
-    """Greedy decoding on the absorbed latent cache. input_ids [B, P] left-padded -> [B, P + T]."""
-    inner = model.model
+    """Greedy decoding on the absorbed latent cache. input_ids [B, P] left-padded -> [B, P + T]
+    (rows that finished repeat eos_token_id)."""
     b, p = input_ids.shape
+    dev = input_ids.device
     mask = attention_mask.bool() if attention_mask is not None else torch.ones_like(input_ids, dtype=torch.bool)
     total = p + max_new_tokens
     caches = allocate_latent_cache(model, b, total)
-    key_mask = torch.zeros(b, total, dtype=torch.bool, device=input_ids.device)
+    key_mask = torch.ones(b, total, dtype=torch.bool, device=dev)
     key_mask[:, :p] = mask
     pos = (mask.long().cumsum(1) - 1).clamp_min(0)
-    out, done, start, ids = [input_ids], torch.zeros(b, dtype=torch.bool, device=input_ids.device), 0, input_ids
+    out, done, start, ids = [input_ids], torch.zeros(b, dtype=torch.bool, device=dev), 0, input_ids
     for _ in range(max_new_tokens):
-        h = inner.embed_tokens(ids)
-        pe = inner.rotary_emb(h, pos)
-        l = ids.shape[1]
-        key_mask[:, start:start + l] |= start >= p
-        for layer, cache in zip(inner.layers, caches):
-            x = layer.input_layernorm(h)
-            h = h + layer.self_attn.absorbed_step(x, pe, cache, start, key_mask[:, :start + l])
-            h = h + layer.mlp(layer.post_attention_layernorm(h))
-        logits = model.lm_head(inner.norm(h[:, -1]))
-        nxt = logits.argmax(-1)
+        nxt = absorbed_forward(model, ids, pos, caches, start, key_mask)[:, -1].argmax(-1)
         if eos_token_id is not None:
             nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done |= nxt == eos_token_id
         out.append(nxt[:, None])
-        start += l
+        start += ids.shape[1]
         ids, pos = nxt[:, None], pos[:, -1:] + 1
         if eos_token_id is not None and bool(done.all()):
             break

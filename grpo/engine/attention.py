@@ -23,8 +23,6 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from grpo.engine.ops import PLAIN_OPS
-
 
 @dataclass
 class PrefillContext:
@@ -58,8 +56,8 @@ class LayerAttention(Protocol):
     def release(self) -> None: ...
 
 
-def _linear(x: torch.Tensor, lin) -> torch.Tensor:
-    return F.linear(x, lin.weight, lin.bias)
+def _linear(x: torch.Tensor, lin, ops) -> torch.Tensor:
+    return F.linear(x, ops.w(lin.weight), ops.w(lin.bias))
 
 
 class GQAAttention:
@@ -78,7 +76,7 @@ class GQAAttention:
         self.k_cache = self.v_cache = None
 
     def allocate(self, rows: int, length: int) -> None:
-        w = self.m.q_proj.weight
+        w = self.ops.w(self.m.q_proj.weight)
         shape = (rows, self.n_kv, length, self.head_dim)
         self.k_cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
         self.v_cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
@@ -88,18 +86,18 @@ class GQAAttention:
 
     def _qkv(self, h, cos, sin, ops):
         n, t, _ = h.shape
-        q = _linear(h, self.m.q_proj).view(n, t, self.n_heads, self.head_dim)
-        k = _linear(h, self.m.k_proj).view(n, t, self.n_kv, self.head_dim)
-        v = _linear(h, self.m.v_proj).view(n, t, self.n_kv, self.head_dim)
+        q = _linear(h, self.m.q_proj, ops).view(n, t, self.n_heads, self.head_dim)
+        k = _linear(h, self.m.k_proj, ops).view(n, t, self.n_kv, self.head_dim)
+        v = _linear(h, self.m.v_proj, ops).view(n, t, self.n_kv, self.head_dim)
         if self.q_norm is not None:
-            q = ops.rms_norm(q, self.q_norm.weight, _eps(self.q_norm))
-            k = ops.rms_norm(k, self.k_norm.weight, _eps(self.k_norm))
+            q = ops.rms_norm(q, ops.w(self.q_norm.weight), _eps(self.q_norm))
+            k = ops.rms_norm(k, ops.w(self.k_norm.weight), _eps(self.k_norm))
         q, k = ops.rope_qk(q, k, cos, sin)
         return q, k, v  # [n, t, heads, d]
 
     def prefill(self, h: torch.Tensor, ctx: PrefillContext) -> torch.Tensor:
         b, p, _ = h.shape
-        q, k, v = self._qkv(h, ctx.cos, ctx.sin, PLAIN_OPS)  # prompt shapes vary: no recompiles
+        q, k, v = self._qkv(h, ctx.cos, ctx.sin, self.ops.plain())  # prompt shapes vary: no recompiles
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [b, heads, p, d]
         g = ctx.group_size
         # one prefill per prompt, its K/V broadcast to the G rows of its group
@@ -108,7 +106,7 @@ class GQAAttention:
         if self.rep > 1:
             k, v = k.repeat_interleave(self.rep, dim=1), v.repeat_interleave(self.rep, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=ctx.mask, scale=self.scale)
-        return _linear(out.transpose(1, 2).reshape(b, p, -1), self.m.o_proj)
+        return _linear(out.transpose(1, 2).reshape(b, p, -1), self.m.o_proj, self.ops)
 
     def decode(self, h: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:
         n = h.shape[0]
@@ -121,7 +119,7 @@ class GQAAttention:
         q = q.view(n, self.n_kv, self.rep, self.head_dim)
         out = F.scaled_dot_product_attention(q, kc[:, :, : ctx.length], vc[:, :, : ctx.length],
                                              attn_mask=ctx.mask, scale=self.scale)
-        return _linear(out.reshape(n, 1, -1), self.m.o_proj)
+        return _linear(out.reshape(n, 1, -1), self.m.o_proj, self.ops)
 
 
 def _eps(norm) -> float:

@@ -81,9 +81,14 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 
 
 class Ops:
-    """The functions above, compiled with torch.compile when asked (CUDA), else plain."""
+    """The functions above, compiled with torch.compile when asked (CUDA), else plain; and `w`, which
+    maps a model parameter to the tensor the engine computes with (the parameter itself, or its
+    low-precision shadow when the engine runs in another dtype than the weights)."""
 
-    def __init__(self, compile: bool):
+    def __init__(self, compile: bool, shadows: dict | None = None):
+        self.shadows = shadows if shadows is not None else {}
+        self.compiled = compile
+        self._plain = None
         wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)
         self.rms_norm = wrap(rms_norm)
         self.add_rms_norm = wrap(add_rms_norm)
@@ -91,5 +96,13 @@ class Ops:
         self.swiglu = wrap(swiglu)
         self.sample_tokens = wrap(sample_tokens)
 
+    def plain(self) -> "Ops":
+        """The same weights with uncompiled functions (prefill: its shapes vary per call)."""
+        if not self.compiled:
+            return self
+        if self._plain is None:
+            self._plain = Ops(compile=False, shadows=self.shadows)
+        return self._plain
 
-PLAIN_OPS = Ops(compile=False)
+    def w(self, p: torch.Tensor | None) -> torch.Tensor | None:
+        return None if p is None else self.shadows.get(p, p)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from grpo.engine.attention import DecodeContext, PrefillContext, attention_for
-from grpo.engine.ops import PLAIN_OPS, Ops
+from grpo.engine.ops import Ops
 from grpo.rollout import RolloutBatch, SamplingParams, _pad_right, finish_rows
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
@@ -38,6 +38,7 @@ class Decoder:
 
     def __init__(self, model, ops: Ops):
         cfg = model.config
+        self.ops = ops
         base = model.get_decoder()
         self.embed = base.embed_tokens
         self.layers = list(base.layers)
@@ -56,32 +57,34 @@ class Decoder:
     def _mlp(self, mlp, h, ops: Ops):
         if not self.gated_mlp:
             return mlp(h)
-        act = ops.swiglu(F.linear(h, mlp.gate_proj.weight, mlp.gate_proj.bias),
-                         F.linear(h, mlp.up_proj.weight, mlp.up_proj.bias))
-        return F.linear(act, mlp.down_proj.weight, mlp.down_proj.bias)
+        w = ops.w
+        act = ops.swiglu(F.linear(h, w(mlp.gate_proj.weight), w(mlp.gate_proj.bias)),
+                         F.linear(h, w(mlp.up_proj.weight), w(mlp.up_proj.bias)))
+        return F.linear(act, w(mlp.down_proj.weight), w(mlp.down_proj.bias))
 
     def hidden(self, ids: torch.Tensor, ctx, decode: bool, ops: Ops) -> torch.Tensor:
         """ids [n, t] -> final-normed hidden states [n, t, H]."""
-        res = F.embedding(ids, self.embed.weight)
+        w = ops.w
+        res = F.embedding(ids, w(self.embed.weight))
         first = self.layers[0].input_layernorm
-        h = ops.rms_norm(res, first.weight, _eps(first))
+        h = ops.rms_norm(res, w(first.weight), _eps(first))
         for i, layer in enumerate(self.layers):
             a = self.attn[i].decode(h, ctx) if decode else self.attn[i].prefill(h, ctx)
             post = layer.post_attention_layernorm
-            res, h = ops.add_rms_norm(res, a, post.weight, _eps(post))
+            res, h = ops.add_rms_norm(res, a, w(post.weight), _eps(post))
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.final_norm
-            res, h = ops.add_rms_norm(res, self._mlp(layer.mlp, h, ops), nxt.weight, _eps(nxt))
+            res, h = ops.add_rms_norm(res, self._mlp(layer.mlp, h, ops), w(nxt.weight), _eps(nxt))
         return h
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        return F.linear(h, self.lm_head.weight, getattr(self.lm_head, "bias", None))
+        return F.linear(h, self.ops.w(self.lm_head.weight), self.ops.w(getattr(self.lm_head, "bias", None)))
 
 
 class _Workspace:
     """Static buffers for one batch shape (rows, cache slots, max_new_tokens), and its CUDA graphs."""
 
     def __init__(self, decoder: Decoder, rows: int, slots: int, max_new: int, pad_id: int, eos_ids):
-        w = decoder.embed.weight
+        w = decoder.ops.w(decoder.embed.weight)
         dev, dtype = w.device, w.dtype
         self.rows, self.slots, self.max_new, self.pad_id = rows, slots, max_new, pad_id
         for a in decoder.attn:
@@ -215,7 +218,7 @@ class EngineSampler:
         mask = torch.where(allowed, torch.zeros((), dtype=ws.mask.dtype, device=dev), neg)[:, None]
         ctx = PrefillContext(positions=positions, cos=ws.cos_table[positions][:, :, None],
                              sin=ws.sin_table[positions][:, :, None], mask=mask, group_size=g)
-        h = self.decoder.hidden(ids, ctx, decode=False, ops=PLAIN_OPS)
+        h = self.decoder.hidden(ids, ctx, decode=False, ops=self.ops.plain())
         logits = self.decoder.logits(h[:, -1])
 
         rows_valid = valid.repeat_interleave(g, 0)

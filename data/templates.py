@@ -1,0 +1,47 @@
+"""Prompt templates: turn an Example into chat messages, and chat messages into model input.
+
+`r1_zero` follows DeepSeek-R1-Zero's instruction: reason inside <think>…</think>, then give the final
+answer inside <answer>…</answer>. The instruction goes into the system message so the user message is
+the bare question (chat models keep their own chat template; no model-specific text here).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from data.records import Example
+
+R1_ZERO_SYSTEM = (
+    "You are a helpful assistant. The user asks a question and you solve it. You first think about the "
+    "reasoning process and then give the answer. The reasoning process and the answer are enclosed "
+    "within <think> </think> and <answer> </answer> tags, respectively, i.e., "
+    "<think> reasoning process here </think><answer> answer here </answer>. "
+    "The answer is only the final result, e.g. <answer>42</answer>."
+)
+CODE_SYSTEM = (
+    "You are a helpful programming assistant. Think about the problem inside <think> </think> tags, then "
+    "give your complete solution as one Python code block inside <answer> </answer> tags."
+)
+BOXED_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+
+TEMPLATES = ("r1_zero", "boxed", "plain")
+
+
+def to_messages(example: Example, template: str = "r1_zero") -> list[dict[str, str]]:
+    """Chat messages for one Example (system + user)."""
+    if template == "r1_zero":
+        system = CODE_SYSTEM if example.task in ("code", "humaneval", "mbpp") else R1_ZERO_SYSTEM
+        return [{"role": "system", "content": system}, {"role": "user", "content": example.prompt}]
+    if template == "boxed":
+        return [{"role": "user", "content": example.prompt + BOXED_SUFFIX}]
+    if template == "plain":
+        return [{"role": "user", "content": example.prompt}]
+    raise ValueError(f"unknown prompt template '{template}'; known: {', '.join(TEMPLATES)}")
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
+    """Apply the tokenizer's chat template (generation prompt added), then an optional assistant prefix."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    else:  # base models without a chat template: a plain transcript
+        text = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in messages) + "Assistant: "
+    return text + assistant_prefix

@@ -1,0 +1,139 @@
+"""GRPO maths as pure tensor functions (no models, no I/O, no config parsing).
+
+The algorithm (DeepSeekMath, Shao et al. 2024, "outcome supervision" variant, as used by DeepSeek-R1):
+for each prompt sample G completions, score each with rule-based rewards, and give every token of
+completion i the same advantage
+
+    A_i = (r_i - mean(r_group)) / (std(r_group) + eps)        scale_rewards = "group" (std: sample, n-1)
+    A_i = (r_i - mean(r_group)) / (std(r_batch) + eps)        scale_rewards = "batch"
+    A_i =  r_i - mean(r_group)                                scale_rewards = "none"  (Dr. GRPO)
+
+The per-token objective is PPO's clipped surrogate with an asymmetric clip range (DAPO's clip-higher),
+plus an optional KL penalty to a frozen reference using Schulman's k3 estimator:
+
+    rho_t = exp(logp_t - old_logp_t)
+    l_t   = -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A) + beta * k3_t
+    k3_t  = exp(ref_t - logp_t) - (ref_t - logp_t) - 1
+
+`normalize_loss` turns per-token losses into the scalar for one micro-batch; each `loss_type` is the
+normalisation its paper uses, arranged so that summing the micro-batch losses of one optimizer step
+(gradient accumulation) gives exactly the full-batch loss:
+
+    grpo     mean over tokens of each sequence, then mean over sequences      (DeepSeekMath)
+    bnpo     mean over the tokens of this micro-batch, averaged over micro-batches
+    dr_grpo  sum over tokens / (num sequences * max_completion_length)       (Dr. GRPO, Liu et al. 2025)
+    dapo     sum over tokens / (tokens in the whole step's batch)            (DAPO, Yu et al. 2025)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def group_advantages(rewards: torch.Tensor, group: torch.Tensor, scale: str = "group",
+                     eps: float = 1e-4) -> torch.Tensor:
+    """Group-relative advantages. rewards: [N] float; group: [N] long group id of each row. Returns [N].
+
+    Groups may have different sizes. A group whose rewards are all equal gets advantage 0 exactly.
+    """
+    if scale not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale!r}")
+    rewards = rewards.float()
+    _, inv = torch.unique(group, return_inverse=True)
+    k = int(inv.max().item()) + 1 if inv.numel() else 0
+    count = torch.zeros(k).index_add_(0, inv, torch.ones_like(rewards))
+    mean = torch.zeros(k).index_add_(0, inv, rewards) / count
+    centered = rewards - mean[inv]
+    if scale == "none":
+        return centered
+    if scale == "batch":
+        std = rewards.std() if rewards.numel() > 1 else torch.tensor(0.0)
+        return centered / (std + eps)
+    sq = torch.zeros(k).index_add_(0, inv, centered ** 2)
+    std = torch.sqrt(sq / (count - 1).clamp(min=1))
+    return centered / (std[inv] + eps)
+
+
+def zero_std_fraction(rewards: torch.Tensor, group: torch.Tensor) -> float:
+    """Share of groups whose rewards are all equal (they carry no learning signal)."""
+    groups = torch.unique(group)
+    same = [bool((rewards[group == g] == rewards[group == g][0]).all()) for g in groups]
+    return sum(same) / max(len(same), 1)
+
+
+def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Schulman's k3 estimator of KL(policy || reference), per token; >= 0, unbiased."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+@dataclass
+class LossStats:
+    """Per-micro-batch diagnostics (token means over the mask)."""
+
+    clip_low: float      # share of tokens with A < 0 and rho < 1 - eps_low (lower clip active)
+    clip_high: float     # share of tokens with A > 0 and rho > 1 + eps_high (upper clip active)
+    ratio_mean: float
+    kl: float
+
+
+def per_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
+                   clip_eps_low: float = 0.2, clip_eps_high: float = 0.2, kl_coef: float = 0.0,
+                   ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, LossStats]:
+    """Clipped surrogate (+ k3 KL) per token. logp, old_logp, ref_logp, mask: [N, T]; advantages: [N]."""
+    adv = advantages.unsqueeze(1)
+    ratio = torch.exp(logp - old_logp)
+    clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
+    loss = -torch.min(ratio * adv, clipped * adv)
+    kl = torch.zeros_like(logp)
+    if kl_coef > 0:
+        if ref_logp is None:
+            raise ValueError("kl_coef > 0 needs ref_logp")
+        kl = kl_k3(logp, ref_logp)
+        loss = loss + kl_coef * kl
+    with torch.no_grad():
+        m = mask.float()
+        n = m.sum().clamp(min=1)
+        low = ((ratio < 1 - clip_eps_low) & (adv < 0)).float()
+        high = ((ratio > 1 + clip_eps_high) & (adv > 0)).float()
+        stats = LossStats(clip_low=float((low * m).sum() / n), clip_high=float((high * m).sum() / n),
+                          ratio_mean=float((ratio * m).sum() / n), kl=float((kl * m).sum() / n))
+    return loss, stats
+
+
+def normalize_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, *, max_completion_length: int,
+                   global_seqs: int | None = None, global_tokens: float | None = None,
+                   num_micro_batches: int = 1) -> torch.Tensor:
+    """Scalar loss of one micro-batch. per_token, mask: [n, T] for the n rows of this micro-batch.
+
+    global_seqs / global_tokens: sequences / completion tokens in the whole optimizer step (all micro-batches
+    and processes); default to this micro-batch's own. num_micro_batches: used by bnpo's average.
+    """
+    m = mask.float()
+    total = (per_token * m).sum()
+    n_seqs = global_seqs if global_seqs is not None else per_token.shape[0]
+    if loss_type == "grpo":
+        per_seq = (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+        return per_seq.sum() / n_seqs
+    if loss_type == "bnpo":
+        return total / m.sum().clamp(min=1) / num_micro_batches
+    if loss_type == "dr_grpo":
+        return total / (n_seqs * max_completion_length)
+    if loss_type == "dapo":
+        tokens = global_tokens if global_tokens is not None else float(m.sum())
+        return total / max(tokens, 1.0)
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)

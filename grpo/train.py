@@ -1,0 +1,466 @@
+"""The GRPO training loop, top to bottom: sample -> score -> advantages -> clipped policy update.
+
+Variant (see grpo/algorithms.py for the formulas): DeepSeekMath/R1 GRPO with outcome rewards, group-
+relative advantages, PPO-style ratio clipping with separate low/high epsilons (DAPO clip-higher),
+optional k3 KL to a frozen reference (kl_coef = 0 loads no reference), mu = `num_iterations` updates per
+rollout batch with the old policy's log-probs fixed at sampling time, and the loss normalisation chosen
+by `loss_type`. One outer step = one rollout batch of `prompts_per_step` prompts x G completions.
+
+Distribution: each accelerate process samples G completions for its own shard of the step's prompts,
+so every group lives on one process and group statistics equal single-process training; token and
+sequence counts for the loss normalisation are reduced across processes.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data import load_examples
+from data.records import Example
+from grpo import checkpoint as ckpt
+from grpo.algorithms import group_advantages, normalize_loss, per_token_loss, zero_std_fraction
+from grpo.config import ConfigError, GRPOConfig, save_config, to_dict
+from grpo.evaluate import EvalResult, evaluate
+from grpo.logprobs import PackedBatch, pack, token_logprobs
+from grpo.models import frozen_copy, load_model, load_tokenizer
+from grpo.rollout import RolloutBatch, SamplingParams, encode_prompts, make_sampler
+from grpo.scoring import score_rollout
+from grpo.tracking import RunWriter, available_trackers, progress, truncate_jsonl
+from rewards.registry import LoadedReward, RewardTable, load_rewards
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    cfg: GRPOConfig
+    accelerator: Any
+    model: Any
+    ref_model: Any
+    tokenizer: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    sampler: Any
+    rewards: list[LoadedReward]
+    train_examples: list[Example]
+    eval_examples: list[Example] | None
+    writer: RunWriter
+    step: int = 0
+    cursor: int = 0                       # position in the current epoch's order
+    epoch: int = 0
+    order: list[int] = field(default_factory=list)
+
+
+@dataclass
+class StepStats:
+    """Everything one step logs; written as one line of metrics.jsonl."""
+
+    step: int
+    reward_mean: float
+    reward_std: float
+    rewards: dict[str, float]             # per-function mean over applicable samples ("<name>" and "<name>_std")
+    zero_std_frac: float
+    completion_len_mean: float
+    completion_len_max: float
+    truncated_frac: float
+    loss: float
+    kl: float
+    entropy: float
+    clip_low: float
+    clip_high: float
+    grad_norm: float
+    lr: float
+    step_seconds: float
+    gen_seconds: float
+    gen_tokens_per_s: float
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, Any]:
+        row = {k: v for k, v in asdict(self).items() if k not in ("rewards", "extra")}
+        row.update({f"reward/{k}": v for k, v in self.rewards.items()})
+        row.update(self.extra)
+        return row
+
+
+# ---------------------------------------------------------------- setup
+
+def load_datasets(cfg: GRPOConfig) -> tuple[list[Example], list[Example] | None]:
+    def one(d):
+        return load_examples(d.source, limit=d.limit, shuffle=d.shuffle, seed=d.seed, **d.options)
+
+    train = one(cfg.data.train)
+    held = one(cfg.data.eval) if cfg.data.eval is not None else None
+    if held:
+        overlap = {e.prompt for e in train} & {e.prompt for e in held}
+        if overlap:
+            held = [e for e in held if e.prompt not in overlap]
+            log.warning("removed %d eval prompts that also occur in the training data", len(overlap))
+    return train, held
+
+
+def check_reward_columns(rewards: list[LoadedReward], examples: list[Example]) -> None:
+    """A reward that needs a dataset column the data does not provide fails before any model loads."""
+    import inspect
+
+    from data.records import reward_columns
+
+    have = set(reward_columns(examples[:1])) | {"prompts", "completions", "completion_ids"}
+    for r in rewards:
+        try:
+            sig = inspect.signature(r.fn)
+        except (TypeError, ValueError):
+            continue
+        for name, p in sig.parameters.items():
+            required = p.default is inspect.Parameter.empty and p.kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            if required and name not in have and name not in r.spec.kwargs:
+                raise ConfigError(f"reward '{r.label}' needs the dataset column '{name}', which the training "
+                                  f"data does not have (columns: {', '.join(sorted(have))})")
+
+
+def make_accelerator(cfg: GRPOConfig):
+    from accelerate import Accelerator
+
+    mp = cfg.run.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    trackers = available_trackers(cfg.run.trackers)
+    acc = Accelerator(mixed_precision=mp, log_with=trackers or None, project_dir=cfg.run.output_dir)
+    if trackers:
+        acc.init_trackers(Path(cfg.run.output_dir).name, config=_flat(to_dict(cfg)))
+    return acc
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def make_scheduler(optimizer, cfg: GRPOConfig):
+    o = cfg.optim
+    total = o.steps * cfg.algorithm.num_iterations
+
+    def factor(i: int) -> float:
+        if o.warmup_steps and i < o.warmup_steps:
+            return (i + 1) / o.warmup_steps
+        progress_ = (i - o.warmup_steps) / max(1, total - o.warmup_steps)
+        if o.schedule == "linear":
+            return max(0.0, 1.0 - progress_)
+        if o.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_)))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
+    """Everything cheap and checkable first (rewards, data), then the model. `model`/`tokenizer` may be
+    passed in (tests, benchmarks) instead of loading `cfg.model.name`."""
+    rewards = load_rewards(cfg.rewards)
+    train, held = load_datasets(cfg)
+    check_reward_columns(rewards, train)
+    if cfg.run.torch_threads:
+        torch.set_num_threads(cfg.run.torch_threads)
+    _seed_everything(cfg.run.seed)
+    acc = make_accelerator(cfg)
+    if tokenizer is None:
+        tokenizer = load_tokenizer(cfg.model.name)
+    if model is None:
+        model = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.model.adapter:
+        from grpo.adapters import apply_adapters
+
+        model = apply_adapters(model, cfg.model.adapter)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    ref = frozen_copy(model) if cfg.algorithm.kl_coef > 0 else None
+    fused = torch.cuda.is_available()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
+                                  betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
+                                  **({"fused": True} if fused else {}))
+    scheduler = make_scheduler(optimizer, cfg)
+    model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
+    if ref is not None:
+        ref = ref.to(acc.device)
+    unwrapped = acc.unwrap_model(model)
+    max_len = max(len(x) for x in encode_prompts(tokenizer, train[:64], cfg.data.template,
+                                                 cfg.data.assistant_prefix)[1]) + cfg.sampling.max_new_tokens
+    sampler = make_sampler(cfg.sampling.backend, unwrapped, tokenizer, cfg.sampling.batch_size, 2 * max_len)
+    writer = RunWriter(cfg.run.output_dir, enabled=acc.is_main_process, accelerator=acc)
+    state = TrainState(cfg, acc, model, ref, tokenizer, optimizer, scheduler, sampler, rewards, train, held, writer)
+    state.order = _epoch_order(len(train), cfg.run.seed, 0)
+    return state
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    order = list(range(n))
+    random.Random(seed * 100003 + epoch).shuffle(order)
+    return order
+
+
+# ---------------------------------------------------------------- one step
+
+def next_prompts(state: TrainState) -> list[Example]:
+    """This process's prompts for the next step (the global batch is sharded across processes)."""
+    acc, b = state.accelerator, state.cfg.optim.prompts_per_step
+    picked = []
+    for _ in range(b):
+        if state.cursor >= len(state.order):
+            state.epoch += 1
+            state.cursor = 0
+            state.order = _epoch_order(len(state.train_examples), state.cfg.run.seed, state.epoch)
+        picked.append(state.train_examples[state.order[state.cursor]])
+        state.cursor += 1
+    return picked[acc.process_index::acc.num_processes]
+
+
+def sample(state: TrainState, examples: list[Example]) -> tuple[list[list[dict]], RolloutBatch]:
+    s = state.cfg.sampling
+    chats, prompt_ids = encode_prompts(state.tokenizer, examples, state.cfg.data.template,
+                                       state.cfg.data.assistant_prefix)
+    params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
+    with torch.no_grad(), state.accelerator.autocast():
+        rollout = state.sampler.generate(prompt_ids, s.group_size, params)
+    return chats, rollout
+
+
+def _micro_batches(lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """Rows sorted by completion length, cut into micro-batches (little padding inside each)."""
+    order = torch.argsort(lengths, descending=True, stable=True)
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+@torch.no_grad()
+def _logprobs_no_grad(model, batch: PackedBatch, micro: list[torch.Tensor], temperature: float, acc) -> torch.Tensor:
+    out = torch.zeros(batch.completion_ids.shape, device=acc.device)
+    for idx in micro:
+        sub = batch.rows(idx).to(acc.device)
+        with acc.autocast():
+            lp, _ = token_logprobs(model, sub, temperature)
+        out[idx.to(acc.device), :lp.shape[1]] = lp.float()
+    return out
+
+
+def policy_update(state: TrainState, rollout: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
+    """mu optimizer steps on one rollout batch; returns averaged diagnostics."""
+    cfg, acc, model = state.cfg, state.accelerator, state.model
+    a = cfg.algorithm
+    pad = state.tokenizer.pad_token_id
+    mask = rollout.completion_mask.clone()
+    if a.mask_truncated:
+        mask[rollout.truncated] = 0
+    batch = pack(rollout.prompt_ids, rollout.completion_ids, mask, pad)
+    micro = _micro_batches(mask.sum(dim=1), cfg.optim.micro_batch_size)
+    temp = cfg.sampling.temperature
+    old = _logprobs_no_grad(model, batch, micro, temp, acc) if a.num_iterations > 1 else None
+    ref = _logprobs_no_grad(state.ref_model, batch, micro, temp, acc) if state.ref_model is not None else None
+    global_seqs = int(acc.reduce(torch.tensor(len(advantages), device=acc.device), "sum").item())
+    global_tokens = float(acc.reduce(mask.sum().to(acc.device), "sum").item())
+    scale = acc.num_processes  # DDP averages gradients over processes; the normalisers are global sums
+    adv = advantages.to(acc.device)
+    agg: dict[str, list[float]] = {}
+    for it in range(a.num_iterations):
+        for idx in micro:
+            sub = batch.rows(idx).to(acc.device)
+            didx = idx.to(acc.device)
+            t = sub.completion_ids.shape[1]
+            with acc.autocast():
+                logp, ent = token_logprobs(model, sub, temp, with_entropy=(it == 0))
+            logp = logp.float()
+            old_lp = old[didx, :t] if old is not None else logp.detach()
+            ref_lp = ref[didx, :t] if ref is not None else None
+            per_tok, st = per_token_loss(logp, old_lp, adv[didx], sub.completion_mask, a.clip_eps_low,
+                                         a.clip_eps_high, a.kl_coef, ref_lp)
+            loss = normalize_loss(per_tok, sub.completion_mask, a.loss_type,
+                                  max_completion_length=cfg.sampling.max_new_tokens, global_seqs=global_seqs,
+                                  global_tokens=global_tokens, num_micro_batches=len(micro)) * scale
+            acc.backward(loss)
+            w = float(sub.completion_mask.sum())
+            for k, v in (("loss", float(loss) / scale), ("clip_low", st.clip_low), ("clip_high", st.clip_high),
+                         ("kl", st.kl), ("ratio", st.ratio_mean)):
+                agg.setdefault(k, []).append(v if k == "loss" else v * w)
+            agg.setdefault("_w", []).append(w)
+            if ent is not None:
+                agg.setdefault("entropy", []).append(float((ent * sub.completion_mask).sum()))
+        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        if cfg.model.adapter:
+            from grpo.adapters import after_optimizer_step
+
+            after_optimizer_step(acc.unwrap_model(model))
+    w = max(sum(agg.pop("_w")), 1.0)
+    out = {"loss": sum(agg["loss"]) / a.num_iterations, "grad_norm": float(grad_norm)}
+    for k in ("clip_low", "clip_high", "kl", "ratio"):
+        out[k] = sum(agg[k]) / (w)
+    out["entropy"] = sum(agg.get("entropy", [0.0])) / max(float(mask.sum()), 1.0)
+    return out
+
+
+def reward_stats(table: RewardTable, totals: torch.Tensor) -> dict[str, float]:
+    out = {}
+    for j, name in enumerate(table.names):
+        vals = [row[j] for row in table.values if row[j] is not None]
+        if vals:
+            t = torch.tensor(vals)
+            out[name] = float(t.mean())
+            out[f"{name}_std"] = float(t.std()) if len(vals) > 1 else 0.0
+    return out
+
+
+def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, list[dict]]:
+    """One GRPO step on `examples` (this process's prompts). Returns stats and completion rows."""
+    cfg = state.cfg
+    t0 = time.perf_counter()
+    chats, rollout = sample(state, examples)
+    gen_s = time.perf_counter() - t0
+    table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix)
+    totals = torch.tensor(table.totals(), dtype=torch.float32)
+    if not torch.isfinite(totals).all():
+        raise FloatingPointError(f"step {state.step + 1}: non-finite rewards {totals.tolist()}")
+    adv = group_advantages(totals, rollout.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps)
+    upd = policy_update(state, rollout, adv)
+    if not math.isfinite(upd["loss"]) or not math.isfinite(upd["grad_norm"]):
+        raise FloatingPointError(f"step {state.step + 1}: non-finite loss ({upd['loss']}) or gradient norm "
+                                 f"({upd['grad_norm']}); stopping before any checkpoint is written")
+    state.step += 1
+    lengths = rollout.completion_mask.sum(dim=1)
+    acc = state.accelerator
+    g_tot = acc.gather(totals.to(acc.device)).float().cpu()
+    g_len = acc.gather(lengths.to(acc.device)).float().cpu()
+    g_trunc = acc.gather(rollout.truncated.float().to(acc.device)).cpu()
+    step_s = time.perf_counter() - t0
+    extra = {"grpo/" + k: v for k, v in _adapter_metrics(state).items()}
+    stats = StepStats(
+        step=state.step, reward_mean=float(g_tot.mean()), reward_std=float(g_tot.std()) if len(g_tot) > 1 else 0.0,
+        rewards=reward_stats(table, totals), zero_std_frac=zero_std_fraction(totals, rollout.group),
+        completion_len_mean=float(g_len.mean()), completion_len_max=float(g_len.max()),
+        truncated_frac=float(g_trunc.mean()), loss=upd["loss"], kl=upd["kl"], entropy=upd["entropy"],
+        clip_low=upd["clip_low"], clip_high=upd["clip_high"], grad_norm=upd["grad_norm"],
+        lr=state.scheduler.get_last_lr()[0], step_seconds=step_s, gen_seconds=gen_s,
+        gen_tokens_per_s=float(lengths.sum()) * acc.num_processes / max(gen_s, 1e-9), extra=extra)
+    rows = []
+    if cfg.run.save_completions:
+        for i, text in enumerate(rollout.texts):
+            ex = examples[int(rollout.group[i])]
+            rows.append({"step": state.step, "id": ex.id, "prompt": ex.prompt, "answer": ex.answer,
+                         "completion": cfg.data.assistant_prefix + text,
+                         "rewards": dict(zip(table.names, table.values[i])), "reward": float(totals[i]),
+                         "advantage": float(adv[i]), "truncated": bool(rollout.truncated[i])})
+    return stats, rows
+
+
+def _adapter_metrics(state: TrainState) -> dict[str, float]:
+    if not state.cfg.model.adapter:
+        return {}
+    from grpo.adapters import adapter_metrics
+
+    return adapter_metrics(state.accelerator.unwrap_model(state.model))
+
+
+# ---------------------------------------------------------------- checkpoints and the loop
+
+def save(state: TrainState) -> Path | None:
+    acc = state.accelerator
+    acc.wait_for_everyone()
+    if not acc.is_main_process:
+        return None
+    trainer_state = {"step": state.step, "cursor": state.cursor, "epoch": state.epoch, "order": state.order,
+                     "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
+                     "rng": ckpt.rng_state(), "model_name": state.cfg.model.name}
+    import yaml
+
+    return ckpt.save_checkpoint(state.cfg.run.output_dir, state.step, acc.unwrap_model(state.model),
+                                state.tokenizer, trainer_state, yaml.safe_dump(to_dict(state.cfg), sort_keys=False),
+                                keep_last=state.cfg.run.keep_last)
+
+
+def resume(state: TrainState, path: str | Path) -> None:
+    """Restore model, optimizer, scheduler, RNG and data position from a checkpoint."""
+    ts = ckpt.load_trainer_state(path)
+    ckpt.load_model_weights(path, state.accelerator.unwrap_model(state.model))
+    state.optimizer.load_state_dict(ts["optimizer"])
+    state.scheduler.load_state_dict(ts["scheduler"])
+    state.step, state.cursor, state.epoch, state.order = ts["step"], ts["cursor"], ts["epoch"], ts["order"]
+    ckpt.set_rng_state(ts["rng"])
+    for name in ("metrics.jsonl", "completions.jsonl"):
+        truncate_jsonl(Path(state.cfg.run.output_dir) / name, state.step)
+
+
+def run_eval(state: TrainState, tag: str) -> EvalResult | None:
+    if not state.eval_examples:
+        return None
+    acc = state.accelerator
+    model = acc.unwrap_model(state.model)
+    with acc.autocast():
+        res = evaluate(model, state.tokenizer, state.sampler, state.eval_examples, state.rewards, state.cfg.eval,
+                       state.cfg.data.template, state.cfg.data.assistant_prefix, tag=tag, writer=state.writer,
+                       progress=state.cfg.run.progress and acc.is_main_process)
+    acc.print(f"[eval {tag}] pass@1 (greedy) = {res.pass1:.3f} on {res.num_examples} held-out prompts"
+              + "".join(f", {k} = {v:.3f}" for k, v in res.pass_at_k.items()))
+    return res
+
+
+def train(cfg: GRPOConfig, resume_from: str | None = None, model=None, tokenizer=None) -> dict[str, Any]:
+    """Run a full GRPO job; returns the summary also written to <output_dir>/summary.json."""
+    state = setup(cfg, model=model, tokenizer=tokenizer)
+    acc, out = state.accelerator, Path(cfg.run.output_dir)
+    if acc.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    if resume_from:
+        path = ckpt.latest_checkpoint(out) if resume_from == "latest" else Path(resume_from)
+        if path is None:
+            raise ckpt.CheckpointError(f"--resume: no complete checkpoint under {out / 'checkpoints'}")
+        resume(state, path)
+        acc.print(f"resumed from {path} at step {state.step}")
+    t0 = time.perf_counter()
+    before = run_eval(state, "before") if cfg.eval.before and state.step == 0 else None
+    bar = progress(cfg.optim.steps, "GRPO", enabled=cfg.run.progress and acc.is_main_process, initial=state.step)
+    while state.step < cfg.optim.steps:
+        stats, rows = train_step(state, next_prompts(state))
+        state.writer.log_metrics(stats.to_row(), step=stats.step)
+        if rows:
+            state.writer.append("completions.jsonl", rows)
+        bar.update(1)
+        bar.set_postfix(reward=f"{stats.reward_mean:.3f}", len=f"{stats.completion_len_mean:.0f}",
+                        s=f"{stats.step_seconds:.1f}")
+        if cfg.run.save_every and state.step % cfg.run.save_every == 0 and state.step < cfg.optim.steps:
+            save(state)
+        if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < cfg.optim.steps:
+            run_eval(state, f"step{state.step}")
+    bar.close()
+    final = save(state)
+    after = run_eval(state, "after") if cfg.eval.after else None
+    summary = {"steps": state.step, "train_seconds": time.perf_counter() - t0,
+               "final_checkpoint": str(final) if final else None,
+               "eval_before": asdict(before) if before else None, "eval_after": asdict(after) if after else None}
+    if before and after:
+        summary["pass1_gain"] = after.pass1 - before.pass1
+        acc.print(f"held-out pass@1: before {before.pass1:.3f} -> after {after.pass1:.3f} "
+                  f"({100 * (after.pass1 - before.pass1):+.1f} points)")
+    state.writer.write_json("summary.json", summary)
+    acc.end_training()
+    return summary
