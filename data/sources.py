@@ -61,7 +61,10 @@ def _read_one(path: Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}: expected a JSON list of objects, got {type(data).__name__}")
         return data
     if suffix == ".parquet":
-        import pyarrow.parquet as pq  # optional dependency, needed only for parquet
+        try:
+            import pyarrow.parquet as pq  # optional dependency, needed only for parquet
+        except ImportError as e:
+            raise DataError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from e
         return pq.read_table(path).to_pylist()
     raise DataError(f"{path}: unsupported file type '{suffix}'; expected one of {', '.join(SUFFIXES)}")
 
@@ -78,7 +81,7 @@ def split_files(directory: Path, split: str, config: str | None = None) -> list[
         if not p.is_file() or _suffix(p) not in SUFFIXES:
             continue
         stem = p.name[: -len(_suffix(p))]
-        if stem == split or stem.startswith(f"{split}-") or stem.startswith(f"{split}_"):
+        if stem == split or stem.startswith(f"{split}-"):  # not "train_socratic" next to "train"
             found.append(p)
     return found
 
@@ -116,7 +119,7 @@ def hub_rows(name: str, split: str = "train", config: str | None = None, **kwarg
     except Exception as e:  # network, unknown name/config/split: all surface as one clear DataError
         where = f"'{name}'" + (f" (config '{config}')" if config else "") + f" split '{split}'"
         raise DataError(f"could not load Hub dataset {where}: {type(e).__name__}: {e}. "
-                          "Pass path=... to read a local copy instead.") from e
+                        "Pass path=... to read a local copy instead.") from e
     rows = [dict(r) for r in ds]
     if not rows:
         raise DataError(f"Hub dataset '{name}' split '{split}' is empty")
@@ -191,7 +194,7 @@ def _resolve_extractor(spec: str | Callable[[str], str | None] | None) -> Callab
     close = difflib.get_close_matches(spec, EXTRACTORS, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     raise DataError(f"unknown answer_extract '{spec}'.{hint} Known: {', '.join(EXTRACTORS)} "
-                      "(or 'module:function')")
+                    "(or 'module:function')")
 
 
 # --------------------------------------------------------------------------------- rows -> Examples
@@ -229,6 +232,8 @@ def rows_to_examples(rows: list[dict[str, Any]], origin: str, id_prefix: str, ta
     if not rows:
         raise DataError(f"{origin}: dataset is empty")
     present = list(rows[0].keys())
+    if columns is not None and not (isinstance(columns, dict) and all(isinstance(v, str) for v in columns.values())):
+        raise DataError(f"columns must map Example fields to column names, e.g. {{'prompt': 'question'}}; got {columns!r}")
     columns = dict(columns) if columns else _default_columns(present)
     if "prompt" not in columns:
         raise DataError(f"columns must map 'prompt' to a column of {origin}; got {columns}")
@@ -250,7 +255,7 @@ def rows_to_examples(rows: list[dict[str, Any]], origin: str, id_prefix: str, ta
         ex_id = f"{id_prefix}-{row[id_column]}" if id_column else f"{id_prefix}-{i:05d}"
         tests = _as_tests(row.get(columns["tests"])) if "tests" in columns else None
         meta = {k: row.get(v) for k, v in meta_cols.items()}
-        meta["source"] = origin
+        meta.setdefault("source", origin)
         out.append(Example(id=ex_id, task=task, prompt=prompt, answer=answer, tests=tests, meta=meta))
     check_unique_ids(out, origin)
     return out

@@ -24,9 +24,9 @@ CODE_INSTRUCTION = "Complete the following Python function. Return the complete 
 
 
 def _rows(path: str | None, split: str, hub: tuple[str, str | None], config: str | None = None) -> tuple[list[dict], str]:
-    if path is not None:
-        return read_rows(path, split=split, config=config), str(path)
     name, default_config = hub
+    if path is not None:  # a local snapshot of the Hub repo keeps configs in sub-folders (gsm8k: main/, socratic/)
+        return read_rows(path, split=split, config=config or default_config), str(path)
     return hub_rows(name, split=split, config=config or default_config), f"Hub dataset '{name}' ({split})"
 
 

@@ -58,6 +58,8 @@ def test_empty_missing_and_unsupported_files(tmp_path):
 def test_bad_options_are_data_errors():
     with pytest.raises(DataError, match="Did you mean 'boxed'"):
         load_file(str(CUSTOM), answer_extract="boxd")
+    with pytest.raises(DataError, match="columns must map"):
+        load_file(str(CUSTOM), columns=["question"])
     with pytest.raises(DataError, match="holdout"):
         load_file(str(CUSTOM), holdout={"fraction": 0.5, "parts": "eval"})
     with pytest.raises(DataError, match="file"):       # unknown keyword, through load_examples

@@ -54,6 +54,21 @@ def test_gsm8k_parquet_directory_and_errors(tmp_path):
         load_gsm8k(path=str(wrong))
 
 
+def test_gsm8k_local_layouts_do_not_mix_configs(tmp_path):
+    rows = _jsonl(FIXTURES / "gsm8k_train.jsonl")
+    socratic = [dict(r, question="Socratic: " + r["question"]) for r in rows]
+    for folder, data in (("main", rows), ("socratic", socratic)):
+        (tmp_path / "hub" / folder).mkdir(parents=True)
+        (tmp_path / "hub" / folder / "train-00000-of-00001.jsonl").write_text(
+            "\n".join(json.dumps(r) for r in data))
+    assert [e.prompt for e in load_gsm8k(path=str(tmp_path / "hub"))] == [r["question"] for r in rows]
+    assert load_gsm8k(path=str(tmp_path / "hub"), config="socratic")[0].prompt.startswith("Socratic: ")
+    (tmp_path / "github").mkdir()                          # the original repo: train.jsonl + train_socratic.jsonl
+    (tmp_path / "github" / "train.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    (tmp_path / "github" / "train_socratic.jsonl").write_text("\n".join(json.dumps(r) for r in socratic))
+    assert len(load_gsm8k(path=str(tmp_path / "github"))) == len(rows)
+
+
 def test_gsm8k_hub(monkeypatch):
     calls = _fake_hub(monkeypatch, _jsonl(FIXTURES / "gsm8k_train.jsonl")[:2])
     ex = load_examples("gsm8k", split="test")
