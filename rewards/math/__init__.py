@@ -1,0 +1,91 @@
+r"""Math answer verification and the `accuracy` reward.
+
+`verify(gold, prediction)` decides whether a final answer equals the gold answer;
+`accuracy_reward` is the TRL-style reward built on it (1.0 / 0.0, None where not applicable).
+
+Grading conventions (kept consistent everywhere in this package):
+
+- **Numbers** are compared exactly as fractions: ``0.5 = 1/2 = \frac12 = 50\%``-as-value is *not*
+  automatic; see percentages. ``1,000 = 1000``; ``1.50 = 1.5``; ``1.5e3 = 1.5\times10^3 = 1500``.
+- **Rounded decimals**: a gold written as a decimal with k places accepts a prediction whose exact
+  value is *not* a terminating decimal and rounds to the gold at k places (gold ``0.33``, prediction
+  ``1/3``; gold ``3.14``, prediction ``\pi``). A prediction written as a decimal must equal the gold
+  exactly (gold ``1/3``, prediction ``0.333`` is wrong; gold ``2.5``, prediction ``2.54`` is wrong).
+- **Percentages**: when exactly one side carries ``%``, ``p\%`` matches ``p`` and ``p/100``
+  (gold ``25``, prediction ``25\%`` or ``0.25`` as a percent question's answer).
+- **Units, currency, degrees, ``\text{}``** around a number are ignored (``\$5``, ``5 dollars``,
+  ``5\text{ cm}^2``, ``30^\circ``). A mixed number ``2\frac12`` is 5/2.
+- **Expressions** are equal when sympy proves ``a - b = 0`` or, for constants, 30-digit evaluation
+  agrees to 1e-20 relative (``\frac{1}{\sqrt2} = \frac{\sqrt2}{2}``, ``2^{10} = 1024``); expressions
+  with variables must also agree at 5 random rational points if `simplify` cannot decide.
+- **Equations**: ``x = 5`` matches ``5`` when the left side is a lone variable (or ``f(x)``); two general
+  equations are equal when their ``lhs - rhs`` agree up to sign.
+- **Intervals and tuples** ``(…)``/``[…]``: bracket kinds must match, elements in order.
+  **Sets** ``\{…\}``, bare comma lists and unions of intervals: order does not matter, multiplicity does.
+  "or"/"and" between answers reads as a comma. A column/row matrix matches a tuple of its entries.
+- **Matrices** (pmatrix, bmatrix, …) compare entry by entry.
+- **Multiple choice**: a gold letter A–E (optionally in parentheses) accepts a prediction that starts
+  with that letter, any case, e.g. ``(b)``, ``B.``, ``\text{(B)}``.
+- **Words** (``\text{Monday}``) compare case-insensitively.
+- Anything that cannot be parsed is equal only if its normalised text is identical.
+
+Speed and bounds: a plain-number pair is decided in-process without sympy (the fast path).
+Everything else runs in a helper process with a wall-clock limit (`rewards.math.bounded`); a check that
+times out counts as not equal (logged), so one pathological prediction cannot stall training.
+"""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+from rewards.math.bounded import POOL, VerifyTimeout
+from rewards.math.equivalence import numbers_equal
+from rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold
+from rewards.math.normalize import plain_number
+from rewards.registry import as_text
+
+log = logging.getLogger(__name__)
+
+CODE_TASKS = frozenset({"code", "humaneval", "mbpp"})
+DEFAULT_TIMEOUT_S = 5.0
+
+__all__ = ["accuracy_reward", "verify", "extract_answer", "extract_gold", "CODE_TASKS"]
+
+
+@lru_cache(maxsize=65536)
+def _verify_cached(gold: str, pred: str, timeout: float) -> bool:
+    if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        return gold.strip() == pred.strip()
+    g, p = plain_number(gold), plain_number(pred)
+    if g is not None and p is not None:
+        return numbers_equal(g, p)
+    try:
+        return POOL.check(gold, pred, timeout)
+    except VerifyTimeout:
+        log.warning("math verification timed out after %.1fs (gold=%r, pred=%r): scored not equal",
+                    timeout, gold[:80], pred[:80])
+        return False
+
+
+def verify(gold: str, prediction: str | None, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
+    """Is `prediction` (an extracted final answer) equal to `gold` under the conventions above?"""
+    if prediction is None:
+        return False
+    return _verify_cached(extract_gold(str(gold)), prediction.strip(), float(timeout))
+
+
+def accuracy_reward(prompts, completions, answer=None, task=None, fallback="last_number",
+                    timeout=DEFAULT_TIMEOUT_S, **kwargs) -> list[float | None]:
+    """1.0 if the completion's final answer equals the gold answer, else 0.0; None where the gold answer
+    is missing or the task is a code task. `fallback`: "last_number" or None (see rewards.math.extract)."""
+    n = len(completions)
+    answers = answer if answer is not None else [None] * n
+    tasks = task if task is not None else [None] * n
+    out: list[float | None] = []
+    for completion, gold, t in zip(completions, answers, tasks):
+        if gold is None or (t is not None and str(t).lower() in CODE_TASKS):
+            out.append(None)
+            continue
+        pred = extract_answer(as_text(completion), fallback=fallback)
+        out.append(1.0 if verify(str(gold), pred, timeout) else 0.0)
+    return out

@@ -1,0 +1,128 @@
+"""Run `answers_equal` in a helper process with a wall-clock limit.
+
+Why a process: sympy can spin for minutes (or allocate without bound) on a hostile expression, and a
+Python thread cannot be stopped; `signal.alarm` only works in the main thread and not in pool workers.
+A helper started with `subprocess` (not `multiprocessing`, so it also works inside daemonic pool
+workers) reads one JSON request per line and answers one JSON line. The caller waits with `select` on
+the pipe, so this works from any thread; on timeout the helper is killed and a fresh one is started on
+the next call. Helpers are kept in a small pool (one per concurrently checking thread, up to
+`MAX_HELPERS`); each caps its own address space so a runaway expression cannot take the machine's memory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MAX_HELPERS = 4
+HELPER_MEMORY_BYTES = 2 << 30
+_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the `rewards` package
+
+
+class VerifyTimeout(Exception):
+    """The check did not finish within its time limit (the helper was killed)."""
+
+
+class _Helper:
+    def __init__(self) -> None:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _ROOT,
+               "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+        self.proc = subprocess.Popen([sys.executable, "-u", "-m", "rewards.math.bounded"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                     start_new_session=True, cwd=_ROOT)
+        self.buf = b""
+
+    def ask(self, gold: str, pred: str, timeout: float) -> bool:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write((json.dumps({"gold": gold, "pred": pred}) + "\n").encode())
+        self.proc.stdin.flush()
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise VerifyTimeout()
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    raise RuntimeError("verifier helper exited")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(reply["error"])
+        return bool(reply["equal"])
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
+class HelperPool:
+    """Idle helpers, handed to one caller at a time; a helper that timed out or failed is discarded."""
+
+    def __init__(self, max_helpers: int = MAX_HELPERS) -> None:
+        self.idle: list[_Helper] = []
+        self.lock = threading.Lock()
+        self.slots = threading.BoundedSemaphore(max_helpers)
+        self.pid = os.getpid()
+
+    def check(self, gold: str, pred: str, timeout: float) -> bool:
+        with self.slots:
+            with self.lock:
+                if self.pid != os.getpid():  # forked: the parent's helpers are not ours to talk to
+                    self.idle, self.pid = [], os.getpid()
+                helper = self.idle.pop() if self.idle else None
+            if helper is None or helper.proc.poll() is not None:
+                helper = _Helper()
+            try:
+                result = helper.ask(gold, pred, timeout)
+            except BaseException:
+                helper.kill()
+                raise
+            with self.lock:
+                self.idle.append(helper)
+            return result
+
+    def close(self) -> None:
+        with self.lock:
+            for h in self.idle:
+                h.kill()
+            self.idle = []
+
+
+POOL = HelperPool()
+
+
+def _serve() -> None:
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (HELPER_MEMORY_BYTES, HELPER_MEMORY_BYTES))
+    import sympy  # noqa: F401 - import before the first request so the first check is not slow
+
+    from rewards.math.equivalence import answers_equal
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            reply = {"equal": bool(answers_equal(req["gold"], req["pred"]))}
+        except MemoryError:
+            reply = {"equal": False}
+        except Exception:  # noqa: BLE001 - a prediction sympy cannot handle is not equal
+            reply = {"equal": False}
+        sys.stdout.write(json.dumps(reply) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    _serve()

@@ -1,0 +1,243 @@
+r"""Structural and symbolic equivalence of two answer strings (runs sympy; call it through
+`rewards.math.verify`, which bounds it with a timeout).
+
+Structures are recognised on the *gold* answer's shape and the prediction is read the same way:
+multiple-choice letter, matrix, set ``\{…\}``, interval/tuple ``(…)``/``[…]`` (bracket kinds must match,
+elements in order), union of intervals (order free), bare comma list (order free), equation, text,
+expression. Atoms are compared exactly: plain numbers as fractions, everything else with sympy
+(``simplify(a - b) == 0``, then a 30-digit numeric check for constants and a random-point check for
+expressions with free symbols).
+"""
+from __future__ import annotations
+
+import random
+import re
+from fractions import Fraction
+
+from rewards.math.normalize import (Number, clean, drop_units, latex_to_sympy_source, plain_number,
+                                    strip_text_commands)
+
+_CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?$")
+_CHOICE_PRED = re.compile(r"^(?:\\text\{)?\(?\s*([A-Ea-e])\s*(?:\)|\.|:|\}|$)")
+_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*?)\\end\{\1\}", re.DOTALL)
+_SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?$")
+_CONNECTIVES = re.compile(r"\s*(?:\\text\{\s*(?:or|and)\s*\}|\b(?:or|and)\b)\s*")
+_MAX_SET = 12  # bigger sets are compared in order after sorting their text, to keep matching cheap
+
+
+# ------------------------------------------------------------------------------------ splitting
+def split_top(s: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside (), [], {} nesting."""
+    parts, depth, start, i = [], 0, 0, 0
+    while i < len(s):
+        c = s[i]
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0 and s.startswith(sep, i):
+            parts.append(s[start:i])
+            start = i + len(sep)
+            i = start
+            continue
+        i += 1
+    parts.append(s[start:])
+    return [p.strip() for p in parts]
+
+
+def _brackets(s: str) -> tuple[str, str, str] | None:
+    """('(', ']', inner) if s is one bracketed group (the outer brackets match each other)."""
+    if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
+        return None
+    depth = 0
+    for k, c in enumerate(s):
+        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
+        if depth == 0 and k != len(s) - 1:
+            return None
+    return s[0], s[-1], s[1:-1]
+
+
+def _set_inner(s: str) -> str | None:
+    if s.startswith("\\{") and s.endswith("\\}"):
+        return s[2:-2]
+    return None
+
+
+# ------------------------------------------------------------------------------------- atoms
+def _sympy_expr(s: str):
+    import sympy
+    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr,
+                                            standard_transformations)
+    src = latex_to_sympy_source(s)
+    if "%" in src:
+        src = src.replace("%", "/100")
+    names = {"e": sympy.E, "E": sympy.E, "i": sympy.I, "pi": sympy.pi, "oo": sympy.oo, "lamda": sympy.Symbol("lamda")}
+    tr = standard_transformations + (implicit_multiplication_application, convert_xor)
+    return parse_expr(src, local_dict=names, transformations=tr, evaluate=True)
+
+
+def _sympy_equal(a, b) -> bool:
+    import sympy
+    if a == b:
+        return True
+    if isinstance(a, sympy.Basic) and isinstance(b, sympy.Basic):
+        if a.has(sympy.oo, -sympy.oo, sympy.zoo) or b.has(sympy.oo, -sympy.oo, sympy.zoo):
+            return bool(a == b)
+        diff = a - b
+        free = diff.free_symbols
+        if not free:
+            val = sympy.N(diff, 30)
+            scale = max(1, abs(sympy.N(b, 30))) if b.is_number else 1
+            return bool(val.is_number and abs(val) < 1e-20 * scale)
+        if sympy.simplify(diff) == 0:
+            return True
+        rng = random.Random(0)
+        syms = sorted(free, key=str)
+        for _ in range(5):
+            point = {x: sympy.Rational(rng.randint(1, 97), rng.randint(1, 13)) for x in syms}
+            val = sympy.N(diff.subs(point), 30)
+            if not val.is_number or abs(val) > 1e-15:
+                return False
+        return True
+    return False
+
+
+def _rounded_match(gold: Number, exact: Fraction) -> bool:
+    """A decimal gold with k places accepts an exact prediction that rounds (half away from 0) to it."""
+    if gold.places is None or gold.places == 0:
+        return False
+    q = Fraction(10) ** gold.places
+    scaled = abs(exact) * q
+    rounded = int(scaled + Fraction(1, 2)) * (1 if exact >= 0 else -1)
+    return Fraction(rounded) / q == gold.value
+
+
+def numbers_equal(gold: Number, pred: Number) -> bool:
+    """Exact equality; a % on either side also accepts the value divided by 100 (25% = 25 = 0.25)."""
+    candidates = [pred.value]
+    if pred.percent != gold.percent:
+        candidates += [pred.value / 100] if pred.percent else [pred.value * 100]
+    if gold.value in candidates:
+        return True
+    return pred.places is None and not _terminates(pred.value) and _rounded_match(gold, pred.value)
+
+
+def _terminates(x: Fraction) -> bool:
+    d = x.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def atoms_equal(gold: str, pred: str) -> bool:
+    if gold == pred:
+        return True
+    g, p = plain_number(gold), plain_number(pred)
+    if g is not None and p is not None:
+        return numbers_equal(g, p)
+    gt, pt = strip_text_commands(gold), strip_text_commands(pred)
+    if re.fullmatch(r"[A-Za-z][A-Za-z ]*[A-Za-z]", gt.strip()):  # a word answer ("Monday", "odd")
+        return gt.strip().lower() == pt.strip().lower()
+    try:
+        ge, pe = _sympy_expr(drop_units(gold)), _sympy_expr(drop_units(pred))
+    except Exception:  # noqa: BLE001 - unparseable text: only identical text counts
+        return clean(gt).replace(" ", "") == clean(pt).replace(" ", "")
+    if g is not None and g.places and p is None and pe.is_number:
+        try:  # a rounded decimal gold accepts an exact non-terminating prediction (1/3 for 0.33)
+            import sympy
+            exact = Fraction(str(sympy.Rational(sympy.N(pe, 40)))) if not pe.is_Rational else Fraction(str(pe))
+            if pe.is_Rational and _terminates(exact):
+                return exact == g.value
+            return _rounded_match(g, exact)
+        except Exception:  # noqa: BLE001
+            return False
+    if g is not None and g.percent:
+        try:
+            return _sympy_equal(ge, pe) or _sympy_equal(ge / 100, pe)
+        except Exception:  # noqa: BLE001
+            return False
+    return _sympy_equal(ge, pe)
+
+
+# --------------------------------------------------------------------------------- structures
+def _unordered(golds: list[str], preds: list[str]) -> bool:
+    if len(golds) != len(preds):
+        return False
+    if len(golds) > _MAX_SET:
+        return sorted(golds) == sorted(preds)
+    left = list(preds)
+    for g in golds:
+        hit = next((k for k, p in enumerate(left) if answers_equal(g, p)), None)
+        if hit is None:
+            return False
+        left.pop(hit)
+    return True
+
+
+def _ordered(golds: list[str], preds: list[str]) -> bool:
+    return len(golds) == len(preds) and all(answers_equal(g, p) for g, p in zip(golds, preds))
+
+
+def _matrix_cells(s: str) -> list[list[str]] | None:
+    m = _MATRIX.search(s)
+    if not m:
+        return None
+    rows = [r for r in re.split(r"\\\\", m.group(2)) if r.strip()]
+    return [[c.strip() for c in r.split("&")] for r in rows]
+
+
+def _equation_sides(s: str) -> tuple[str, str] | None:
+    parts = split_top(s, "=")
+    return (parts[0], parts[1]) if len(parts) == 2 else None
+
+
+def _drop_simple_lhs(s: str) -> str:
+    """'x = 5' -> '5' (a lone variable, subscripted variable or f(x) on the left)."""
+    sides = _equation_sides(s)
+    if sides and _SIMPLE_LHS.match(sides[0].replace(" ", "")):
+        return sides[1]
+    return s
+
+
+def _normalise(s: str) -> str:
+    s = clean(s)
+    if s.startswith("\\boxed{") and s.endswith("}"):
+        s = s[7:-1]
+    return _CONNECTIVES.sub(", ", s).strip(" ,")
+
+
+def answers_equal(gold: str, pred: str) -> bool:
+    """Is `pred` the same answer as `gold`? Unbounded (uses sympy); see the module docstring."""
+    gold, pred = _normalise(gold), _normalise(pred)
+    if gold == pred:
+        return True
+    m = _CHOICE.match(strip_text_commands(gold))
+    if m:
+        pm = _CHOICE_PRED.match(pred)
+        return bool(pm) and pm.group(1).upper() == m.group(1)
+    gm = _matrix_cells(gold)
+    if gm is not None:
+        pm_cells = _matrix_cells(pred)
+        if pm_cells is None:
+            pb = _brackets(pred)  # a column/row vector written as a tuple
+            flat = [c for row in gm for c in row]
+            return bool(pb) and min(len(gm), len(gm[0])) == 1 and _ordered(flat, split_top(pb[2]))
+        return len(gm) == len(pm_cells) and all(_ordered(g, p) for g, p in zip(gm, pm_cells))
+    gs, ps = _set_inner(gold), _set_inner(pred)
+    if gs is not None:
+        items = ps if ps is not None else pred
+        return _unordered(split_top(gs), split_top(items))
+    if "\\cup" in gold:
+        return _unordered(split_top(gold, "\\cup"), split_top(pred, "\\cup"))
+    gb, pb = _brackets(gold), _brackets(pred)
+    if gb and "," in gb[2] and split_top(gb[2]) != [gb[2]]:
+        return bool(pb) and gb[:2] == pb[:2] and _ordered(split_top(gb[2]), split_top(pb[2]))
+    golds, preds = split_top(gold), split_top(pred)
+    if len(golds) > 1 or len(preds) > 1:
+        return _unordered([_drop_simple_lhs(g) for g in golds], [_drop_simple_lhs(p) for p in preds])
+    gsides, psides = _equation_sides(gold), _equation_sides(pred)
+    if gsides and psides and not _SIMPLE_LHS.match(gsides[0].replace(" ", "")):
+        g_expr, p_expr = f"({gsides[0]})-({gsides[1]})", f"({psides[0]})-({psides[1]})"
+        return atoms_equal(g_expr, p_expr) or atoms_equal(g_expr, f"-({p_expr})")
+    return atoms_equal(_drop_simple_lhs(gold), _drop_simple_lhs(pred))

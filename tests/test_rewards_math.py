@@ -1,0 +1,89 @@
+"""Math answer extraction, equivalence conventions, the accuracy reward, and the timeout bound."""
+import threading
+import time
+
+import pytest
+
+from rewards.math import accuracy_reward, extract_answer, extract_gold, verify
+from rewards.math.normalize import plain_number
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("<think>so 3</think><answer>42</answer>", "42"),
+    ("<answer>\n42\n</answer>", "42"),
+    ("<answer>1</answer> then <answer>2</answer>", "2"),
+    ("<answer>so \\boxed{7}</answer>", "7"),
+    ("we get \\boxed{\\frac{1}{2}} and finally \\boxed{\\frac{\\sqrt{3}}{2}}", "\\frac{\\sqrt{3}}{2}"),
+    ("\\boxed{\\{1, \\{2\\}\\}}", "\\{1, \\{2\\}\\}"),
+    ("first \\boxed{3} then truncated \\boxed{4", "3"),
+    ("Natalia sold 48 clips.\n#### 72", "72"),
+    ("So the answer is $\\frac{3}{4}$.", "\\frac{3}{4}"),
+    ("The final answer is 3.5. Done", "3.5"),
+    ("I think it costs 1,250 dollars, or maybe 12", "12"),
+    ("no numbers here", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_extract_without_fallback():
+    assert extract_answer("it is 12", fallback=None) is None
+    with pytest.raises(ValueError):
+        extract_answer("x", fallback="first_number")
+
+
+def test_gold_formats():
+    assert extract_gold("Janet has 3 ... so 16-3=13\n#### 1,300") == "1,300"
+    assert extract_gold("The area is $\\boxed{\\frac{\\pi}{4}}$.") == "\\frac{\\pi}{4}"
+    assert extract_gold("18") == "18"
+
+
+@pytest.mark.parametrize("gold,pred", [
+    ("42", "42.0"), ("1000", "1,000"), ("1000", "1{,}000"), ("-3", "-3"), ("0.75", "\\frac{3}{4}"),
+    ("\\frac34", "3/4"), ("\\dfrac{3}{4}", "0.75"), ("25", "25\\%"), ("10", "\\$10"), ("5", "5 cm"),
+    ("5", "5\\text{ apples}"), ("1500", "1.5 \\times 10^{3}"), ("1500", "1.5e3"), ("\\frac52", "2\\frac{1}{2}"),
+    ("\\frac{1}{\\sqrt2}", "\\frac{\\sqrt{2}}{2}"), ("2\\sqrt{3}", "\\sqrt{12}"), ("1024", "2^{10}"),
+    ("\\pi", "\\pi"), ("2\\pi", "\\pi \\cdot 2"), ("3.14", "\\pi"), ("0.33", "\\frac13"), ("x^2+2x+1", "(x+1)^2"),
+    ("5", "x=5"), ("30", "30^\\circ"), ("[1, 2)", "[1,2)"), ("\\{1,2,3\\}", "\\{3,1,2\\}"), ("(1, 2)", "(1,2)"),
+    ("1, 2", "2, 1"), ("(-\\infty, 3]", "(-\\infty,3]"), ("B", "(b)"), ("\\text{(C)}", "C"),
+    ("\\text{Monday}", "monday"), ("y = 2x + 3", "y=3+2x"),
+    ("\\begin{pmatrix}1 & 2\\\\3 & 4\\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}"),
+])
+def test_equivalent(gold, pred):
+    assert verify(gold, pred)
+
+
+@pytest.mark.parametrize("gold,pred", [
+    ("42", "43"), ("0.75", "0.7"), ("\\frac13", "0.333"), ("2.5", "2.54"), ("[1, 2)", "(1,2)"),
+    ("(1, 2)", "(2, 1)"), ("\\{1,2\\}", "\\{1,2,3\\}"), ("B", "C"), ("\\pi", "3"), ("x^2", "x^3"),
+    ("\\sqrt{2}", "1.41"), ("5", "x=6"), ("1000", "100"), ("\\text{Monday}", "Tuesday"),
+])
+def test_not_equivalent(gold, pred):
+    assert not verify(gold, pred)
+
+
+def test_plain_number_fast_path_never_imports_sympy_for_numbers():
+    assert plain_number("1,234.50").value * 100 == 123450
+    assert plain_number("\\$12") is not None and plain_number("x+1") is None
+
+
+def test_accuracy_reward_columns():
+    completions = ["<answer>72</answer>", [{"role": "assistant", "content": "\\boxed{71}"}], "x = 3", "print(1)"]
+    out = accuracy_reward(None, completions, answer=["72", "72", None, "1"], task=["gsm8k", "gsm8k", "math", "mbpp"])
+    assert out == [1.0, 0.0, None, None]
+
+
+def test_timeout_bounds_a_pathological_check_from_a_thread():
+    result = {}
+
+    def run():
+        t0 = time.monotonic()
+        result["ok"] = verify("1", "(x+1)^(99999999999)-x^99999999999", timeout=1.0)
+        result["dt"] = time.monotonic() - t0
+
+    th = threading.Thread(target=run)
+    th.start()
+    th.join(20)
+    assert not th.is_alive()
+    assert result["ok"] is False and result["dt"] < 5
+    assert verify("\\frac{1}{\\sqrt2}", "\\frac{\\sqrt2}{2}")  # a fresh helper takes over after the kill
