@@ -184,8 +184,9 @@ class MLAAttention(nn.Module):
         if self.sliding_window is not None:
             allowed &= pos[None, :] > (start + torch.arange(l, device=cache.device))[:, None] - self.sliding_window
         allowed = allowed[None, None, None]
-        if key_mask is not None:
-            allowed = allowed & key_mask[:, None, None, None, :s]
+        if key_mask is not None:  # a padding query keeps its own key so its softmax row is not all -inf
+            own = pos[None, :] == (start + torch.arange(l, device=cache.device))[:, None]
+            allowed = (allowed & key_mask[:, None, None, None, :s]) | own
         p = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).to(lat.dtype)
         ctx = torch.einsum("bkgls,bsr->blkgr", p, lat)                  # [B, L, n_kv, G, r]
         o = torch.einsum("blkgr,kdr->blkgd", ctx, self.v_up.weight.view(n_kv, d, r))
