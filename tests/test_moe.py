@@ -190,3 +190,24 @@ def test_replay_is_a_no_op_on_dense_models():
     with routing_replay(model, "record") as rec:
         model(IDS)
     assert rec == []
+
+
+def test_inexact_conversion_spreads_tokens_over_experts():
+    model = apply_adapters(tiny_model(), {"moe": {"num_experts": 8, "top_k": 2}})
+    model(IDS.repeat(4, 1) + torch.arange(4)[:, None])  # grad enabled: loads are counted
+    after_optimizer_step(model)
+    for m in moe_layers(model):
+        assert m.last_stats["load_max_over_mean"] < 4.0  # 4.0 = every token on the same 2 of 8 experts
+
+
+def test_reference_copy_routes_on_its_own_state():
+    model = _moe_model()
+    ref = copy.deepcopy(model)
+    ids, mask = _update_layout(_rollout(model)[0])
+    for m in moe_layers(model):
+        m.e_score_correction_bias[0] = 10.0
+    with routing_replay(model, "record") as rec:
+        ref(ids, attention_mask=mask)  # the copy's forwards must not land in the policy's record
+        model(ids, attention_mask=mask)
+    assert rec[0].num_rows == 2
+    assert moe_layers(ref)[0].state is not moe_layers(model)[0].state

@@ -21,8 +21,10 @@ Conversion (fine-grained splitting of the dense intermediate neurons). The dense
 groups gives experts whose outputs sum to the dense output. We rank neurons by the weight-space
 proxy ``‖W_g[j]‖·‖W_u[j]‖·‖W_d[:, j]‖``; the top ``I − E·d_e`` go to the shared expert (always on),
 the rest are dealt round-robin into E routed experts of ``d_e = I // (E + S)`` neurons each
-(round-robin so that every expert gets a similar share of the strong neurons). The router starts at
-zero: all affinities are 0.5, every chosen expert gets weight 1.
+(round-robin so that every expert gets a similar share of the strong neurons). In the exact
+configuration the router starts at zero: all affinities are 0.5, every expert gets weight exactly 1.
+Otherwise it starts tiny and random (logit std ≈ 0.01·rms(u)): a zero router would send every token
+to the same k experts (a tie), the tiny one spreads tokens while keeping every gate within ~1% of 1.
 
     exact   : top_k == num_experts (any num_shared): the converted layer computes the dense MLP
               up to float rounding (tests assert max |Δlogits| ≤ 1e-4 in fp32).
@@ -181,8 +183,13 @@ class DeepSeekMoE(nn.Module):
             self.shared_gate_proj.weight.copy_(wg[shared])
             self.shared_up_proj.weight.copy_(wu[shared])
             self.shared_down_proj.weight.copy_(wd[:, shared])
-        self.router.weight.zero_()
         self.e_score_correction_bias.zero_()
+        if self.cfg.top_k == e:
+            self.router.weight.zero_()  # all experts on, all gates exactly 1: the exact configuration
+        else:  # tiny random router: breaks the all-equal tie per token, keeps every gate within ~1% of 1
+            gen = torch.Generator().manual_seed(1000 + self.layer)
+            w = torch.randn(self.router.weight.shape, generator=gen) * (0.01 / self.router.weight.shape[1] ** 0.5)
+            self.router.weight.copy_(w)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, l, d = x.shape
@@ -270,34 +277,35 @@ def convert_moe(model: nn.Module, cfg: MoEConfig, init: bool = True) -> RoutingS
         if init:
             moe.init_from_dense(dense)
         layer.mlp = moe
-    model._grpo_routing = state
-    model.model.register_forward_pre_hook(_routing_pre_hook(state), with_kwargs=True)
+    # the hook finds the state on the module it runs on, so a deepcopy (reference model) gets its own
+    model.model._grpo_routing = state
+    model.model.register_forward_pre_hook(_routing_pre_hook, with_kwargs=True)
     return state
 
 
-def _routing_pre_hook(state: RoutingState):
-    def hook(module, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        emb = kwargs.get("inputs_embeds")
-        shape = ids.shape if ids is not None else emb.shape[:2]
-        b, l = shape[0], shape[1]
-        mask = kwargs.get("attention_mask")
-        tok = mask[:, -l:].bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
-        state.token_mask = tok
-        past = kwargs.get("past_key_values")
-        fresh = past is None or past.get_seq_length() == 0
-        if state.mode == "record":
-            if fresh:
-                state._calls.append({"masks": [], "routes": [[] for _ in range(state.num_layers)]})
-            device = ids.device if ids is not None else emb.device
-            state._calls[-1]["masks"].append(tok if tok is not None else torch.ones(b, l, dtype=torch.bool,
-                                                                                       device=device))
-        elif state.mode == "replay":
-            if not fresh:
-                raise RuntimeError("routing replay is for full forwards (no KV cache)")
-            _prepare_replay(state, tok, b, l)
-        return None
-    return hook
+def _routing_pre_hook(module, args, kwargs):
+    """Runs before every forward of the decoder body: note the real tokens, start/extend recorded rows."""
+    state = module._grpo_routing
+    ids = kwargs.get("input_ids", args[0] if args else None)
+    emb = kwargs.get("inputs_embeds")
+    shape = ids.shape if ids is not None else emb.shape[:2]
+    b, l = shape[0], shape[1]
+    mask = kwargs.get("attention_mask")
+    tok = mask[:, -l:].bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
+    state.token_mask = tok
+    past = kwargs.get("past_key_values")
+    fresh = past is None or past.get_seq_length() == 0
+    if state.mode == "record":
+        if fresh:
+            state._calls.append({"masks": [], "routes": [[] for _ in range(state.num_layers)]})
+        device = ids.device if ids is not None else emb.device
+        state._calls[-1]["masks"].append(tok if tok is not None else torch.ones(b, l, dtype=torch.bool,
+                                                                                   device=device))
+    elif state.mode == "replay":
+        if not fresh:
+            raise RuntimeError("routing replay is for full forwards (no KV cache)")
+        _prepare_replay(state, tok, b, l)
+    return None
 
 
 def _prepare_replay(state: RoutingState, tok: torch.Tensor | None, b: int, l: int) -> None:
@@ -330,7 +338,8 @@ def _finish_call(call: dict) -> RecordedRoutes:
 def routing_replay(model: nn.Module, mode: str, routes: RecordedRoutes | None = None):
     """"record": yields a list that holds one `RecordedRoutes` after the block (all rows recorded);
     "replay": forwards in the block use `routes`; "off": own routing. No-op for dense models."""
-    state: RoutingState | None = getattr(model, "_grpo_routing", None)
+    layers = moe_layers(model)
+    state = layers[0].state if layers else None
     if mode not in ("record", "replay", "off"):
         raise ValueError(f"routing_replay mode must be record|replay|off, got {mode!r}")
     out: list[RecordedRoutes] = []
