@@ -17,6 +17,7 @@ in eval mode under no_grad and its train/eval mode is restored afterwards.
 """
 from __future__ import annotations
 
+import time
 import warnings
 
 import torch
@@ -148,6 +149,8 @@ class EngineSampler:
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         self._ws: _Workspace | None = None
+        self.profile = False  # when True, each call synchronizes and adds its phase times to .timings
+        self.timings: dict[str, float] = {}
 
     def release(self) -> None:
         """Free the KV cache and the graphs (the next call allocates and captures again)."""
@@ -200,8 +203,10 @@ class EngineSampler:
         p0 = max(len(p) for p in prompts)
         t_max = params.max_new_tokens
         ws = self._workspace(len(prompts) * g, p0 + t_max, t_max)
+        t0 = self._clock()
         logits = self._prefill(ws, prompts, g, p0)
         self._commit(ws, logits.repeat_interleave(g, 0), params)
+        t1 = self._clock()
         can_stop = params.min_new_tokens < t_max
         produced = 1
         for t in range(t_max - 1):
@@ -210,9 +215,18 @@ class EngineSampler:
             produced += 1
             if can_stop and produced % 8 == 0 and produced >= params.min_new_tokens and bool(ws.done.all()):
                 break
+        if self.profile:
+            t2 = self._clock()
+            self.timings["prefill_s"] = self.timings.get("prefill_s", 0.0) + t1 - t0
+            self.timings["decode_s"] = self.timings.get("decode_s", 0.0) + t2 - t1
         ids, mask, truncated = finish_rows(ws.out_tok[:, :produced].cpu(), self.eos_ids, self.pad_id, t_max)
         logp = ws.out_logp[:, : ids.shape[1]].cpu() * mask
         return ids, mask, logp, truncated
+
+    def _clock(self) -> float:
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _prefill(self, ws: _Workspace, prompts: list[list[int]], g: int, p0: int) -> torch.Tensor:
         """Run the B prompts once, fill the cache of all B*G rows and reset the decode state.

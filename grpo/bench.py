@@ -1,0 +1,430 @@
+"""std-step benchmark: our GRPO step and TRL's GRPOTrainer in one process, on one device, one table.
+
+Workload "std-step" (fixed so figures compare with ../shared/anchors/trl_grpo_baseline.py):
+SmolLM2-135M-Instruct, 16 prompts x G=8 = 128 completions per step, exactly 256 new tokens each (no
+early stop), temperature 1.0, bf16 weights, beta = 0, one inner iteration, one optimizer step. Both
+implementations get the same weights (one state dict), the same chat prompts and the same device.
+
+  python -m grpo.bench --gguf-dir /tmp/smollm2              # GPU: ours (engine) and TRL, one table
+  python -m grpo.bench --cpu-tiny                           # CPU: tiny random Llama, short completions
+  python -m grpo.bench --gguf-dir DIR --engine-only         # rollout engine variants and HF generate
+
+"gen tok/s" follows the anchor: completions * tokens / median step seconds (the whole step). Ours also
+reports pure sampling throughput (tokens / seconds inside sampler.generate).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import random
+import statistics
+import time
+
+import torch
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def arithmetic_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """The anchor's prompts: (question, answer)."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b, c = rng.randint(2, 99), rng.randint(2, 99), rng.randint(2, 9)
+        rows.append((f"What is {a} + {b} * {c}? Put the final answer in \\boxed{{}}.", str(a + b * c)))
+    return rows
+
+
+def tiny_llama_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                       bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+
+def load_weights(args):
+    """(LlamaConfig, fp32 state dict on CPU, tokenizer) shared by every implementation."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    if args.gguf_dir:
+        tok = AutoTokenizer.from_pretrained(args.gguf_dir, gguf_file=GGUF)
+        q = AutoModelForCausalLM.from_pretrained(args.gguf_dir, gguf_file=GGUF, dtype=torch.float32)
+        cfg = q.config.to_dict()
+        cfg.pop("quantization_config", None)  # a GGUF load is flagged quantized: rebuild as plain Llama
+        config, sd = LlamaConfig(**cfg), {k: v.clone() for k, v in q.state_dict().items()}
+        del q
+    else:
+        from grpo.models import load_tokenizer
+
+        tok = load_tokenizer("smollm2-135m-instruct")
+        torch.manual_seed(0)
+        config = tiny_llama_config()
+        sd = AutoModelForCausalLM.from_config(config).state_dict()
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return config, sd, tok
+
+
+def build_model(config, sd, dtype, device):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.load_state_dict(sd, strict=False)  # tied lm_head may be absent from the state dict
+    model.generation_config.eos_token_id = config.eos_token_id
+    model.generation_config.pad_token_id = config.pad_token_id
+    return model.to(device)
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_gib(gpu: bool):
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None
+
+
+def free_memory(gpu: bool):
+    gc.collect()
+    if gpu:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def median_steady(times: list[float], warmup: int) -> float:
+    return statistics.median(times[warmup:] or times)
+
+
+# ------------------------------------------------------------------------------------------ ours
+
+class FixedLength:
+    """Sampler wrapper for std-step: every completion has exactly max_new_tokens (no early stop)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def generate(self, prompt_ids, group_size, params):
+        return self.inner.generate(prompt_ids, group_size,
+                                   dataclasses.replace(params, min_new_tokens=params.max_new_tokens))
+
+
+def ours_config(args, gpu: bool, out_dir: str):
+    from grpo.config import load_config
+
+    return load_config(None, [
+        f"sampling.backend={args.backend}", f"sampling.group_size={args.group}",
+        f"sampling.max_new_tokens={args.tokens}", "sampling.temperature=1.0",
+        f"sampling.batch_size={args.prompts * args.group}", f"optim.prompts_per_step={args.prompts}",
+        f"optim.steps={args.steps}", "optim.lr=1e-6", f"optim.micro_batch_size={args.micro_batch}",
+        f"model.gradient_checkpointing={str(args.grad_ckpt).lower()}", f"algorithm.kl_coef={args.beta}",
+        "algorithm.num_iterations=1", "data.template=plain", f"run.output_dir={out_dir}",
+        "run.save_completions=false", "run.progress=false", "eval.before=false", "eval.after=false",
+        f"run.mixed_precision={'bf16' if gpu else repr('no')}",
+    ])
+
+
+class PhaseTimer:
+    """Wall time (device-synchronized) of named calls, for the profile step."""
+
+    def __init__(self):
+        self.t: dict[str, float] = {}
+
+    def wrap(self, name, fn):
+        def timed(*a, **k):
+            sync()
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            sync()
+            self.t[name] = self.t.get(name, 0.0) + time.perf_counter() - t0
+            return out
+        return timed
+
+
+def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
+    import grpo.train as train
+    from data.records import Example
+
+    device = "cuda" if gpu else "cpu"
+    dtype = torch.bfloat16 if gpu else torch.float32
+    cfg = ours_config(args, gpu, "/tmp/grpo_bench_ours")
+    model = build_model(config, sd, dtype, device)
+    state = train.setup(cfg, model=model, tokenizer=tok)
+    state.sampler = FixedLength(state.sampler)
+    examples = [Example(id=str(i), task="arithmetic", prompt=q, answer=a) for i, (q, a) in enumerate(rows)]
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    times, gen = [], []
+    for s in range(args.steps):
+        batch = examples[s * args.prompts:(s + 1) * args.prompts]
+        sync()
+        t0 = time.perf_counter()
+        stats, _ = train.train_step(state, batch)
+        sync()
+        times.append(time.perf_counter() - t0)
+        gen.append(stats.gen_seconds)
+        print(f"  ours step {s + 1}: {times[-1]:.3f} s (sampling {stats.gen_seconds:.3f} s)", flush=True)
+    peak = peak_gib(gpu)
+    profile = profile_ours(state, train, examples[:args.prompts]) if args.profile else None
+    med = median_steady(times, args.warmup)
+    n = args.prompts * args.group
+    sampler_name = type(state.sampler.inner).__name__
+    del state, model
+    free_memory(gpu)
+    return {"impl": f"ours ({sampler_name})", "step_s_median": round(med, 4),
+            "step_s_all": [round(t, 4) for t in times],
+            "gen_tokens_per_s": round(n * args.tokens / med, 1),
+            "sampling_tokens_per_s": round(n * args.tokens / median_steady(gen, args.warmup), 1),
+            "peak_gpu_gib": peak, "profile_s": profile}
+
+
+def profile_ours(state, train, batch) -> dict:
+    """One extra step with synchronized timers around each phase (slower than a timed step)."""
+    timer = PhaseTimer()
+    inner = state.sampler.inner
+    patched = {"score_rollout": train.score_rollout, "token_logprobs": train.token_logprobs}
+    train.score_rollout = timer.wrap("rewards", train.score_rollout)
+    train.token_logprobs = timer.wrap("logprobs_forward", train.token_logprobs)
+    acc_backward, opt_step = state.accelerator.backward, state.optimizer.step
+    state.accelerator.backward = timer.wrap("backward", acc_backward)
+    state.optimizer.step = timer.wrap("optimizer", opt_step)
+    if hasattr(inner, "profile"):
+        inner.profile, inner.timings = True, {}
+    try:
+        sync()
+        t0 = time.perf_counter()
+        train.train_step(state, batch)
+        sync()
+        total = time.perf_counter() - t0
+    finally:
+        for k, v in patched.items():
+            setattr(train, k, v)
+        state.accelerator.backward, state.optimizer.step = acc_backward, opt_step
+        if hasattr(inner, "profile"):
+            inner.profile = False
+    out = {k: round(v, 4) for k, v in getattr(inner, "timings", {}).items()}
+    out.update({k: round(v, 4) for k, v in timer.t.items()})
+    out["step_total"] = round(total, 4)
+    out["other"] = round(total - sum(v for k, v in out.items() if k != "step_total"), 4)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- TRL
+
+def bench_trl(args, config, sd, tok, gpu: bool) -> dict:
+    import trl
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.t, self.times = None, []
+
+        def on_step_begin(self, *a, **k):
+            sync()
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            sync()
+            self.times.append(time.perf_counter() - self.t)
+
+    def correctness(completions, answer, **_):
+        return [1.0 if f"\\boxed{{{a}}}" in c[0]["content"] else 0.0 for c, a in zip(completions, answer)]
+
+    n = args.prompts * args.group
+    # as the anchor: n rows per step; TRL's sampler takes n / G distinct prompts and repeats each G times
+    data = Dataset.from_list([{"prompt": [{"role": "user", "content": q}], "answer": a}
+                              for q, a in arithmetic_rows(n * args.trl_steps)])
+    model = build_model(config, sd, torch.bfloat16 if gpu else torch.float32, "cuda" if gpu else "cpu")
+    cfg = trl.GRPOConfig(
+        output_dir="/tmp/grpo_bench_trl", per_device_train_batch_size=n, num_generations=args.group,
+        max_completion_length=args.tokens, generation_kwargs={"min_new_tokens": args.tokens},
+        beta=args.beta, learning_rate=1e-6, max_steps=args.trl_steps, logging_steps=1, save_strategy="no",
+        report_to=[], bf16=gpu, use_cpu=not gpu, gradient_checkpointing=True, dataloader_num_workers=0, seed=0)
+    timer = StepTimer()
+    trainer = trl.GRPOTrainer(model=model, processing_class=tok, reward_funcs=[correctness], args=cfg,
+                              train_dataset=data, callbacks=[timer])
+    if gpu:
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    peak = peak_gib(gpu)
+    med = median_steady(timer.times, args.warmup)
+    del trainer, model
+    free_memory(gpu)
+    return {"impl": f"trl.GRPOTrainer {trl.__version__}", "step_s_median": round(med, 4),
+            "step_s_all": [round(t, 4) for t in timer.times], "gen_tokens_per_s": round(n * args.tokens / med, 1),
+            "peak_gpu_gib": peak}
+
+
+# --------------------------------------------------------------------------- engine-only section
+
+def chat_prompt_ids(tok, rows) -> list[list[int]]:
+    from data.templates import render
+
+    texts = [render(tok, [{"role": "user", "content": q}]) for q, _ in rows]
+    return tok(texts, add_special_tokens=False)["input_ids"]
+
+
+def time_sampler(sampler, prompt_ids, group, params, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        sync()
+        t0 = time.perf_counter()
+        sampler.generate(prompt_ids, group, params)
+        sync()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:] or times)
+
+
+def bench_engine(args, config, sd, tok, rows, gpu: bool) -> list[dict]:
+    """Sampling alone (std-step rollout), our engine variants next to HF generate; and checks on the
+    real model: greedy agreement with HF generate and sampled logprobs against a forward pass."""
+    from grpo.engine import EngineSampler
+    from grpo.rollout import HFSampler, SamplingParams
+
+    device = "cuda" if gpu else "cpu"
+    model = build_model(config, sd, torch.bfloat16 if gpu else torch.float32, device).train()
+    prompt_ids = chat_prompt_ids(tok, rows[:args.prompts])
+    n = args.prompts * args.group
+    out = []
+
+    def record(name, tokens, seconds, **extra):
+        r = {"impl": name, "rows": n, "tokens": tokens, "seconds": round(seconds, 4),
+             "tokens_per_s": round(n * tokens / seconds, 1), **extra}
+        out.append(r)
+        print(" ", json.dumps(r), flush=True)
+
+    full = SamplingParams(max_new_tokens=args.tokens, temperature=1.0, min_new_tokens=args.tokens)
+    variants = [("engine graphs+compile", dict(cuda_graphs=True, compile=True)),
+                ("engine graphs", dict(cuda_graphs=True, compile=False)),
+                ("engine eager", dict(cuda_graphs=False, compile=False))] if gpu else \
+               [("engine eager", dict(cuda_graphs=False, compile=False))]
+    for name, kw in variants:
+        eng = EngineSampler(model, tok, max_batch=n, max_seq_len=4096, **kw)
+        tokens = args.tokens if kw.get("cuda_graphs") or not gpu else min(args.tokens, 64)
+        p = dataclasses.replace(full, max_new_tokens=tokens, min_new_tokens=tokens)
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        t = time_sampler(eng, prompt_ids, args.group, p, reps=3)
+        record(name, tokens, t, peak_gpu_gib=peak_gib(gpu))
+        eng.release()
+        del eng
+        free_memory(gpu)
+    short = dataclasses.replace(full, max_new_tokens=min(args.tokens, 64), min_new_tokens=min(args.tokens, 64))
+    record("hf generate (dynamic cache)", short.max_new_tokens,
+           time_sampler(HFSampler(model, tok, batch_size=n), prompt_ids, args.group, short, reps=2))
+    try:  # transformers' own static cache (no compile: compiling the HF decode step takes minutes)
+        model.generation_config.cache_implementation = "static"
+        record("hf generate (static cache)", short.max_new_tokens,
+               time_sampler(HFSampler(model, tok, batch_size=n), prompt_ids, args.group, short, reps=2))
+    except Exception as e:  # noqa: BLE001 - report, do not abort the benchmark
+        print(f"  hf static cache failed: {type(e).__name__}: {e}")
+    finally:
+        model.generation_config.cache_implementation = None
+    out.append(check_engine(model, tok, prompt_ids, gpu))
+    print(" ", json.dumps(out[-1]), flush=True)
+    del model
+    free_memory(gpu)
+    return out
+
+
+def check_engine(model, tok, prompt_ids, gpu: bool) -> dict:
+    """Real-model checks: greedy tokens vs HF generate (bf16 near-ties may split late), and the engine's
+    sampled logprobs vs one forward pass over prompt + completion."""
+    from grpo.engine import EngineSampler
+    from grpo.rollout import HFSampler, SamplingParams
+
+    g = SamplingParams(max_new_tokens=64, temperature=0.0)
+    eng = EngineSampler(model, tok, max_batch=128)
+    a = eng.generate(prompt_ids, 1, g)
+    b = HFSampler(model, tok).generate(prompt_ids, 1, g)
+    width = min(a.completion_ids.shape[1], b.completion_ids.shape[1])
+    same = (a.completion_ids[:, :width] == b.completion_ids[:, :width])
+    agree_prefix = [int(r.long().cumprod(0).sum()) for r in same]
+    s = eng.generate(prompt_ids, 2, SamplingParams(max_new_tokens=64, temperature=1.0, min_new_tokens=64))
+    dev = next(model.parameters()).device
+    diffs = []
+    with torch.no_grad():
+        for i, p in enumerate(s.prompt_ids):
+            c = s.completion_ids[i].tolist()
+            logits = model(torch.tensor([p + c], device=dev)).logits[0, len(p) - 1:-1].float()
+            ref = logits.log_softmax(-1).gather(-1, torch.tensor(c, device=dev)[:, None])[:, 0].cpu()
+            diffs.append((ref - s.logprobs[i]).abs())
+    d = torch.cat(diffs)
+    eng.release()
+    return {"check": "real model", "greedy_rows_identical": int(same.all(1).sum()), "rows": len(prompt_ids),
+            "greedy_mean_agreeing_prefix": round(sum(agree_prefix) / len(agree_prefix), 1), "greedy_width": width,
+            "logprob_absdiff_mean": round(float(d.mean()), 5), "logprob_absdiff_max": round(float(d.max()), 4)}
+
+
+# ---------------------------------------------------------------------------------------- main
+
+def print_table(results: list[dict], device: str, args) -> None:
+    print(f"\nstd-step on {device}: {args.prompts} prompts x G={args.group}, {args.tokens} new tokens, "
+          f"beta={args.beta}, {time.strftime('%Y-%m-%d')}")
+    print(f"| impl | median s/step | gen tok/s | peak GiB |\n|---|---|---|---|")
+    for r in results:
+        print(f"| {r['impl']} | {r['step_s_median']:.3f} | {r['gen_tokens_per_s']:,.0f} | {r['peak_gpu_gib']} |")
+    ours = [r for r in results if r["impl"].startswith("ours")]
+    trl = [r for r in results if r["impl"].startswith("trl")]
+    if ours and trl:
+        print(f"ratio TRL/ours (s/step): {trl[0]['step_s_median'] / ours[0]['step_s_median']:.2f}x")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--gguf-dir", default=None, help="folder holding " + GGUF)
+    p.add_argument("--cpu-tiny", action="store_true", help="tiny random Llama on CPU (tokenizer: bundled SmolLM2)")
+    p.add_argument("--steps", type=int, default=None, help="our timed steps (default 7 GPU, 4 CPU)")
+    p.add_argument("--trl-steps", type=int, default=None, help="TRL steps (default 5 GPU, 4 CPU)")
+    p.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    p.add_argument("--prompts", type=int, default=None)
+    p.add_argument("--group", type=int, default=8)
+    p.add_argument("--tokens", type=int, default=None)
+    p.add_argument("--beta", type=float, default=0.0)
+    p.add_argument("--backend", default="engine", choices=["engine", "hf"])
+    p.add_argument("--micro-batch", type=int, default=None)
+    p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--skip-ours", action="store_true")
+    p.add_argument("--engine-only", action="store_true", help="also run the sampling-only section")
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "bench.json") if os.environ.get("OUT") else None)
+    args = p.parse_args(argv)
+    gpu = torch.cuda.is_available() and not args.cpu_tiny
+    if not gpu and not args.cpu_tiny and not args.gguf_dir:
+        p.error("no GPU: use --cpu-tiny, or --gguf-dir to run the real model on CPU")
+    args.prompts = args.prompts or (16 if gpu else 4)
+    args.tokens = args.tokens or (256 if gpu else 32)
+    args.steps = args.steps or (7 if gpu else 4)
+    args.trl_steps = args.trl_steps or (5 if gpu else 4)
+    args.micro_batch = args.micro_batch or (32 if gpu else 16)
+    if args.cpu_tiny:
+        args.gguf_dir = None
+    config, sd, tok = load_weights(args)
+    device = torch.cuda.get_device_name() if gpu else "cpu"
+    rows = arithmetic_rows(args.prompts * max(args.steps, args.trl_steps) + 8)
+    results, engine_rows = [], []
+    if args.engine_only:
+        print("engine section:", flush=True)
+        engine_rows = bench_engine(args, config, sd, tok, rows, gpu)
+    if not args.skip_ours:
+        print("ours:", flush=True)
+        results.append(bench_ours(args, config, sd, tok, rows, gpu))
+        print(" ", json.dumps(results[-1]), flush=True)
+    if not args.skip_trl:
+        print("TRL:", flush=True)
+        results.append(bench_trl(args, config, sd, tok, gpu))
+        print(" ", json.dumps(results[-1]), flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "args": vars(args), "results": results, "engine": engine_rows}, f, indent=1)
+    if results:
+        print_table(results, device, args)
+
+
+if __name__ == "__main__":
+    main()
