@@ -33,6 +33,8 @@ RewardFn = Callable[..., list]
 BUILTIN_REWARDS: dict[str, str] = {
     "accuracy": "rewards.math:accuracy_reward",
     "format": "rewards.format:format_reward",
+    "tag_count": "rewards.format:tag_count_reward",
+    "code": "rewards.code:code_reward",
 }
 
 _REGISTERED: dict[str, RewardFn] = {}
