@@ -63,7 +63,8 @@ def after_optimizer_step(model) -> None:
 
 
 def aux_loss(model):
-    """Sum of the MoE balance losses of the forwards since the last call (0.0 when disabled)."""
+    """Sum over layers of the MoE balance loss of the last grad-enabled forward (0.0 when disabled);
+    call right after each forward and add it to that forward's loss."""
     total = 0.0
     for m in moe_layers(model):
         if m.aux_loss is not None:

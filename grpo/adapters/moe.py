@@ -236,7 +236,7 @@ class DeepSeekMoE(nn.Module):
             f = (onehot.view(b, l, e) * r).sum(1) * e / (k * t)                  # [B, E]
             pm = (p.view(b, l, e) * r).sum(1) / t                                # [B, E]
             loss = self.cfg.balance_loss_coef * (f * pm).sum(-1).mean()
-            self.aux_loss = loss if self.aux_loss is None else self.aux_loss + loss
+            self.aux_loss = loss  # the last grad forward's; `aux_loss(model)` takes it (no graph piles up)
 
     @torch.no_grad()
     def update_bias(self) -> None:
