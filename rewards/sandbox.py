@@ -57,7 +57,7 @@ if iso != "none":
     if pid:
         _, status = os.waitpid(pid, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    tmp = os.getcwd().encode()
+    tmp = b"."  # the run's directory, by the cwd: its path vanishes once /tmp is covered
     if libc.mount(None, b"/", None, 0x4000 | 0x40000, None) == 0:  # MS_REC | MS_PRIVATE
         for target in (b"/tmp", b"/var/tmp", b"/dev/shm"):
             if os.path.isdir(target):
