@@ -1,0 +1,65 @@
+"""Code reward: extraction, io/assert/HumanEval scoring, partial credit, None cases, parallel batches."""
+import time
+
+import pytest
+
+import rewards.sandbox as sandbox
+from rewards.code import code_reward, extract_code, normalise_output, score_code
+
+ADD = {"asserts": ["assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert add('a', 'b') == 'ab'"]}
+
+
+def fence(code, lang="python"):
+    return f"Reasoning...\n```{lang}\n{code}```\n"
+
+
+def test_extract_last_python_block():
+    text = "```python\nx = 1\n```\nbetter:\n```py\nx = 2\n```\n```text\nnot code\n```"
+    assert extract_code(text) == "x = 2\n"
+    assert extract_code("no code here") is None
+
+
+def test_normalise_output():
+    assert normalise_output("1 \r\n2\t\r\n\r\n") == normalise_output("1\n2")
+
+
+def test_partial_credit_and_setup():
+    assert score_code(fence("def add(a, b):\n    return a + b if isinstance(a, int) else None\n"), ADD) == pytest.approx(2 / 3)
+    tests = {"asserts": ["assert area(2) == 12.56"], "setup": "PI = 3.14\n"}
+    assert score_code(fence("def area(r):\n    return PI * r * r\n"), tests) == 1.0
+
+
+def test_candidate_exceptions_map_to_builtins():
+    tests = {"asserts": ["try:\n    f(-1)\n    raise AssertionError\nexcept ValueError:\n    pass"]}
+    assert score_code(fence("def f(x):\n    raise ValueError('negative')\n"), tests) == 1.0
+
+
+def test_io_and_asserts_together():
+    tests = {"asserts": ["assert double(2) == 4"], "io": [{"input": "3\n", "output": "6\n"}]}
+    code = "def double(x):\n    return 2 * x\n\nif __name__ == '__main__':\n    print(double(int(input())))\n"
+    assert score_code(fence(code), tests) == 1.0
+
+
+def test_not_applicable_and_missing_code():
+    out = code_reward(None, ["```python\nprint(1)\n```", "no code", "x"],
+                      tests=[None, ADD, ADD], task=["mbpp", "mbpp", "gsm8k"])
+    assert out == [None, 0.0, None]
+
+
+def test_infrastructure_failure_is_none(monkeypatch):
+    monkeypatch.setattr(sandbox.sys, "executable", "/nonexistent/python")
+    assert score_code(fence("def add(a, b):\n    return a + b\n"), ADD) is None
+    assert score_code(fence("print(1)\n"), {"io": [{"input": "", "output": "1"}]}) is None
+
+
+def test_chat_completions_and_parallel_batch():
+    good = [{"role": "assistant", "content": fence("def add(a, b):\n    return a + b\n")}]
+    t0 = time.monotonic()
+    out = code_reward(None, [good] * 6, tests=[ADD] * 6, max_workers=3)
+    assert out == [1.0] * 6
+    assert time.monotonic() - t0 < 30
+
+
+def test_network_isolation_reported():
+    report = sandbox.isolation_report()
+    assert set(report) == {"namespaces", "separate_uid"}
