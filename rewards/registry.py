@@ -35,6 +35,11 @@ BUILTIN_REWARDS: dict[str, str] = {
     "format": "rewards.format:format_reward",
     "tag_count": "rewards.format:tag_count_reward",
     "code": "rewards.code:code_reward",
+    "reasoning_steps": "rewards.shaping:reasoning_steps_reward",
+    "cosine": "rewards.shaping:cosine_reward",
+    "repetition_penalty": "rewards.shaping:repetition_penalty_reward",
+    "soft_overlong": "rewards.shaping:soft_overlong_reward",
+    "language_consistency": "rewards.shaping:language_consistency_reward",
 }
 
 _REGISTERED: dict[str, RewardFn] = {}
