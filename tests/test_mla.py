@@ -41,9 +41,10 @@ def test_full_rank_partial_rope_only_drops_positions(kind):
     assert err_low > err_rope          # and rank 8 of 56 adds low-rank error
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2"])
-def test_absorbed_latent_path_matches_full_forward(kind):
+@pytest.mark.parametrize("kind,attn", [("llama", "eager"), ("qwen2", "eager"), ("llama", "sdpa")])
+def test_absorbed_latent_path_matches_full_forward(kind, attn):
     mla = _mla(tiny_model(kind), rank=12, rope_dims=4)
+    mla.config._attn_implementation = attn
     ref = _logits(mla)
     t = IDS.shape[1]
     pos = torch.arange(t)[None]

@@ -195,7 +195,8 @@ class DeepSeekMoE(nn.Module):
         b, l, d = x.shape
         e, k = self.cfg.num_experts, self.cfg.top_k
         flat = x.reshape(-1, d)                                                  # [N, D]
-        scores = torch.sigmoid(F.linear(flat.float(), self.router.weight.float()))  # [N, E]
+        with torch.autocast(flat.device.type, enabled=False):  # routing in fp32, as DeepSeek-V3
+            scores = torch.sigmoid(F.linear(flat.float(), self.router.weight.float()))  # [N, E]
         own = torch.topk(scores.detach() + self.e_score_correction_bias, k, dim=-1).indices  # [N, k]
         idx = own
         st = self.state
