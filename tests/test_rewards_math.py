@@ -1,5 +1,7 @@
 """Math answer extraction, equivalence conventions, the accuracy reward, and the timeout bound."""
+import json
 import threading
+from pathlib import Path
 import time
 
 import pytest
@@ -87,3 +89,31 @@ def test_timeout_bounds_a_pathological_check_from_a_thread():
     assert not th.is_alive()
     assert result["ok"] is False and result["dt"] < 5
     assert verify("\\frac{1}{\\sqrt2}", "\\frac{\\sqrt2}{2}")  # a fresh helper takes over after the kill
+
+
+PAIRS = [json.loads(line) for line in (Path(__file__).parent / "data" / "rewards_math_pairs.jsonl").open()]
+
+
+def test_agreement_with_human_labels():
+    """The hand-labelled fixture (~170 gold/prediction pairs over every category of the conventions)."""
+    wrong = [(p["gold"], p["pred"], p["label"]) for p in PAIRS if verify(p["gold"], p["pred"]) != p["label"]]
+    assert len(PAIRS) >= 150
+    assert len(wrong) <= len(PAIRS) * 0.03, wrong
+
+
+def test_at_least_as_good_as_math_verify():
+    mv = pytest.importorskip("math_verify")
+
+    def theirs(p):
+        try:
+            return bool(mv.verify(mv.parse("$" + p["gold"] + "$"), mv.parse("$" + p["pred"] + "$")))
+        except Exception:  # noqa: BLE001
+            return False
+
+    ours = sum(verify(p["gold"], p["pred"]) == p["label"] for p in PAIRS)
+    assert ours >= sum(theirs(p) == p["label"] for p in PAIRS)
+
+
+def test_number_words_and_units():
+    assert verify("3", "three") and verify("20", "twenty") and not verify("3", "four")
+    assert verify("0.5x", "\\frac{x}{2}") and verify("36\\pi", "36\\pi \\text{ cm}^2")

@@ -22,6 +22,7 @@ _CHOICE_PRED = re.compile(r"^(?:\\text\{)?\(?\s*([A-Ea-e])\s*(?:\)|\.|:|\}|$)")
 _MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*?)\\end\{\1\}", re.DOTALL)
 _SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?$")
 _CONNECTIVES = re.compile(r"\s*(?:\\text\{\s*(?:or|and)\s*\}|\b(?:or|and)\b)\s*")
+_TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}(?:\^\{?\d\}?)?")
 _MAX_SET = 12  # bigger sets are compared in order after sorting their text, to keep matching cheap
 
 
@@ -102,6 +103,13 @@ def _sympy_equal(a, b) -> bool:
     return False
 
 
+def _drop_text_units(s: str) -> str:
+    """'36\\pi \\text{ cm}^2' -> '36\\pi': \\text blocks after an expression are units."""
+    s = drop_units(s)
+    stripped = _TEXT_UNIT.sub("", s).strip()
+    return stripped if stripped else s
+
+
 def _rounded_match(gold: Number, exact: Fraction) -> bool:
     """A decimal gold with k places accepts an exact prediction that rounds (half away from 0) to it."""
     if gold.places is None or gold.places == 0:
@@ -140,7 +148,7 @@ def atoms_equal(gold: str, pred: str) -> bool:
     if re.fullmatch(r"[A-Za-z][A-Za-z ]*[A-Za-z]", gt.strip()):  # a word answer ("Monday", "odd")
         return gt.strip().lower() == pt.strip().lower()
     try:
-        ge, pe = _sympy_expr(drop_units(gold)), _sympy_expr(drop_units(pred))
+        ge, pe = _sympy_expr(_drop_text_units(gold)), _sympy_expr(_drop_text_units(pred))
     except Exception:  # noqa: BLE001 - unparseable text: only identical text counts
         return clean(gt).replace(" ", "") == clean(pt).replace(" ", "")
     if g is not None and g.places and p is None and pe.is_number:
@@ -204,7 +212,11 @@ def _normalise(s: str) -> str:
     s = clean(s)
     if s.startswith("\\boxed{") and s.endswith("}"):
         s = s[7:-1]
-    return _CONNECTIVES.sub(", ", s).strip(" ,")
+    s = _CONNECTIVES.sub(", ", s).strip(" ,")
+    parts = split_top(s, "\\pm")
+    if len(parts) == 2 and "," not in s:  # a \pm b is the two answers a + b, a - b
+        s = f"{parts[0]}+{parts[1]}, {parts[0]}-{parts[1]}"
+    return s
 
 
 def answers_equal(gold: str, pred: str) -> bool:

@@ -7,7 +7,9 @@ Conventions (see rewards.math for the full list): thousands separators are comma
 exactly three digits (``1,000``, ``1{,}000``, ``1\,000``); a leading currency sign (``$``, ``\$``, ``€``,
 ``£``, ``¥``) and trailing unit words (``5 cm``, ``12 apples``, ``5\text{ cm}^2``) are ignored;
 ``^\circ`` and ``°`` are dropped; a trailing ``%`` is kept as a flag (handled by the comparison); a mixed
-number ``2\frac{1}{2}`` means 5/2.
+number ``2\frac{1}{2}`` means 5/2; a number word up to twenty (and the tens, hundred, thousand,
+million) is that number. A unit must be a word of two or more letters or a ``\text{}``: ``0.5x`` is an
+expression, ``5 cm`` a number.
 """
 from __future__ import annotations
 
@@ -15,11 +17,11 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-_SPACING = re.compile(r"\\[,;:! ]|\\q?quad|\\displaystyle|\\textstyle|\\left|\\right|\\big|\\Big|~")
+_SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad|\\displaystyle|\\textstyle|\\left|\\right|\\big|\\Big|~")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname|mathit|rm)\s*\{([^{}]*)\}")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ|\\degree")
 _CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥|\\euro|USD|usd)\s*")
-_UNIT_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*\.?\d*|\.\d+)(?:\s*/\s*\d+)?)\s*(?:(?:\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|\\mathrm\{[^{}]*\}|[A-Za-z]+\.?)"
+_UNIT_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*\.?\d*|\.\d+)(?:\s*/\s*\d+)?)\s*(?:(?:\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|\\mathrm\{[^{}]*\}|[A-Za-z]{2,}\.?)"
                         r"(?:\^\{?\d\}?)?\s*)+$")
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,|\{,\}|\\,)\d{3})+)(?![\d])")
 _DECIMAL = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
@@ -28,6 +30,11 @@ _SIMPLE_FRAC = re.compile(r"^([+-]?)\s*(?:\\[dtc]?frac\s*\{\s*([+-]?\d+)\s*\}\s*
                           r"|\\[dtc]?frac\s*(\d)\s*(\d)|(\d+)\s*/\s*(\d+))$")
 _MIXED = re.compile(r"^([+-]?)(\d+)\s*\\[dtc]?frac\s*\{(\d+)\}\s*\{(\d+)\}$")
 _UNIT_WORDS_KEEP = {"pi", "e", "i", "sqrt"}  # words that are mathematics, not units
+NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+NUMBER_WORDS.update({"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80,
+                     "ninety": 90, "hundred": 100, "thousand": 1000, "million": 10 ** 6})
 
 
 def strip_text_commands(s: str) -> str:
@@ -80,6 +87,8 @@ def plain_number(s: str) -> Number | None:
     if percent:
         s = s[:-1].strip()
     s = s.replace(" ", "")
+    if s.lower() in NUMBER_WORDS:
+        return Number(Fraction(NUMBER_WORDS[s.lower()]), percent)
     if s.startswith("(") and s.endswith(")") and "," not in s:
         s = s[1:-1]
     if _DECIMAL.match(s):
@@ -161,6 +170,9 @@ def latex_to_sympy_source(s: str) -> str:
                 a, i = _group(s, i)
                 arg = latex_to_sympy_source(a)
                 out.append(f"sqrt({arg})" if root is None else f"(({arg})**(1/({latex_to_sympy_source(root)})))")
+            elif name == "log" and i < len(s) and s[i] == "_":
+                base, i = _group(s, i + 1)
+                out.append(f"(1/log({latex_to_sympy_source(base)}))*log ")
             elif name in _FUNCS:
                 out.append(" log " if name == "ln" else f" {name} ")
             elif name in _SYMBOLS:
