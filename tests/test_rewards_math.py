@@ -117,3 +117,23 @@ def test_at_least_as_good_as_math_verify():
 def test_number_words_and_units():
     assert verify("3", "three") and verify("20", "twenty") and not verify("3", "four")
     assert verify("0.5x", "\\frac{x}{2}") and verify("36\\pi", "36\\pi \\text{ cm}^2")
+
+
+def _pathological(_):
+    t0 = time.monotonic()
+    ok = verify("1", "(x+1)^(99999999998)-x^99999999998", timeout=1.0)
+    return ok, time.monotonic() - t0
+
+
+def test_timeout_works_under_a_process_pool():
+    from concurrent.futures import ProcessPoolExecutor
+    with ProcessPoolExecutor(max_workers=1) as pool:
+        ok, seconds = pool.submit(_pathological, 0).result(timeout=60)
+    assert ok is False and seconds < 5
+
+
+def test_bench_runs_small():
+    from rewards.bench import bench_math, _gsm8k_batch
+    import random
+    rate, slowest, wrong = bench_math(*_gsm8k_batch(300, random.Random(1)))
+    assert wrong == 0 and rate > 0
