@@ -185,8 +185,13 @@ class Sandbox:
                 str(lim.memory_bytes), str(lim.processes), str(lim.file_bytes), str(lim.open_files),
                 str(int(lim.require_isolation))]
         self.t0 = time.monotonic()
-        self.proc = subprocess.Popen(argv, cwd=self.dir, env={}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+        try:
+            self.proc = subprocess.Popen(argv, cwd=self.dir, env={}, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         stderr=subprocess.PIPE, start_new_session=True, close_fds=True)
+        except OSError:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            _SLOTS.give(self.slot)
+            raise
         return self.proc
 
     @property

@@ -204,3 +204,11 @@ def test_nothing_left_behind(hostile_results, benign_results):
 
 def test_enough_hostile_cases():
     assert len(HOSTILE) >= 40
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_sentinel():
+    yield
+    import shutil
+    shutil.rmtree(SENTINEL_DIR, ignore_errors=True)
+    _SERVER.close()

@@ -52,7 +52,7 @@ DEFAULT_TIMEOUT_S = 5.0
 __all__ = ["accuracy_reward", "verify", "extract_answer", "extract_gold", "CODE_TASKS"]
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=16384)
 def _verify_cached(gold: str, pred: str, timeout: float) -> bool:
     if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
         return gold.strip() == pred.strip()
