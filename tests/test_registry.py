@@ -96,3 +96,12 @@ def test_bad_outputs_rejected():
 def test_duplicate_reward_rejected():
     with pytest.raises(RewardError, match="twice"):
         load_rewards([RewardSpec("format"), RewardSpec("format")])
+
+
+def test_rewards_do_not_import_torch_or_grpo():
+    import subprocess
+    import sys
+    code = ("import sys, rewards.math, rewards.code, rewards.format, rewards.shaping, rewards.bench\n"
+            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('grpo')]\n"
+            "assert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
