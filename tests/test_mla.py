@@ -153,3 +153,21 @@ def test_heal_reduces_held_out_kd_and_perplexity_gap():
     assert gap() < 0.5 * before
     ppl_t = perplexity(teacher, tok, texts[:10], seq_len=64)
     assert abs(perplexity(student, tok, texts[:10], seq_len=64) - ppl_t) / ppl_t < 0.5
+
+
+def test_rotation_selection_prefers_fast_pairs_at_equal_norm():
+    dense = tiny_model()
+    with torch.no_grad():  # equalise pair norms: the rotation term alone decides
+        for layer in dense.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
+                w = proj.weight.view(-1, HEAD_DIM, 64)
+                w.copy_(w / w.norm(dim=-1, keepdim=True))
+            layer.input_layernorm.weight.fill_(1.0)
+    from grpo.adapters.mla import _rotation_error
+    err = _rotation_error(dense, 1024)  # [8]: saturates (~4/pi) for pairs that turn fully in 1024 steps
+    assert err[-1] < 0.2 * err[0]       # the slowest pair barely rotates
+    expected = sorted(torch.topk(err, 2).indices.tolist())
+    rot = _mla(dense, rank=12, rope_dims=4, selection="rotation")
+    for a in mla_layers(rot):
+        assert a.rope_pairs.tolist() == [expected, expected]
+        assert HEAD_DIM // 2 - 1 not in a.rope_pairs.tolist()[0]

@@ -13,6 +13,10 @@ dim i + d/2 at frequency θ_i (i < d/2).
    keeps the m pairs with the largest Σ_h E‖q_{h,i}‖ · E‖k_{g,i}‖ (MHA2MLA's 2-norm criterion),
    measured on calibration tokens when given, else on the weights (‖diag(γ) W‖ of the pair's rows,
    the activation norm under whitened inputs). "fixed" keeps pairs 0..m-1 (highest frequencies).
+   "rotation" (ours) scores the error of dropping the rotation instead of the pair's size: at
+   relative distance Δ, |q_i·R(θ_iΔ)k_i − q_i·k_i| ≤ ‖q_i‖‖k_i‖·2|sin(θ_iΔ/2)|, so it multiplies the
+   2-norm score by the mean of 2|sin(θ_iΔ/2)| over Δ = 1..rope_context. Low-frequency pairs barely
+   rotate over a short context; they are safe to make position-free however large their norm.
    The rows of W_q (per head) and W_k (per KV head) are permuted so that the kept dims come first,
    laid out [i_1..i_m, i_1+d/2..i_m+d/2] (rotate_half works within them); q·k is unchanged by a
    common permutation. The other d - 2m dims lose RoPE: this is the (only) approximation of step 1.
@@ -56,7 +60,8 @@ except ImportError:  # pragma: no cover
 class MLAConfig:
     rank: int = 64
     rope_dims: int = 8            # rotary dims kept per KV head (2 per frequency pair)
-    rope_selection: str = "norm"  # "norm" (MHA2MLA 2-norm) | "fixed" (highest frequencies)
+    rope_selection: str = "norm"  # "norm" (MHA2MLA 2-norm) | "rotation" (2-norm × rotation) | "fixed"
+    rope_context: int = 1024      # "rotation": relative distances 1..rope_context the error averages over
 
     @classmethod
     def from_dict(cls, d: dict) -> "MLAConfig":
@@ -67,8 +72,8 @@ class MLAConfig:
         cfg = cls(**d)
         if cfg.rope_dims % 2 or cfg.rope_dims < 0:
             raise ValueError(f"mla.rope_dims must be even and >= 0, got {cfg.rope_dims}")
-        if cfg.rope_selection not in ("norm", "fixed"):
-            raise ValueError(f"mla.rope_selection must be 'norm' or 'fixed', got {cfg.rope_selection!r}")
+        if cfg.rope_selection not in ("norm", "rotation", "fixed"):
+            raise ValueError(f"mla.rope_selection must be 'norm', 'rotation' or 'fixed', got {cfg.rope_selection!r}")
         if cfg.rank < 1:
             raise ValueError("mla.rank must be >= 1")
         return cfg
@@ -300,8 +305,17 @@ def convert_mla(model, cfg: MLAConfig, init: bool = True, calibration_ids: torch
                 qn = _pair_norms(old.q_proj.weight * gamma, new.num_heads, d)
                 kn = _pair_norms(old.k_proj.weight * gamma, n_kv, d)
                 score = qn.view(n_kv, g, -1).sum(1) * kn
+            if cfg.rope_selection == "rotation":
+                score = score.cpu() * _rotation_error(model, cfg.rope_context)
             new.init_from(old, score.cpu(), calib[i]["cov"] if i in calib else None)
         layer.self_attn = new
+
+
+def _rotation_error(model, context: int) -> torch.Tensor:
+    """mean_{Δ=1..context} 2|sin(θ_i Δ / 2)| per frequency pair i: [d/2], from the model's inv_freq."""
+    inv_freq = model.model.rotary_emb.inv_freq.detach().float().cpu()              # [d/2]
+    delta = torch.arange(1, context + 1, dtype=torch.float32)
+    return (2 * torch.sin(inv_freq[:, None] * delta[None, :] / 2).abs()).mean(1)
 
 
 def mla_layers(model) -> list[MLAAttention]:
