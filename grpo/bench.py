@@ -316,14 +316,15 @@ def bench_engine(args, config, sd, tok, rows, gpu: bool) -> list[dict]:
     short = dataclasses.replace(full, max_new_tokens=min(args.tokens, 64), min_new_tokens=min(args.tokens, 64))
     record("hf generate (dynamic cache)", short.max_new_tokens,
            time_sampler(HFSampler(model, tok, batch_size=n), prompt_ids, args.group, short, reps=2))
-    try:  # transformers' own static cache (no compile: compiling the HF decode step takes minutes)
-        model.generation_config.cache_implementation = "static"
-        record("hf generate (static cache)", short.max_new_tokens,
-               time_sampler(HFSampler(model, tok, batch_size=n), prompt_ids, args.group, short, reps=2))
-    except Exception as e:  # noqa: BLE001 - report, do not abort the benchmark
-        print(f"  hf static cache failed: {type(e).__name__}: {e}")
-    finally:
-        model.generation_config.cache_implementation = None
+    if args.hf_static:  # transformers' static cache; its generate may compile the model itself (minutes)
+        try:
+            model.generation_config.cache_implementation = "static"
+            record("hf generate (static cache)", short.max_new_tokens,
+                   time_sampler(HFSampler(model, tok, batch_size=n), prompt_ids, args.group, short, reps=2))
+        except Exception as e:  # noqa: BLE001 - report, do not abort the benchmark
+            print(f"  hf static cache failed: {type(e).__name__}: {e}")
+        finally:
+            model.generation_config.cache_implementation = None
     out.append(check_engine(model, tok, prompt_ids, gpu))
     print(" ", json.dumps(out[-1]), flush=True)
     del model
@@ -390,7 +391,9 @@ def main(argv=None):
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-ours", action="store_true")
-    p.add_argument("--engine-only", action="store_true", help="also run the sampling-only section")
+    p.add_argument("--engine-only", action="store_true",
+                   help="also run the sampling-only section (after the table; not yet seen finishing on a GPU)")
+    p.add_argument("--hf-static", action="store_true", help="in that section, also HF generate with a static cache")
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "bench.json") if os.environ.get("OUT") else None)
     args = p.parse_args(argv)
@@ -408,9 +411,6 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if gpu else "cpu"
     rows = arithmetic_rows(args.prompts * max(args.steps, args.trl_steps) + 8)
     results, engine_rows = [], []
-    if args.engine_only:
-        print("engine section:", flush=True)
-        engine_rows = bench_engine(args, config, sd, tok, rows, gpu)
     if not args.skip_ours:
         print("ours:", flush=True)
         results.append(bench_ours(args, config, sd, tok, rows, gpu))
@@ -419,11 +419,14 @@ def main(argv=None):
         print("TRL:", flush=True)
         results.append(bench_trl(args, config, sd, tok, gpu))
         print(" ", json.dumps(results[-1]), flush=True)
+    if results:
+        print_table(results, device, args)
+    if args.engine_only:
+        print("engine section:", flush=True)
+        engine_rows = bench_engine(args, config, sd, tok, rows, gpu)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "args": vars(args), "results": results, "engine": engine_rows}, f, indent=1)
-    if results:
-        print_table(results, device, args)
 
 
 if __name__ == "__main__":

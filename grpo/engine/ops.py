@@ -96,6 +96,13 @@ class Ops:
         self.swiglu = wrap(swiglu)
         self.sample_tokens = wrap(sample_tokens)
 
+    def disable_compile(self) -> None:
+        """Fall back to the plain functions in place (every holder of this Ops sees the change)."""
+        plain = Ops(compile=False, shadows=self.shadows)
+        for name in ("rms_norm", "add_rms_norm", "rope_qk", "swiglu", "sample_tokens"):
+            setattr(self, name, getattr(plain, name))
+        self.compiled = False
+
     def plain(self) -> "Ops":
         """The same weights with uncompiled functions (prefill: its shapes vary per call)."""
         if not self.compiled:

@@ -205,7 +205,7 @@ class EngineSampler:
         ws = self._workspace(len(prompts) * g, p0 + t_max, t_max)
         t0 = self._clock()
         logits = self._prefill(ws, prompts, g, p0)
-        self._commit(ws, logits.repeat_interleave(g, 0), params)
+        self._uncompiled_on_error(self._commit, ws, logits.repeat_interleave(g, 0), params)
         t1 = self._clock()
         can_stop = params.min_new_tokens < t_max
         produced = 1
@@ -286,6 +286,18 @@ class EngineSampler:
         ws.pos.add_(1)
         ws.slot.add_(1)
 
+    def _uncompiled_on_error(self, fn, *args):
+        """Run fn; if the compiled ops fail (no compiler, an inductor bug), retry with plain ops. Safe for
+        _step and _commit: a failure comes before their counters move; cache/mask writes are idempotent."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - a compiler problem must not stop sampling
+            if not self.ops.compiled:
+                raise
+            warnings.warn(f"torch.compile of the engine ops failed ({type(e).__name__}: {e}); running uncompiled")
+            self.ops.disable_compile()
+            return fn(*args)
+
     def _run_step(self, ws: _Workspace, length: int, params: SamplingParams) -> None:
         if not self.cuda_graphs:
             self._step(ws, length, params)
@@ -300,7 +312,7 @@ class EngineSampler:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._step(ws, length, params)
+            self._uncompiled_on_error(self._step, ws, length, params)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
