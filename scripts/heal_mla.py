@@ -104,7 +104,7 @@ def main(argv=None):
     ap.add_argument("--out", type=Path, default=Path("runs/heal_mla"))
     ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--rope-dims", type=int, default=8, help="rotary dims kept per KV head")
-    ap.add_argument("--rope-selection", default="norm", choices=["norm", "rotation", "fixed"])
+    ap.add_argument("--rope-selection", default="rotation", choices=["norm", "rotation", "fixed"])
     ap.add_argument("--calib-blocks", type=int, default=32, help="calibration blocks of --seq-len tokens")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--time-budget", type=float, default=180.0, help="seconds of healing at most")

@@ -17,6 +17,9 @@ dim i + d/2 at frequency θ_i (i < d/2).
    relative distance Δ, |q_i·R(θ_iΔ)k_i − q_i·k_i| ≤ ‖q_i‖‖k_i‖·2|sin(θ_iΔ/2)|, so it multiplies the
    2-norm score by the mean of 2|sin(θ_iΔ/2)| over Δ = 1..rope_context. Low-frequency pairs barely
    rotate over a short context; they are safe to make position-free however large their norm.
+   Measured on SmolLM2-135M (rank 64, 4 pairs per KV head, unhealed GSM8K-test perplexity, dense
+   6.53): norm 118.3, rotation 63.2, fixed 60.0; "rotation" is the default (it keeps the 2-norm
+   criterion's per-head, data-driven choice and adapts to the RoPE base).
    The rows of W_q (per head) and W_k (per KV head) are permuted so that the kept dims come first,
    laid out [i_1..i_m, i_1+d/2..i_m+d/2] (rotate_half works within them); q·k is unchanged by a
    common permutation. The other d - 2m dims lose RoPE: this is the (only) approximation of step 1.
@@ -60,7 +63,7 @@ except ImportError:  # pragma: no cover
 class MLAConfig:
     rank: int = 64
     rope_dims: int = 8            # rotary dims kept per KV head (2 per frequency pair)
-    rope_selection: str = "norm"  # "norm" (MHA2MLA 2-norm) | "rotation" (2-norm × rotation) | "fixed"
+    rope_selection: str = "rotation"  # "rotation" (2-norm × rotation) | "norm" (MHA2MLA 2-norm) | "fixed"
     rope_context: int = 1024      # "rotation": relative distances 1..rope_context the error averages over
 
     @classmethod
