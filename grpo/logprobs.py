@@ -1,9 +1,12 @@
 """Per-token log-probabilities of sampled completions, computed without materialising [N, T, V] logits.
 
 Sequences are laid out as ``[left-padded prompt | right-padded completion]`` so every completion starts
-at column P (the prompt width); the hidden state at column P-1+t predicts completion token t. Logits are
-computed in chunks of rows; with gradients, each chunk runs under activation checkpointing so only the
-hidden states are kept and the chunk's logits are recomputed in backward.
+at column P (the prompt width); the hidden state at column P-1+t predicts completion token t. Only the
+hidden states of real completion tokens (mask 1) go through the LM head, in chunks of `chunk_tokens`
+tokens, so neither padding nor the full [N, T, V] logits are ever computed: the largest transient is one
+chunk's [chunk_tokens, V] float32 logits (1024 x 49152 x 4 B = 200 MB for SmolLM2). With gradients,
+each chunk runs under activation checkpointing so only hidden states are kept and the chunk's logits are
+recomputed in backward.
 """
 from __future__ import annotations
 
@@ -63,20 +66,22 @@ def pack(prompt_ids: list[list[int]], completion_ids: torch.Tensor, completion_m
 
 
 def _chunk_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, temperature: float):
-    logits = lm_head(hidden).float() / temperature  # [n, T, V] for this chunk only
-    logz = torch.logsumexp(logits, dim=-1)
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - logz
+    """hidden [k, D], targets [k] -> log-probs [k] float32; holds one [k, V] float32 logits block."""
+    logits = lm_head(hidden).float()
+    if temperature != 1.0:
+        logits.div_(temperature)  # in place: neither the cast nor the division needs its output in backward
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def _chunk_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, temperature: float):
-    logits = lm_head(hidden).float() / temperature
-    logp = torch.log_softmax(logits, dim=-1)
+    logp = torch.log_softmax(lm_head(hidden).float() / temperature, dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
 
 
-def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_rows: int = 8,
+def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_tokens: int = 1024,
                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs [N, T] of the completion tokens (and entropy [N, T] without grad if asked)."""
+    """Log-probs [N, T] float32 of the completion tokens, 0 where the mask is 0 (and entropy [N, T]
+    without grad if asked)."""
     body = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
     lm_head = model.get_output_embeddings()
     out = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
@@ -84,17 +89,23 @@ def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_ro
     hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
     p, t = batch.prompt_width, batch.completion_ids.shape[1]
     hidden = hidden[:, p - 1:p - 1 + t]  # [N, T, D]: state before each completion token
-    grad = torch.is_grad_enabled() and hidden.requires_grad
+    real = batch.completion_mask > 0  # [N, T]
+    h, y = hidden[real], batch.completion_ids[real]  # [K, D], [K]: real tokens only
+    grad = torch.is_grad_enabled() and h.requires_grad
     logps, ents = [], []
-    for s in range(0, hidden.shape[0], chunk_rows):
-        h, y = hidden[s:s + chunk_rows], batch.completion_ids[s:s + chunk_rows]
+    for s in range(0, h.shape[0], chunk_tokens):
+        hc, yc = h[s:s + chunk_tokens], y[s:s + chunk_tokens]
         if grad:
-            logps.append(checkpoint(_chunk_logprobs, h, lm_head, y, temperature, use_reentrant=False))
+            logps.append(checkpoint(_chunk_logprobs, hc, lm_head, yc, temperature, use_reentrant=False))
         else:
-            logps.append(_chunk_logprobs(h, lm_head, y, temperature))
+            logps.append(_chunk_logprobs(hc, lm_head, yc, temperature))
         if with_entropy:
             with torch.no_grad():
-                ents.append(_chunk_entropy(h.detach(), lm_head, temperature))
-    logp = torch.cat(logps) * batch.completion_mask
-    ent = torch.cat(ents) * batch.completion_mask if with_entropy else None
+                ents.append(_chunk_entropy(hc.detach(), lm_head, temperature))
+    flat = torch.cat(logps) if logps else h.new_zeros(0, dtype=torch.float32)
+    logp = flat.new_zeros(real.shape).masked_scatter(real, flat)
+    ent = None
+    if with_entropy:
+        flat_ent = torch.cat(ents) if ents else flat.detach()
+        ent = flat_ent.new_zeros(real.shape).masked_scatter(real, flat_ent)
     return logp, ent

@@ -133,3 +133,33 @@ def test_low_precision_shadow_follows_updates():
     ref = HFSampler(model.to(torch.bfloat16), TinyTokenizer()).generate(PROMPTS, 1, params)
     agree = (out.completion_ids == ref.completion_ids).float().mean()
     assert agree > 0.8, agree  # bf16 paths may split on near-ties, not wholesale
+
+
+def test_token_logprobs_chunked_matches_full_logits_and_grads():
+    from grpo.logprobs import pack, token_logprobs
+
+    model = tiny_model(seed=6)
+    torch.manual_seed(1)
+    ids = torch.randint(3, VOCAB, (4, 7))
+    mask = torch.ones(4, 7)
+    mask[1, 4:] = 0
+    mask[3, 1:] = 0
+    batch = pack(PROMPTS, ids, mask, PAD)
+    logp, ent = token_logprobs(model, batch, temperature=0.7, chunk_tokens=3, with_entropy=True)
+    logp.sum().backward()
+    got = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    ref_lp = torch.zeros(4, 7)
+    ref_ent = torch.zeros(4, 7)
+    for i, prompt in enumerate(PROMPTS):  # one unpadded sequence at a time, full logits
+        n = int(mask[i].sum())
+        seq = torch.tensor(prompt + ids[i, :n].tolist())[None]
+        lp = (model(seq).logits[0, len(prompt) - 1:-1].float() / 0.7).log_softmax(-1)
+        ref_lp[i, :n] = lp.gather(-1, ids[i, :n, None])[:, 0]
+        ref_ent[i, :n] = -(lp.exp() * lp).sum(-1).detach()
+    ref_lp.sum().backward()
+    assert logp.dtype == torch.float32 and (logp[mask == 0] == 0).all()
+    assert torch.allclose(logp, ref_lp, atol=1e-5)
+    assert torch.allclose(ent, ref_ent, atol=1e-4)
+    for n, p in model.named_parameters():
+        assert torch.allclose(got[n], p.grad, atol=1e-5), n
