@@ -169,6 +169,8 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
         print(f"  ours step {s + 1}: {times[-1]:.3f} s (sampling {stats.gen_seconds:.3f} s)", flush=True)
     peak = peak_gib(gpu)
     profile = profile_ours(state, train, examples[:args.prompts]) if args.profile else None
+    if args.torch_profile:
+        kernel_table(state, train, examples[:args.prompts], gpu)
     med = median_steady(times, args.warmup)
     n = args.prompts * args.group
     sampler_name = type(state.sampler.inner).__name__
@@ -210,6 +212,22 @@ def profile_ours(state, train, batch) -> dict:
     out["step_total"] = round(total, 4)
     out["other"] = round(total - sum(v for k, v in out.items() if k != "step_total"), 4)
     return out
+
+
+def kernel_table(state, train, batch, gpu: bool, rows: int = 30) -> None:
+    """One more step under torch.profiler: the ops that took the most device time, printed and saved."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+    with profile(activities=acts) as prof:
+        train.train_step(state, batch)
+        sync()
+    key = "cuda_time_total" if gpu else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows)
+    print(table, flush=True)
+    if os.environ.get("OUT"):
+        with open(os.path.join(os.environ["OUT"], "kernels.txt"), "w") as f:
+            f.write(table)
 
 
 # ------------------------------------------------------------------------------------------- TRL
@@ -394,7 +412,9 @@ def main(argv=None):
     p.add_argument("--engine-only", action="store_true",
                    help="also run the sampling-only section (after the table; not yet seen finishing on a GPU)")
     p.add_argument("--hf-static", action="store_true", help="in that section, also HF generate with a static cache")
-    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
+                   help="one extra step with synchronized phase timers (prefill, decode, rewards, ...)")
+    p.add_argument("--torch-profile", action="store_true", help="one extra step under torch.profiler")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "bench.json") if os.environ.get("OUT") else None)
     args = p.parse_args(argv)
     gpu = torch.cuda.is_available() and not args.cpu_tiny

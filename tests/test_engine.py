@@ -40,8 +40,11 @@ def test_greedy_matches_hf_generate(kind):
     model = tiny_model(kind)
     params = SamplingParams(max_new_tokens=20, temperature=0.0)
     ref = HFSampler(model, TinyTokenizer()).generate(PROMPTS, 2, params)
-    out = EngineSampler(model, TinyTokenizer(), max_batch=8, bucket=8).generate(PROMPTS, 2, params)
+    eng = EngineSampler(model, TinyTokenizer(), max_batch=8, bucket=8, keep_cache=(kind != "qwen2"))
+    eng.generate(PROMPTS[:2], 2, params)  # a first call with other shapes: the cache is reused or rebuilt
+    out = eng.generate(PROMPTS, 2, params)
     assert model.training  # train mode restored
+    assert (eng._ws is None) == (kind == "qwen2")
     assert torch.equal(out.completion_mask, ref.completion_mask)
     assert torch.equal(out.completion_ids, ref.completion_ids)
     assert torch.equal(out.truncated, ref.truncated)

@@ -115,6 +115,9 @@ class EngineSampler:
     cuda_graphs: capture the decode step in CUDA graphs ("auto": on CUDA devices)
     compile:     fuse the small elementwise ops with torch.compile ("auto": on CUDA devices)
     bucket:      attention length granularity in cache slots (one graph per bucket)
+    keep_cache:  keep the KV cache and graphs between calls (no re-capture; the cache stays allocated
+                 during the policy update). False frees them after each call: lower peak memory in the
+                 update, at the price of allocating and capturing again at every call
     dtype:       compute dtype ("auto": bf16 for fp32 weights on CUDA, else the weights' dtype). When it
                  differs from the weights' dtype (fp32 master weights trained under autocast), the engine
                  keeps one low-precision shadow of each parameter, refreshed in place at every
@@ -124,12 +127,13 @@ class EngineSampler:
 
     def __init__(self, model, tokenizer, max_batch: int = 256, max_seq_len: int = 2048,
                  cuda_graphs: bool | str = "auto", compile: bool | str = "auto", bucket: int = 64,
-                 dtype: torch.dtype | str = "auto"):
+                 dtype: torch.dtype | str = "auto", keep_cache: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
         self.max_seq_len = max_seq_len
         self.bucket = bucket
+        self.keep_cache = keep_cache
         self.device = next(model.parameters()).device
         on_cuda = self.device.type == "cuda"
         self.cuda_graphs = on_cuda if cuda_graphs == "auto" else bool(cuda_graphs)
@@ -175,6 +179,8 @@ class EngineSampler:
                 chunks.append((ids[:real], mask[:real], logp[:real], trunc[:real]))
         finally:
             self.model.train(was_training)
+            if not self.keep_cache:
+                self.release()
         width = max(c[0].shape[1] for c in chunks)
         ids = torch.cat([_pad_right(c[0], width, self.pad_id) for c in chunks])
         mask = torch.cat([_pad_right(c[1], width, 0) for c in chunks])
