@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.arithmetic import generate as arithmetic_tasks  # noqa: E402
 from data.templates import render, to_messages  # noqa: E402
-from grpo.adapters import apply_adapters, cache_bytes_per_token, mla_generate  # noqa: E402
+from grpo.adapters import (adapter_metrics, after_optimizer_step, apply_adapters,  # noqa: E402
+                           cache_bytes_per_token, mla_generate, mla_layers)
 from grpo.adapters.heal import heal, pack_texts, perplexity  # noqa: E402
 from grpo.models import load_model, load_tokenizer, tiny_llama  # noqa: E402
 from rewards.math import accuracy_reward  # noqa: E402
@@ -119,6 +120,9 @@ def main(argv=None):
     ap.add_argument("--max-new-tokens", type=int, default=96)
     ap.add_argument("--tiny", action="store_true", help="tiny random model, tiny settings (CPU smoke test)")
     ap.add_argument("--save", action="store_true", help="save the healed checkpoint under <out>/healed")
+    ap.add_argument("--moe", default=None, metavar="E:K:S",
+                    help="also convert MLPs to DeepSeekMoE (routed:top_k:shared), balanced during healing")
+    ap.add_argument("--no-mla", action="store_true", help="MoE only (needs --moe)")
     ap.add_argument("--skip-original", action="store_true", help="do not evaluate the original (ablations)")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -166,7 +170,11 @@ def main(argv=None):
     calib = pack_texts(tokenizer, train_texts, args.seq_len)[:args.calib_blocks].to(device)
     student = copy.deepcopy(teacher)
     t0 = time.time()
-    adapter = {"mla": {"rank": args.rank, "rope_dims": args.rope_dims, "rope_selection": args.rope_selection}}
+    adapter = {} if args.no_mla else {"mla": {"rank": args.rank, "rope_dims": args.rope_dims,
+                                              "rope_selection": args.rope_selection}}
+    if args.moe:
+        e, k, sh = (int(x) for x in args.moe.split(":"))
+        adapter["moe"] = {"num_experts": e, "top_k": k, "num_shared": sh}
     apply_adapters(student, adapter, calibration_ids=calib)
     results["convert_seconds"] = round(time.time() - t0, 1)
     measure("converted", student, tokenizer, eval_texts, held_tasks, held_prompts, args, results)
@@ -177,11 +185,13 @@ def main(argv=None):
         corpus = train_texts + gen_texts
         stats = heal(student, teacher, tokenizer, corpus, steps=args.steps, lr=args.lr,
                      batch_size=args.batch_size, seq_len=args.seq_len, kd=args.kd,
-                     time_budget_s=args.time_budget, log_every=100)
+                     time_budget_s=args.time_budget, log_every=100, after_step=after_optimizer_step)
+        results["heal_adapter_metrics"] = adapter_metrics(student)
         results["heal"] = {"steps": stats.steps, "tokens": stats.tokens, "seconds": round(stats.seconds, 1),
                            "kd_first": stats.losses[0], "kd_last": stats.losses[-1]}
         print("heal", json.dumps(results["heal"]), flush=True)
-        measure("healed", student, tokenizer, eval_texts, held_tasks, held_prompts, args, results, use_mla=True)
+        measure("healed", student, tokenizer, eval_texts, held_tasks, held_prompts, args, results,
+                use_mla=bool(mla_layers(student)))
 
     results["kv_ratio"] = (results["converted"]["kv_bytes_per_token_bf16"]
                            / cache_bytes_per_token(teacher, torch.bfloat16))

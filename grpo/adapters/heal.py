@@ -69,8 +69,9 @@ def _lr_at(step: int, steps: int, lr: float) -> float:
 
 def heal(student, teacher, tokenizer, texts: list[str], steps: int, lr: float = 1e-4, batch_size: int = 8,
          seq_len: int = 256, kd: str = "forward", time_budget_s: float | None = None, log_every: int = 0,
-         seed: int = 0) -> HealStats:
-    """Distil `teacher` into `student` (all student parameters train) on packed `texts`."""
+         seed: int = 0, after_step=None) -> HealStats:
+    """Distil `teacher` into `student` (all student parameters train) on packed `texts`.
+    after_step(student) runs after every optimizer step (e.g. `grpo.adapters.after_optimizer_step`)."""
     device = next(student.parameters()).device
     blocks = pack_texts(tokenizer, texts, seq_len)
     gen = torch.Generator().manual_seed(seed)
@@ -97,6 +98,8 @@ def heal(student, teacher, tokenizer, texts: list[str], steps: int, lr: float = 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if after_step is not None:
+            after_step(student)
         stats.losses.append(loss.item())
         stats.tokens += batch.numel()
         stats.steps = step + 1
