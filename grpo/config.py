@@ -275,6 +275,11 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
     need(cfg.run.keep_last >= 1, "run.keep_last", f"must be >= 1, got {cfg.run.keep_last}")
     need(cfg.run.mixed_precision in ("auto", "bf16", "no"), "run.mixed_precision",
          f"must be auto | bf16 | no, got {cfg.run.mixed_precision!r}")
+    from grpo.tracking import _TRACKER_MODULES
+    for t in cfg.run.trackers:
+        close = difflib.get_close_matches(t, _TRACKER_MODULES, n=1)
+        need(t in _TRACKER_MODULES, "run.trackers", f"unknown tracker '{t}'"
+             + (f"; did you mean '{close[0]}'?" if close else "") + f" (known: {', '.join(_TRACKER_MODULES)})")
     need(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")
     for i, r in enumerate(cfg.rewards):
         need(r.on_error in ("raise", "none"), f"rewards[{i}].on_error", f"must be raise | none, got {r.on_error!r}")

@@ -1,0 +1,185 @@
+"""Every entry point rejects bad input with exit code 2 and one `error: ...` line naming what is wrong.
+
+Each row is run in-process through `grpo.cli.main(["run", recipe, ...])`. Rows that get past the config
+(model paths, checkpoints, rewards that misbehave only when called) use a tiny random model saved to a
+directory, so the whole table runs in seconds.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from grpo import checkpoint as ckpt
+from grpo.cli import main
+from grpo.testing import char_tokenizer, tiny_model
+
+PLUGIN = '''
+def wrong_length(completions, **kw):
+    return [1.0]
+
+def words(completions, **kw):
+    return ["good"] * len(completions)
+
+def infinite(completions, **kw):
+    return [float("inf")] * len(completions)
+
+def needs_solution(completions, solution, **kw):
+    return [0.0] * len(completions)
+
+def scalar(completions, **kw):
+    return 1.0
+
+not_a_function = 3
+'''
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_inputs")
+    tok = char_tokenizer()
+    model_dir = root / "tiny"
+    tiny_model(tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    no_weights = root / "no_weights"
+    no_weights.mkdir()
+    (no_weights / "config.json").write_text((model_dir / "config.json").read_text())
+    no_config = root / "no_config"
+    no_config.mkdir()
+    # a checkpoint written by a model of another shape
+    other = root / "other_run"
+    ckpt.save_checkpoint(other, 1, tiny_model(tok, hidden_size=32, intermediate_size=64, num_attention_heads=2),
+                         tok, {"step": 1}, "x: 1\n")
+    (root / "rewards_plugin.py").write_text(PLUGIN)
+    (root / "broken_plugin.py").write_text("def f(:\n")
+    (root / "empty.jsonl").write_text("")
+    (root / "qa.jsonl").write_text("".join(json.dumps({"q": f"{i}+1?", "a": str(i + 1)}) + "\n" for i in range(4)))
+    (root / "bad.yaml").write_text("optim: {steps: 2\n  lr: [\n")
+    (root / "list.yaml").write_text("- a\n- b\n")
+    return root
+
+
+def base_recipe(env: Path, run_name: str = "run") -> dict:
+    return {
+        "model": {"name": str(env / "tiny")},
+        "data": {"train": {"source": "arithmetic", "options": {"n": 8, "seed": 0, "difficulty": [1]}}},
+        "rewards": [{"name": "accuracy"}],
+        "sampling": {"group_size": 2, "max_new_tokens": 4, "batch_size": 8},
+        "optim": {"steps": 1, "prompts_per_step": 2, "micro_batch_size": 4, "lr": 1e-4},
+        "eval": {"before": False, "after": False},
+        "run": {"output_dir": str(env / "runs" / run_name), "progress": False, "mixed_precision": "no",
+                "save_completions": False},
+    }
+
+
+# (id, edit of the base recipe or None, extra CLI args, expected text in the error line)
+# `edit` is a function (recipe dict, env) -> None, or a string naming a whole recipe file under env.
+ROWS = [
+    # recipe files
+    ("missing recipe", "missing.yaml", [], "recipe not found"),
+    ("malformed yaml", "bad.yaml", [], "is not valid YAML"),
+    ("top level list", "list.yaml", [], "must be a mapping at the top level, got list"),
+    ("unknown top key", lambda r, e: r.update(optimm={}), [], "unknown key 'optimm'; did you mean 'optim'?"),
+    ("unknown nested key", lambda r, e: r["optim"].update(lrr=1), [], "unknown key 'optim.lrr'; did you mean 'optim.lr'?"),
+    ("wrong type int", lambda r, e: r["optim"].update(steps="ten"), [], "optim.steps: expected an integer, got str 'ten'"),
+    ("wrong type float", lambda r, e: r["sampling"].update(temperature="hot"), [], "sampling.temperature: expected a number"),
+    ("wrong type bool", lambda r, e: r["run"].update(progress="maybe"), [], "run.progress: expected true/false"),
+    ("wrong type section", lambda r, e: r.update(optim=5), [], "optim: expected a mapping, got int 5"),
+    ("zero steps", lambda r, e: r["optim"].update(steps=0), [], "optim.steps: must be positive, got 0"),
+    ("negative prompts", lambda r, e: r["optim"].update(prompts_per_step=-1), [], "optim.prompts_per_step: must be positive"),
+    ("zero micro batch", lambda r, e: r["optim"].update(micro_batch_size=0), [], "optim.micro_batch_size: must be positive"),
+    ("G = 1", lambda r, e: r["sampling"].update(group_size=1), [], "sampling.group_size: must be >= 2"),
+    ("negative lr", lambda r, e: r["optim"].update(lr=-1e-5), [], "optim.lr: must be positive"),
+    ("top_p > 1", lambda r, e: r["sampling"].update(top_p=1.5), [], "sampling.top_p: must be in (0, 1]"),
+    ("zero max_new_tokens", lambda r, e: r["sampling"].update(max_new_tokens=0), [], "sampling.max_new_tokens: must be positive"),
+    ("unknown loss type", lambda r, e: r.update(algorithm={"loss_type": "ppo"}), [], "algorithm.loss_type: must be one of"),
+    ("keep_last 0", lambda r, e: r["run"].update(keep_last=0), [], "run.keep_last: must be >= 1"),
+    ("unknown tracker", lambda r, e: r["run"].update(trackers=["tensorbord"]), [], "run.trackers: unknown tracker 'tensorbord'"),
+    ("no rewards", lambda r, e: r.update(rewards=[]), [], "rewards: at least one reward is needed"),
+    ("bad template", lambda r, e: r["data"].update(template="r2"), [], "data.template: must be one of"),
+    # --set overrides
+    ("--set without =", None, ["--set", "optim.lr"], "--set expects key=value, got 'optim.lr'"),
+    ("--set bad yaml", None, ["--set", "optim.betas=[0.9,"], "--set optim.betas: value '[0.9,' is not valid YAML"),
+    ("--set into a scalar", None, ["--set", "optim.steps.x=1"], "--set optim.steps.x: 'steps' is not a mapping"),
+    ("--set unknown key", None, ["--set", "optim.setps=3"], "unknown key 'optim.setps'; did you mean 'optim.steps'?"),
+    ("--set wrong type", None, ["--set", "optim.steps=1.5"], "optim.steps: expected an integer, got float 1.5"),
+    # datasets
+    ("unknown data source", lambda r, e: r["data"]["train"].update(source="arithmetc"), [],
+     "unknown data source 'arithmetc'. Did you mean 'arithmetic'"),
+    ("unknown data option", lambda r, e: r["data"]["train"]["options"].update(nn=3), [],
+     "data source 'arithmetic': "),
+    ("zero data limit", lambda r, e: r["data"]["train"].update(limit=0), [], "limit must be positive, got 0"),
+    ("missing data file", lambda r, e: r["data"].update(train={"source": "file", "options": {"path": str(e / "nope.jsonl")}}),
+     [], "data file not found: "),
+    ("empty dataset", lambda r, e: r["data"].update(train={"source": "file", "options": {"path": str(e / "empty.jsonl")}}),
+     [], "dataset is empty"),
+    ("missing dataset column", lambda r, e: r["data"].update(train={"source": "file", "options": {
+        "path": str(e / "qa.jsonl"), "columns": {"prompt": "question", "answer": "a"}}}), [],
+     "column 'question' not found"),
+    # reward plug-ins
+    ("unknown reward name", lambda r, e: r.update(rewards=[{"name": "acuracy"}]), [],
+     "unknown reward 'acuracy'. Did you mean 'accuracy'"),
+    ("reward module does not import", lambda r, e: r.update(rewards=[{"name": "no_such_pkg.rewards:f"}]), [],
+     "cannot import module 'no_such_pkg.rewards'"),
+    ("reward file does not import", lambda r, e: r.update(rewards=[{"name": f"{e}/broken_plugin.py:f"}]), [],
+     "broken_plugin.py failed: SyntaxError"),
+    ("reward file missing", lambda r, e: r.update(rewards=[{"name": f"{e}/nope.py:f"}]), [], "file not found"),
+    ("reward name missing in file", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:nothing"}]), [],
+     "defines no 'nothing'"),
+    ("reward not callable", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:not_a_function"}]), [],
+     "'not_a_function' is not callable"),
+    ("reward listed twice", lambda r, e: r.update(rewards=["accuracy", "accuracy"]), [], "rewards listed twice"),
+    ("reward needs a missing column", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:needs_solution"}]),
+     [], "needs the dataset column 'solution'"),
+    ("reward wrong length", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:wrong_length"}]), [],
+     "step 1: reward 'wrong_length' returned 1 values for 4 completions"),
+    ("reward returns words", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:words"}]), [],
+     "step 1: reward 'words' returned 'good' (str) for sample 0"),
+    ("reward returns a scalar", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:scalar"}]), [],
+     "step 1: reward 'scalar' returned float, expected a list"),
+    ("reward returns inf", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:infinite"}]), [],
+     "step 1: reward 'infinite' returned inf for sample 0; rewards must be finite"),
+    # model paths
+    ("model path not found", lambda r, e: r["model"].update(name=str(e / "nope")), [], "model path not found"),
+    ("model dir without weights", lambda r, e: r["model"].update(name=str(e / "no_weights")), [], "has a config.json but no weights"),
+    ("model dir without config", lambda r, e: r["model"].update(name=str(e / "no_config")), [], "has no config.json"),
+    ("gguf file missing", lambda r, e: r["model"].update(name=str(e / "m.gguf")), [], "GGUF file not found"),
+    # checkpoints
+    ("resume without checkpoints", None, ["--resume"], "--resume: no complete checkpoint under"),
+    ("resume from an incomplete dir", None, ["--resume", "{env}/no_config"], "is not a complete checkpoint (no trainer_state.pt)"),
+    ("resume from a different model", None, ["--resume", "{env}/other_run/checkpoints/step-1"], "is from a different model"),
+]
+
+
+@pytest.mark.parametrize("name,edit,args,expected", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_exits_2_with_one_clear_message(env, capsys, name, edit, args, expected):
+    if isinstance(edit, str):
+        recipe = env / edit
+    else:
+        tree = base_recipe(env, run_name=name.replace(" ", "_"))
+        if edit is not None:
+            edit(tree, env)
+        recipe = env / f"{name.replace(' ', '_')}.yaml"
+        recipe.write_text(yaml.safe_dump(tree))
+    argv = ["run", str(recipe)] + [a.replace("{env}", str(env)) for a in args]
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert code == 2, err
+    assert len(lines) == 1, err
+    assert expected in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_table_is_big_enough():
+    assert len(ROWS) >= 25
+
+
+def test_good_recipe_passes(env, capsys):
+    """The base recipe itself is valid: the rows fail because of their one edit, not the base."""
+    recipe = env / "good.yaml"
+    recipe.write_text(yaml.safe_dump(base_recipe(env, "good")))
+    assert main(["run", str(recipe)]) == 0
+    assert (env / "runs" / "good" / "checkpoints" / "step-1" / ckpt.STATE_FILE).is_file()
