@@ -43,9 +43,12 @@ def _loader(source: str):
         raise DataError(f"data source '{source}' is not available: {e}") from e
 
 
-def load_examples(source: str, limit: int | None = None, shuffle: bool = False, seed: int = 0,
+def load_examples(source: str, limit: int | None = None, shuffle: bool = False, shuffle_seed: int = 0,
                   dedup: bool = True, **options: Any) -> list[Example]:
     """Load a dataset as Examples: adapter, then deduplication by prompt, seeded shuffle, limit.
+
+    `options` go to the source's loader (a generator's own `seed` among them); `shuffle_seed` orders the
+    loaded examples when `shuffle` is set.
 
     Raises DataError (naming the source and the problem) on bad options, missing data or an empty result.
     """
@@ -63,7 +66,7 @@ def load_examples(source: str, limit: int | None = None, shuffle: bool = False, 
                 unique.append(ex)
         examples = unique
     if shuffle:
-        random.Random(seed).shuffle(examples)
+        random.Random(shuffle_seed).shuffle(examples)
     if limit is not None:
         if limit <= 0:
             raise DataError(f"data source '{source}': limit must be positive, got {limit}")

@@ -11,11 +11,8 @@ from typing import Any
 from data.records import Example
 
 R1_ZERO_SYSTEM = (
-    "You are a helpful assistant. The user asks a question and you solve it. You first think about the "
-    "reasoning process and then give the answer. The reasoning process and the answer are enclosed "
-    "within <think> </think> and <answer> </answer> tags, respectively, i.e., "
-    "<think> reasoning process here </think><answer> answer here </answer>. "
-    "The answer is only the final result, e.g. <answer>42</answer>."
+    "Solve the user's problem. First think about it inside <think> </think> tags, then give only the "
+    "final answer inside <answer> </answer> tags, e.g. <think> reasoning </think><answer>42</answer>."
 )
 CODE_SYSTEM = (
     "You are a helpful programming assistant. Think about the problem inside <think> </think> tags, then "

@@ -38,7 +38,7 @@ class DatasetConfig:
     options: dict[str, Any] = field(default_factory=dict)  # passed to the source's loader
     limit: int | None = None
     shuffle: bool = False
-    seed: int = 0
+    shuffle_seed: int = 0
 
 
 @dataclass
@@ -105,7 +105,7 @@ class RunConfig:
     keep_last: int = 2
     save_completions: bool = True
     trackers: list[str] = field(default_factory=list)   # tensorboard | wandb | trackio (if installed)
-    mixed_precision: str = "auto"         # auto (bf16 on GPU, fp32 on CPU) | bf16 | no
+    mixed_precision: str = "auto"         # auto: bf16 autocast on GPU and bf16-capable CPUs (AMX), else fp32 | bf16 | no
     torch_threads: int = 0                # 0: torch's default
     progress: bool = True
 

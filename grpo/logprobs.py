@@ -82,11 +82,12 @@ def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_to
                    with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [N, T] float32 of the completion tokens, 0 where the mask is 0 (and entropy [N, T]
     without grad if asked)."""
-    body = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
-    lm_head = model.get_output_embeddings()
-    out = body(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-               use_cache=False)
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    # Through the model's own forward (so DDP/FSDP wrappers see it and sync gradients), keeping logits for
+    # one position only; the completion logits are then made chunk by chunk from the final hidden states.
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
+                use_cache=False, logits_to_keep=1, output_hidden_states=True)
+    hidden = out.hidden_states[-1]
+    lm_head = getattr(model, "module", model).get_output_embeddings()
     p, t = batch.prompt_width, batch.completion_ids.shape[1]
     hidden = hidden[:, p - 1:p - 1 + t]  # [N, T, D]: state before each completion token
     real = batch.completion_mask > 0  # [N, T]

@@ -12,6 +12,7 @@ sequence counts for the loss normalisation are reduced across processes.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -34,7 +35,7 @@ from grpo.models import frozen_copy, load_model, load_tokenizer
 from grpo.rollout import RolloutBatch, SamplingParams, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter, available_trackers, progress, truncate_jsonl
-from rewards.registry import LoadedReward, RewardTable, load_rewards
+from rewards.registry import LoadedReward, RewardError, RewardTable, load_rewards
 
 log = logging.getLogger(__name__)
 
@@ -93,17 +94,23 @@ class StepStats:
 # ---------------------------------------------------------------- setup
 
 def load_datasets(cfg: GRPOConfig) -> tuple[list[Example], list[Example] | None]:
-    def one(d):
-        return load_examples(d.source, limit=d.limit, shuffle=d.shuffle, seed=d.seed, **d.options)
-
-    train = one(cfg.data.train)
-    held = one(cfg.data.eval) if cfg.data.eval is not None else None
-    if held:
-        overlap = {e.prompt for e in train} & {e.prompt for e in held}
-        if overlap:
-            held = [e for e in held if e.prompt not in overlap]
-            log.warning("removed %d eval prompts that also occur in the training data", len(overlap))
-    return train, held
+    """Training and held-out Examples. Held-out prompts that also occur in the training data are dropped
+    before the held-out `limit` is applied, so the evaluation really has `limit` unseen prompts."""
+    t = cfg.data.train
+    train = load_examples(t.source, limit=t.limit, shuffle=t.shuffle, shuffle_seed=t.shuffle_seed, **t.options)
+    e = cfg.data.eval
+    if e is None:
+        return train, None
+    held = load_examples(e.source, shuffle=e.shuffle, shuffle_seed=e.shuffle_seed, **e.options)
+    seen = {x.prompt for x in train}
+    unseen = [x for x in held if x.prompt not in seen]
+    if len(unseen) < len(held):
+        log.info("held-out set: dropped %d prompts that also occur in the training data", len(held) - len(unseen))
+    if not unseen:
+        raise ConfigError("data.eval: every held-out prompt also occurs in the training data")
+    if e.limit is not None and len(unseen) < e.limit:
+        log.warning("held-out set has only %d unseen prompts (data.eval.limit = %d)", len(unseen), e.limit)
+    return train, unseen[:e.limit] if e.limit is not None else unseen
 
 
 def check_reward_columns(rewards: list[LoadedReward], examples: list[Example]) -> None:
@@ -126,14 +133,39 @@ def check_reward_columns(rewards: list[LoadedReward], examples: list[Example]) -
                                   f"data does not have (columns: {', '.join(sorted(have))})")
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU multiplies bf16 in hardware (AMX or AVX512-BF16): there bf16 autocast makes the
+    update ~5x faster than fp32; elsewhere bf16 on CPU is emulated and slower."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((ln for ln in f if ln.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_precision(setting: str) -> str:
+    """"auto": bf16 autocast on CUDA and on CPUs with native bf16, fp32 ("no") elsewhere."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() or cpu_has_native_bf16() else "no"
+
+
+def sampling_context(acc):
+    """Autocast for sampling on CUDA only: on CPU, autocast re-casts every weight at each decode step,
+    which makes token-by-token generation slower than fp32."""
+    return acc.autocast() if acc.device.type == "cuda" else contextlib.nullcontext()
+
+
 def make_accelerator(cfg: GRPOConfig):
     from accelerate import Accelerator
 
-    mp = cfg.run.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_available() else "no"
+    mp = resolve_precision(cfg.run.mixed_precision)
     trackers = available_trackers(cfg.run.trackers)
-    acc = Accelerator(mixed_precision=mp, log_with=trackers or None, project_dir=cfg.run.output_dir)
+    # step_scheduler_with_optimizer=False: accelerate would otherwise step the LR schedule num_processes
+    # times per optimizer step (it assumes the per-process batch is fixed); our global batch is fixed.
+    acc = Accelerator(mixed_precision=mp, log_with=trackers or None, project_dir=cfg.run.output_dir,
+                      step_scheduler_with_optimizer=False)
     if trackers:
         acc.init_trackers(Path(cfg.run.output_dir).name, config=_flat(to_dict(cfg)))
     return acc
@@ -187,7 +219,6 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         model = apply_adapters(model, cfg.model.adapter)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
     ref = frozen_copy(model) if cfg.algorithm.kl_coef > 0 else None
     fused = torch.cuda.is_available()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
@@ -197,7 +228,8 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     if ref is not None:
         ref = ref.to(acc.device)
-    unwrapped = acc.unwrap_model(model)
+    # the sampler gets the bare model: accelerate's autocast wrapper on forward would make CPU decoding slow
+    unwrapped = acc.unwrap_model(model, keep_fp32_wrapper=False)
     max_len = max(len(x) for x in encode_prompts(tokenizer, train[:64], cfg.data.template,
                                                  cfg.data.assistant_prefix)[1]) + cfg.sampling.max_new_tokens
     sampler = make_sampler(cfg.sampling.backend, unwrapped, tokenizer, cfg.sampling.batch_size, 2 * max_len)
@@ -240,8 +272,14 @@ def sample(state: TrainState, examples: list[Example]) -> tuple[list[list[dict]]
     chats, prompt_ids = encode_prompts(state.tokenizer, examples, state.cfg.data.template,
                                        state.cfg.data.assistant_prefix)
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
-    with torch.no_grad(), state.accelerator.autocast():
-        rollout = state.sampler.generate(prompt_ids, s.group_size, params)
+    with torch.no_grad(), sampling_context(state.accelerator):
+        try:
+            rollout = state.sampler.generate(prompt_ids, s.group_size, params)
+        except RuntimeError as e:
+            if "inf" not in str(e) and "nan" not in str(e):
+                raise
+            raise FloatingPointError(f"step {state.step + 1}: the model produced non-finite probabilities while "
+                                     f"sampling ({e})") from e
     return chats, rollout
 
 
@@ -295,15 +333,24 @@ def policy_update(state: TrainState, rollout: RolloutBatch, advantages: torch.Te
             loss = normalize_loss(per_tok, sub.completion_mask, a.loss_type,
                                   max_completion_length=cfg.sampling.max_new_tokens, global_seqs=global_seqs,
                                   global_tokens=global_tokens, num_micro_batches=len(micro)) * scale
+            if not loss.requires_grad:  # no loss tokens in this micro-batch (e.g. all masked as truncated):
+                # a zero that touches every parameter keeps backward, and DDP's gradient sync, in step
+                loss = loss + 0.0 * sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad)
             acc.backward(loss)
             w = float(sub.completion_mask.sum())
-            for k, v in (("loss", float(loss) / scale), ("clip_low", st.clip_low), ("clip_high", st.clip_high),
+            for k, v in (("loss", float(loss.detach()) / scale), ("clip_low", st.clip_low), ("clip_high", st.clip_high),
                          ("kl", st.kl), ("ratio", st.ratio_mean)):
                 agg.setdefault(k, []).append(v if k == "loss" else v * w)
+            agg.setdefault(f"_ratio{it}", []).append(st.ratio_mean * w)
             agg.setdefault("_w", []).append(w)
             if ent is not None:
                 agg.setdefault("entropy", []).append(float((ent * sub.completion_mask).sum()))
         grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+        if not math.isfinite(float(grad_norm)):  # the norm is of the all-reduced grads: every process agrees
+            losses = agg["loss"][-len(micro):]
+            cause = "loss" if not all(math.isfinite(x) for x in losses) else "gradients"
+            raise FloatingPointError(f"step {state.step + 1}: non-finite {cause} (loss {sum(losses)}, gradient norm "
+                                     f"{float(grad_norm)}); stopped before the optimizer step, no checkpoint written")
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
@@ -311,8 +358,12 @@ def policy_update(state: TrainState, rollout: RolloutBatch, advantages: torch.Te
             from grpo.adapters import after_optimizer_step
 
             after_optimizer_step(acc.unwrap_model(model))
-    w = max(sum(agg.pop("_w")), 1.0)
-    out = {"loss": sum(agg["loss"]) / a.num_iterations, "grad_norm": float(grad_norm)}
+    w_all = agg.pop("_w")
+    w = max(sum(w_all), 1.0)
+    w_iter = max(sum(w_all[:len(micro)]), 1.0)
+    out = {"loss": sum(agg["loss"]) / a.num_iterations, "grad_norm": float(grad_norm),
+           "ratio_first": sum(agg.pop("_ratio0")) / w_iter,
+           "ratio_last": sum(agg.pop(f"_ratio{a.num_iterations - 1}", [w_iter])) / w_iter}
     for k in ("clip_low", "clip_high", "kl", "ratio"):
         out[k] = sum(agg[k]) / (w)
     out["entropy"] = sum(agg.get("entropy", [0.0])) / max(float(mask.sum()), 1.0)
@@ -336,7 +387,10 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
     t0 = time.perf_counter()
     chats, rollout = sample(state, examples)
     gen_s = time.perf_counter() - t0
-    table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix)
+    try:
+        table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix)
+    except RewardError as e:
+        raise RewardError(f"step {state.step + 1}: {e}") from e
     totals = torch.tensor(table.totals(), dtype=torch.float32)
     if not torch.isfinite(totals).all():
         raise FloatingPointError(f"step {state.step + 1}: non-finite rewards {totals.tolist()}")
@@ -414,7 +468,7 @@ def run_eval(state: TrainState, tag: str) -> EvalResult | None:
         return None
     acc = state.accelerator
     model = acc.unwrap_model(state.model)
-    with acc.autocast():
+    with sampling_context(acc):
         res = evaluate(model, state.tokenizer, state.sampler, state.eval_examples, state.rewards, state.cfg.eval,
                        state.cfg.data.template, state.cfg.data.assistant_prefix, tag=tag, writer=state.writer,
                        progress=state.cfg.run.progress and acc.is_main_process)

