@@ -81,3 +81,65 @@ def test_checkpoint_of_a_different_model_is_refused(tmp_path, tok):
     deeper = tiny_model(tok, num_hidden_layers=1)
     with pytest.raises(ckpt.CheckpointError, match="different model: unknown weight"):
         ckpt.load_model_weights(path, deeper)
+
+
+# ---------------------------------------------------------------- NaN/inf never reaches a checkpoint
+
+def _nan_cfg(tmp_path, rewards):
+    from grpo.config import load_config
+
+    return load_config(base={
+        "data": {"train": {"source": "arithmetic", "options": {"n": 8, "seed": 0, "difficulty": [1]}}},
+        "rewards": rewards, "sampling": {"group_size": 2, "max_new_tokens": 4},
+        "optim": {"steps": 3, "prompts_per_step": 2, "micro_batch_size": 4, "lr": 1e-3},
+        "eval": {"before": False, "after": False},
+        "run": {"output_dir": str(tmp_path / "run"), "save_every": 1, "progress": False, "mixed_precision": "no"}})
+
+
+def test_nan_loss_stops_naming_the_step_and_writes_no_checkpoint(tmp_path, tok, monkeypatch):
+    from rewards import registry
+    from grpo.train import train
+
+    model = tiny_model(tok)
+    steps = {"n": 0}
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+
+    @registry.register_reward("count_steps")   # scored once per step, between sampling and the update
+    def count_steps(completions, **kw):
+        steps["n"] += 1
+        return [float(i % 2) for i in range(len(completions))]
+
+    def poison(module, args, output):  # NaN logits in the update forward of step 2 only (not while sampling)
+        return output * float("nan") if torch.is_grad_enabled() and steps["n"] == 2 else output
+
+    model.lm_head.register_forward_hook(poison)
+    with pytest.raises(FloatingPointError, match=r"step 2: non-finite loss .*no checkpoint written"):
+        train(_nan_cfg(tmp_path, ["count_steps"]), model=model, tokenizer=tok)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path / "run")] == [1]
+    assert all(torch.isfinite(p).all() for p in model.parameters())   # the NaN update was never applied
+
+
+def test_nan_gradient_stops(tmp_path, tok):
+    from grpo.train import train
+
+    model = tiny_model(tok)
+    model.model.norm.weight.register_hook(lambda g: g * float("nan"))
+    with pytest.raises(FloatingPointError, match=r"step 1: non-finite gradients"):
+        train(_nan_cfg(tmp_path, ["accuracy"]), model=model, tokenizer=tok)
+    assert ckpt.list_checkpoints(tmp_path / "run") == []
+
+
+def test_nan_reward_is_none_and_inf_reward_stops(tmp_path, tok, monkeypatch):
+    """NaN from a reward means "cannot score" (None, excluded from the total), as DESIGN.md says; inf stops."""
+    from rewards import registry
+    from grpo.train import train
+
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    registry.register_reward("half_nan")(lambda completions, **kw: [float("nan") if i % 2 else 1.0
+                                                                   for i in range(len(completions))])
+    registry.register_reward("some_inf")(lambda completions, **kw: [float("inf")] + [0.0] * (len(completions) - 1))
+    summary = train(_nan_cfg(tmp_path / "a", ["half_nan"]), model=tiny_model(tok), tokenizer=tok)
+    assert summary["steps"] == 3
+    with pytest.raises(registry.RewardError, match=r"step 1: reward 'some_inf' returned inf for sample 0"):
+        train(_nan_cfg(tmp_path / "b", ["some_inf"]), model=tiny_model(tok), tokenizer=tok)
+    assert ckpt.list_checkpoints(tmp_path / "b" / "run") == []
