@@ -73,7 +73,14 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
     p = Path(path)
     if not p.is_file():
         return
-    keep = [ln for ln in p.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= max_step]
+    keep = []
+    for ln in p.read_text().splitlines():
+        try:
+            row = json.loads(ln)
+        except json.JSONDecodeError:  # a line half-written when the process was killed
+            continue
+        if isinstance(row, dict) and row.get("step", 0) <= max_step:
+            keep.append(ln)
     p.write_text("".join(ln + "\n" for ln in keep))
 
 

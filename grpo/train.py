@@ -207,6 +207,9 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     check_reward_columns(rewards, train)
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
+    # On CPU, denormal floats (tiny Adam moments, far-tail softmax terms) take a slow microcode path:
+    # the quickstart's backward once stalled for minutes in an elementwise kernel. Flush them to zero.
+    torch.set_flush_denormal(True)
     _seed_everything(cfg.run.seed)
     acc = make_accelerator(cfg)
     if tokenizer is None:
