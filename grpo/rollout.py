@@ -151,12 +151,13 @@ def encode_prompts(tokenizer, examples, template: str, assistant_prefix: str = "
     return chats, ids
 
 
-def make_sampler(backend: str, model, tokenizer, batch_size: int, max_seq_len: int):
-    """The configured `Sampler`. "engine" is imported lazily (it may need CUDA-specific pieces)."""
+def make_sampler(backend: str, model, tokenizer, batch_size: int, max_seq_len: int, dtype="auto"):
+    """The configured `Sampler`. "engine" is imported lazily (it may need CUDA-specific pieces); `dtype` is the
+    engine's compute dtype (the HF sampler runs in the weights' dtype)."""
     if backend == "hf":
         return HFSampler(model, tokenizer, batch_size=batch_size)
     if backend == "engine":
         from grpo.engine import EngineSampler
 
-        return EngineSampler(model, tokenizer, max_batch=batch_size, max_seq_len=max_seq_len)
+        return EngineSampler(model, tokenizer, max_batch=batch_size, max_seq_len=max_seq_len, dtype=dtype)
     raise ValueError(f"unknown sampling backend {backend!r}")

@@ -235,7 +235,12 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     unwrapped = acc.unwrap_model(model, keep_fp32_wrapper=False)
     max_len = max(len(x) for x in encode_prompts(tokenizer, train[:64], cfg.data.template,
                                                  cfg.data.assistant_prefix)[1]) + cfg.sampling.max_new_tokens
-    sampler = make_sampler(cfg.sampling.backend, unwrapped, tokenizer, cfg.sampling.batch_size, 2 * max_len)
+    # the engine on a bf16-capable CPU decodes from bf16 shadow weights (measured 2.4x the HF fp32 sampler
+    # on SmolLM2, 64 rows x 48 tokens); "auto" keeps bf16 on CUDA and the weights' dtype elsewhere
+    engine_dtype = (torch.bfloat16 if acc.device.type == "cpu" and resolve_precision(cfg.run.mixed_precision) == "bf16"
+                    else "auto")
+    sampler = make_sampler(cfg.sampling.backend, unwrapped, tokenizer, cfg.sampling.batch_size, 2 * max_len,
+                           dtype=engine_dtype)
     writer = RunWriter(cfg.run.output_dir, enabled=acc.is_main_process, accelerator=acc)
     state = TrainState(cfg, acc, model, ref, tokenizer, optimizer, scheduler, sampler, rewards, train, held, writer)
     state.order = _epoch_order(len(train), cfg.run.seed, 0)
