@@ -23,7 +23,7 @@ import torch
 
 from data import DataError, load_examples
 from data.records import Example
-from grpo.rollout import HFSampler, SamplingParams, encode_prompts
+from grpo.rollout import SamplingParams, encode_prompts, sampler_for_prompts
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter
 from rewards.registry import RewardTable, load_rewards
@@ -83,7 +83,9 @@ def sample_and_filter(model, tokenizer, examples: list[Example], rewards, templa
                       provenance: dict[str, Any], verify: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Sample, verify (skipped when verify=False: every untruncated sample passes), select.
     Returns (dataset rows, acceptance report)."""
-    sampler = HFSampler(model, tokenizer, batch_size=sampling.batch_size)
+    _, all_ids = encode_prompts(tokenizer, examples, template, assistant_prefix)
+    sampler = sampler_for_prompts(sampling.backend, model, tokenizer, sampling.batch_size, all_ids,
+                                  sampling.max_new_tokens)
     params = SamplingParams(max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                             top_p=sampling.top_p, top_k=sampling.top_k)
     k = sampling.group_size

@@ -161,3 +161,12 @@ def make_sampler(backend: str, model, tokenizer, batch_size: int, max_seq_len: i
 
         return EngineSampler(model, tokenizer, max_batch=batch_size, max_seq_len=max_seq_len, dtype=dtype)
     raise ValueError(f"unknown sampling backend {backend!r}")
+
+
+def sampler_for_prompts(backend: str, model, tokenizer, batch_size: int, prompt_ids: list[list[int]],
+                        max_new_tokens: int):
+    """A `Sampler` for the stages that sample a known prompt set (rejection sampling, distillation, the eval
+    stage): the engine's cache is sized to the longest of these prompts + max_new_tokens. "auto" dtype:
+    bf16 on CUDA (fp32 weights), the weights' dtype elsewhere."""
+    longest = max((len(p) for p in prompt_ids), default=1)
+    return make_sampler(backend, model, tokenizer, batch_size, longest + max_new_tokens)

@@ -120,9 +120,15 @@ class EvalDataConfig:
 
 
 @dataclass
+class EvalSamplingConfig:
+    backend: str = "hf"                   # "hf" (transformers generate) or "engine" (grpo.engine); eval.* sets the rest
+
+
+@dataclass
 class EvalStageConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: EvalDataConfig = field(default_factory=EvalDataConfig)
+    sampling: EvalSamplingConfig = field(default_factory=EvalSamplingConfig)
     rewards: list[RewardSpec] = field(default_factory=lambda: [RewardSpec("accuracy"), RewardSpec("format")])
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/eval"))
@@ -156,6 +162,9 @@ def validate_stage(kind: str, cfg: Any) -> Any:
     if kind in ("sft", "distill"):
         _check_optim(cfg.optim)
         _need(cfg.data.max_seq_len > 8, "data.max_seq_len", f"must be > 8, got {cfg.data.max_seq_len}")
+    if kind in ("rejection_sampling", "distill", "eval"):
+        _need(cfg.sampling.backend in ("hf", "engine"), "sampling.backend",
+              f"must be 'hf' or 'engine', got {cfg.sampling.backend!r}")
     if kind in ("rejection_sampling", "distill"):
         _need(cfg.sampling.group_size >= 1, "sampling.group_size", f"must be >= 1, got {cfg.sampling.group_size}")
         _need(cfg.max_per_prompt >= 1, "max_per_prompt", f"must be >= 1, got {cfg.max_per_prompt}")

@@ -70,7 +70,7 @@ def test_bad_model_dir_fails_before_work(tmp_path, capsys):
     assert not (tmp_path / "run" / "cold_start" / "DONE").exists()
 
 
-@pytest.mark.parametrize("name", ["r1.yaml", "r1_zero.yaml", "distill.yaml", "tiny_r1.yaml"])
+@pytest.mark.parametrize("name", ["r1.yaml", "r1_gpu_small.yaml", "r1_zero.yaml", "distill.yaml", "tiny_r1.yaml"])
 def test_recipes_validate(name):
     from grpo.config import load_config
 
@@ -83,3 +83,33 @@ def test_recipes_validate(name):
         from grpo.stages import build_stage
 
         build_stage(tree["stage"], tree)
+
+
+def test_missing_matplotlib_does_not_fail_a_finished_stage(tmp_path, monkeypatch, caplog):
+    import sys
+
+    from grpo.pipeline import _plot
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib -> ImportError
+    _plot(tmp_path)
+    assert "no plots" in caplog.text and not (tmp_path / "plots").exists()
+
+
+def test_eval_stage_engine_backend_matches_hf_greedy(tmp_path):
+    from grpo.pipeline import run_eval_stage
+    from grpo.stages import build_stage
+    from grpo.testing import char_tokenizer, tiny_model
+
+    tok = char_tokenizer()
+    model = tiny_model(tok)
+    rows = {}
+    for backend in ("hf", "engine"):
+        cfg = build_stage("eval", {"data": {"eval": {"source": "arithmetic", "options": {"n": 5, "seed": 4}}},
+                                   "sampling": {"backend": backend}, "eval": {"max_new_tokens": 6, "batch_size": 2},
+                                   "run": {"output_dir": str(tmp_path / backend), "progress": False}})
+        run_eval_stage(cfg, model=model, tokenizer=tok)
+        rows[backend] = [json.loads(x)["completion"] for x in (tmp_path / backend / "eval_eval.jsonl").read_text().splitlines()]
+    assert len(rows["hf"]) == 5 and rows["engine"] == rows["hf"]
+    with pytest.raises(ConfigError, match="sampling.backend"):
+        build_stage("eval", {"sampling": {"backend": "vllm"}})

@@ -51,3 +51,20 @@ def test_rejection_stage_keeps_only_verified(tmp_path):
     with pytest.raises(DataError, match="kept no samples"):
         run_rejection(strict, model=tiny_model(tok), tokenizer=tok)
     assert json.loads((tmp_path / "strict" / "acceptance.json").read_text())["acceptance_rate"] == 0.0
+
+
+def test_rejection_stage_uses_the_configured_backend(tmp_path, monkeypatch):
+    from grpo import rollout
+    from grpo.testing import char_tokenizer, tiny_model
+
+    made = []
+    real = rollout.make_sampler
+    monkeypatch.setattr(rollout, "make_sampler", lambda backend, *a, **k: made.append((backend, a[-1])) or real(backend, *a, **k))
+    tok = char_tokenizer()
+    cfg = build_stage("rejection_sampling", {
+        "data": {"train": {"source": "arithmetic", "options": {"n": 3, "seed": 0, "difficulty": [1]}}},
+        "rewards": ["accuracy"], "accept": {"accuracy": 0.0}, "keep_truncated": True,
+        "sampling": {"backend": "engine", "group_size": 4, "max_new_tokens": 6}, "max_per_prompt": 2,
+        "run": {"output_dir": str(tmp_path), "progress": False}})
+    assert run_rejection(cfg, model=tiny_model(tok), tokenizer=tok)["kept"] > 0
+    assert len(made) == 1 and made[0][0] == "engine" and made[0][1] > 6   # cache: longest prompt + 6 tokens
