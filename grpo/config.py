@@ -252,6 +252,9 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
     need(s.top_k >= 0, "sampling.top_k", f"must be >= 0, got {s.top_k}")
     need(s.batch_size > 0, "sampling.batch_size", f"must be positive, got {s.batch_size}")
     need(s.backend in ("hf", "engine"), "sampling.backend", f"must be 'hf' or 'engine', got {s.backend!r}")
+    need(not (s.backend == "engine" and "moe" in (cfg.model.adapter or {})), "sampling.backend",
+         "the engine cannot serve model.adapter moe (its decoder has no expert routing and records no routes "
+         "for routing replay); use sampling.backend: hf")
     need(a.loss_type in LOSS_TYPES, "algorithm.loss_type", f"must be one of {LOSS_TYPES}, got {a.loss_type!r}")
     need(a.scale_rewards in SCALE_REWARDS, "algorithm.scale_rewards",
          f"must be one of {SCALE_REWARDS}, got {a.scale_rewards!r}")

@@ -7,7 +7,7 @@ branches on the backend; the fast static-cache engine (grpo/engine) implements t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -40,6 +40,8 @@ class RolloutBatch:
     texts:           N decoded completions (special tokens removed)
     group:           [N] long, prompt index of each row
     truncated:       [N] bool, True where the row hit max_new_tokens without emitting EOS
+    routes:          MoE experts chosen while sampling (`grpo.adapters.RecordedRoutes`, rows in this
+                     order) for routing replay in the update; None for dense models or replay off
     """
 
     prompt_ids: list[list[int]]
@@ -49,6 +51,7 @@ class RolloutBatch:
     texts: list[str]
     group: torch.Tensor
     truncated: torch.Tensor
+    routes: Any = None
 
     @property
     def num_tokens(self) -> int:

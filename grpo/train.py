@@ -280,7 +280,7 @@ def sample(state: TrainState, examples: list[Example]) -> tuple[list[list[dict]]
     chats, prompt_ids = encode_prompts(state.tokenizer, examples, state.cfg.data.template,
                                        state.cfg.data.assistant_prefix)
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
-    with torch.no_grad(), sampling_context(state.accelerator):
+    with torch.no_grad(), sampling_context(state.accelerator), _record_routes(state) as rec:
         try:
             rollout = state.sampler.generate(prompt_ids, s.group_size, params)
         except RuntimeError as e:
@@ -288,7 +288,47 @@ def sample(state: TrainState, examples: list[Example]) -> tuple[list[list[dict]]
                 raise
             raise FloatingPointError(f"step {state.step + 1}: the model produced non-finite probabilities while "
                                      f"sampling ({e})") from e
+    rollout.routes = rec[0] if rec else None
     return chats, rollout
+
+
+# MoE adapter hooks (grpo/adapters): every helper is a no-op for models without adapters.
+
+def _adapted(state: TrainState):
+    """The bare policy if the recipe converted it with adapters, else None."""
+    return state.accelerator.unwrap_model(state.model) if state.cfg.model.adapter else None
+
+
+def _record_routes(state: TrainState):
+    """Context that records the MoE experts chosen while sampling (routing replay); yields a list that holds
+    one RecordedRoutes afterwards, or [] when replay is off."""
+    from grpo.adapters import routing_replay, routing_replay_enabled
+
+    model = _adapted(state)
+    if model is None or not routing_replay_enabled(model):
+        return contextlib.nullcontext([])
+    return routing_replay(model, "record")
+
+
+def _replayer(state: TrainState, routes):
+    """rows -> context in which the policy's forwards (and their recomputation in backward) route the rows'
+    tokens to the experts recorded at rollout; a null context when nothing was recorded."""
+    if routes is None:
+        return lambda rows: contextlib.nullcontext()
+    from grpo.adapters import routing_replay
+
+    model = _adapted(state)
+    return lambda rows: routing_replay(model, "replay", routes.select(rows))
+
+
+def _aux_loss(state: TrainState, num_micro: int):
+    """MoE balance loss of the forward just run, scaled like the policy loss (mean over the step's
+    micro-batches, DDP's average over processes undone); 0.0 when off."""
+    if not state.cfg.model.adapter:
+        return 0.0
+    from grpo.adapters import aux_loss
+
+    return aux_loss(_adapted(state)) * state.accelerator.num_processes / num_micro
 
 
 def _micro_batches(lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -298,11 +338,12 @@ def _micro_batches(lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def _logprobs_no_grad(model, batch: PackedBatch, micro: list[torch.Tensor], temperature: float, acc) -> torch.Tensor:
+def _logprobs_no_grad(model, batch: PackedBatch, micro: list[torch.Tensor], temperature: float, acc,
+                      replay=lambda rows: contextlib.nullcontext()) -> torch.Tensor:
     out = torch.zeros(batch.completion_ids.shape, device=acc.device)
     for idx in micro:
         sub = batch.rows(idx).to(acc.device)
-        with acc.autocast():
+        with acc.autocast(), replay(idx):
             lp, _ = token_logprobs(model, sub, temperature)
         out[idx.to(acc.device), :lp.shape[1]] = lp.float()
     return out
@@ -319,53 +360,20 @@ def policy_update(state: TrainState, rollout: RolloutBatch, advantages: torch.Te
     batch = pack(rollout.prompt_ids, rollout.completion_ids, mask, pad)
     micro = _micro_batches(mask.sum(dim=1), cfg.optim.micro_batch_size)
     temp = cfg.sampling.temperature
-    old = _logprobs_no_grad(model, batch, micro, temp, acc) if a.num_iterations > 1 else None
+    replay = _replayer(state, rollout.routes)  # MoE routing replay: the rollout's experts, rows by rows
+    old = _logprobs_no_grad(model, batch, micro, temp, acc, replay) if a.num_iterations > 1 else None
+    # the reference routes on its own (its own router and bias; the deepcopy has its own routing state)
     ref = _logprobs_no_grad(state.ref_model, batch, micro, temp, acc) if state.ref_model is not None else None
-    global_seqs = int(acc.reduce(torch.tensor(len(advantages), device=acc.device), "sum").item())
-    global_tokens = float(acc.reduce(mask.sum().to(acc.device), "sum").item())
-    scale = acc.num_processes  # DDP averages gradients over processes; the normalisers are global sums
+    norm = {"global_seqs": int(acc.reduce(torch.tensor(len(advantages), device=acc.device), "sum").item()),
+            "global_tokens": float(acc.reduce(mask.sum().to(acc.device), "sum").item()),
+            "num_micro_batches": len(micro), "max_completion_length": cfg.sampling.max_new_tokens}
     adv = advantages.to(acc.device)
     agg: dict[str, list[float]] = {}
     for it in range(a.num_iterations):
         for idx in micro:
-            sub = batch.rows(idx).to(acc.device)
-            didx = idx.to(acc.device)
-            t = sub.completion_ids.shape[1]
-            with acc.autocast():
-                logp, ent = token_logprobs(model, sub, temp, with_entropy=(it == 0))
-            logp = logp.float()
-            old_lp = old[didx, :t] if old is not None else logp.detach()
-            ref_lp = ref[didx, :t] if ref is not None else None
-            per_tok, st = per_token_loss(logp, old_lp, adv[didx], sub.completion_mask, a.clip_eps_low,
-                                         a.clip_eps_high, a.kl_coef, ref_lp)
-            loss = normalize_loss(per_tok, sub.completion_mask, a.loss_type,
-                                  max_completion_length=cfg.sampling.max_new_tokens, global_seqs=global_seqs,
-                                  global_tokens=global_tokens, num_micro_batches=len(micro)) * scale
-            if not loss.requires_grad:  # no loss tokens in this micro-batch (e.g. all masked as truncated):
-                # a zero that touches every parameter keeps backward, and DDP's gradient sync, in step
-                loss = loss + 0.0 * sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad)
-            acc.backward(loss)
-            w = float(sub.completion_mask.sum())
-            for k, v in (("loss", float(loss.detach()) / scale), ("clip_low", st.clip_low), ("clip_high", st.clip_high),
-                         ("kl", st.kl), ("ratio", st.ratio_mean)):
-                agg.setdefault(k, []).append(v if k == "loss" else v * w)
-            agg.setdefault(f"_ratio{it}", []).append(st.ratio_mean * w)
-            agg.setdefault("_w", []).append(w)
-            if ent is not None:
-                agg.setdefault("entropy", []).append(float((ent * sub.completion_mask).sum()))
-        grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-        if not math.isfinite(float(grad_norm)):  # the norm is of the all-reduced grads: every process agrees
-            losses = agg["loss"][-len(micro):]
-            cause = "loss" if not all(math.isfinite(x) for x in losses) else "gradients"
-            raise FloatingPointError(f"step {state.step + 1}: non-finite {cause} (loss {sum(losses)}, gradient norm "
-                                     f"{float(grad_norm)}); stopped before the optimizer step, no checkpoint written")
-        state.optimizer.step()
-        state.scheduler.step()
-        state.optimizer.zero_grad(set_to_none=True)
-        if cfg.model.adapter:
-            from grpo.adapters import after_optimizer_step
-
-            after_optimizer_step(acc.unwrap_model(model))
+            with replay(idx):  # open through backward: gradient checkpointing recomputes the forward there
+                _micro_step(state, batch.rows(idx).to(acc.device), idx.to(acc.device), it, old, ref, adv, norm, agg)
+        grad_norm = _optimizer_step(state, agg, len(micro))
     w_all = agg.pop("_w")
     w = max(sum(w_all), 1.0)
     w_iter = max(sum(w_all[:len(micro)]), 1.0)
@@ -375,7 +383,59 @@ def policy_update(state: TrainState, rollout: RolloutBatch, advantages: torch.Te
     for k in ("clip_low", "clip_high", "kl", "ratio"):
         out[k] = sum(agg[k]) / (w)
     out["entropy"] = sum(agg.get("entropy", [0.0])) / max(float(mask.sum()), 1.0)
+    if "aux_loss" in agg:
+        out["aux_loss"] = sum(agg["aux_loss"]) / a.num_iterations
     return out
+
+
+def _micro_step(state: TrainState, sub: PackedBatch, didx: torch.Tensor, it: int, old, ref, adv: torch.Tensor,
+                norm: dict, agg: dict[str, list[float]]) -> None:
+    """Forward + backward of one micro-batch (rows `didx`); appends its diagnostics to `agg`."""
+    a, acc, model = state.cfg.algorithm, state.accelerator, state.model
+    scale = acc.num_processes  # DDP averages gradients over processes; the normalisers are global sums
+    t = sub.completion_ids.shape[1]
+    with acc.autocast():
+        logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0))
+    aux = _aux_loss(state, norm["num_micro_batches"])
+    logp = logp.float()
+    old_lp = old[didx, :t] if old is not None else logp.detach()
+    ref_lp = ref[didx, :t] if ref is not None else None
+    per_tok, st = per_token_loss(logp, old_lp, adv[didx], sub.completion_mask, a.clip_eps_low,
+                                 a.clip_eps_high, a.kl_coef, ref_lp)
+    loss = normalize_loss(per_tok, sub.completion_mask, a.loss_type, **norm) * scale
+    if not loss.requires_grad:  # no loss tokens in this micro-batch (e.g. all masked as truncated):
+        # a zero that touches every parameter keeps backward, and DDP's gradient sync, in step
+        loss = loss + 0.0 * sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad)
+    acc.backward(loss + aux)
+    w = float(sub.completion_mask.sum())
+    for k, v in (("loss", float(loss.detach()) / scale), ("clip_low", st.clip_low), ("clip_high", st.clip_high),
+                 ("kl", st.kl), ("ratio", st.ratio_mean)):
+        agg.setdefault(k, []).append(v if k == "loss" else v * w)
+    agg.setdefault(f"_ratio{it}", []).append(st.ratio_mean * w)
+    agg.setdefault("_w", []).append(w)
+    if ent is not None:
+        agg.setdefault("entropy", []).append(float((ent * sub.completion_mask).sum()))
+    if torch.is_tensor(aux):
+        agg.setdefault("aux_loss", []).append(float(aux.detach()) / scale)
+
+
+def _optimizer_step(state: TrainState, agg: dict[str, list[float]], num_micro: int):
+    """Clip, check, step (optimizer, LR schedule, MoE bias); returns the gradient norm."""
+    cfg, acc, model = state.cfg, state.accelerator, state.model
+    grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+    if not math.isfinite(float(grad_norm)):  # the norm is of the all-reduced grads: every process agrees
+        losses = agg["loss"][-num_micro:]
+        cause = "loss" if not all(math.isfinite(x) for x in losses) else "gradients"
+        raise FloatingPointError(f"step {state.step + 1}: non-finite {cause} (loss {sum(losses)}, gradient norm "
+                                 f"{float(grad_norm)}); stopped before the optimizer step, no checkpoint written")
+    state.optimizer.step()
+    state.scheduler.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    if cfg.model.adapter:
+        from grpo.adapters import after_optimizer_step
+
+        after_optimizer_step(acc.unwrap_model(model))
+    return grad_norm
 
 
 def reward_stats(table: RewardTable, totals: torch.Tensor) -> dict[str, float]:
@@ -415,6 +475,8 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
     g_trunc = acc.gather(rollout.truncated.float().to(acc.device)).cpu()
     step_s = time.perf_counter() - t0
     extra = {"grpo/" + k: v for k, v in _adapter_metrics(state).items()}
+    if "aux_loss" in upd:
+        extra["grpo/moe/aux_loss"] = upd["aux_loss"]
     stats = StepStats(
         step=state.step, reward_mean=float(g_tot.mean()), reward_std=float(g_tot.std()) if len(g_tot) > 1 else 0.0,
         rewards=reward_stats(table, totals), zero_std_frac=zero_std_fraction(totals, rollout.group),

@@ -46,6 +46,9 @@ class Decoder:
         self.final_norm = base.norm
         self.rotary = base.rotary_emb
         self.lm_head = model.get_output_embeddings()
+        if any(hasattr(layer.mlp, "router") for layer in self.layers):  # DeepSeekMoE (grpo.adapters.moe)
+            raise NotImplementedError("the engine cannot serve MoE layers (model.adapter moe): it would run the "
+                                      "routed experts ungated; use sampling.backend: hf")
         self.attn = [attention_for(layer.self_attn, cfg, ops) for layer in self.layers]
         hooked = all(hasattr(layer.self_attn, "engine_attention") for layer in self.layers)
         if cfg.model_type not in SUPPORTED_MODEL_TYPES and not hooked:

@@ -1,0 +1,97 @@
+"""The MoE adapter inside the GRPO trainer: routing replay from rollout to update, balance loss, metrics
+(tiny random Llama converted to 8 experts, top-2; seconds on CPU)."""
+import json
+
+import pytest
+import torch
+
+from grpo.adapters import moe_layers, routing_replay
+from grpo.config import ConfigError
+from grpo.logprobs import pack, token_logprobs
+from grpo.testing import tiny_model
+from grpo.train import policy_update, sample, setup, next_prompts, train
+from test_train_e2e import tiny_cfg
+
+MOE = {"num_experts": 8, "top_k": 2, "num_shared": 1}
+
+
+def moe_cfg(tmp_path, moe=None, **over):
+    return tiny_cfg(tmp_path, **{"model.adapter": {"moe": {**MOE, **(moe or {})}}, **over})
+
+
+def _sharpen_routers(state):
+    """A decisive router (the converted one starts near-uniform), so routes differ token to token."""
+    torch.manual_seed(1)
+    for m in moe_layers(state.model):
+        torch.nn.init.normal_(m.router.weight, std=0.5)
+
+
+def test_rollout_records_the_routes_the_update_layout_would_choose(tmp_path, tok):
+    state = setup(moe_cfg(tmp_path), model=tiny_model(tok), tokenizer=tok)
+    _sharpen_routers(state)
+    _, rollout = sample(state, next_prompts(state))
+    routes = rollout.routes
+    assert routes is not None and routes.num_rows == rollout.completion_ids.shape[0]
+    batch = pack(rollout.prompt_ids, rollout.completion_ids, rollout.completion_mask, tok.pad_token_id)
+    with torch.no_grad(), routing_replay(state.model, "record") as rec:  # the update's layout, own routing
+        token_logprobs(state.model, batch)
+    full = rec[0]
+    for row in range(routes.num_rows):
+        prompt, comp = len(rollout.prompt_ids[row]), int(rollout.completion_mask[row].sum())
+        n = prompt + comp - 1  # every real token but the last sampled one went through the model
+        assert int(routes.lengths[row]) >= n
+        assert torch.equal(routes.routes[row, :n], full.routes[row, :n]), row
+
+
+@pytest.mark.parametrize("replay", [True, False])
+def test_update_uses_the_rollout_experts_after_the_bias_moves(tmp_path, tok, replay):
+    """mu = 2, lr = 0: only the MoE bias changes (γ = 1 after the first optimizer step), which reroutes
+    tokens (the replay=False case shows it does). With replay the second update routes as at rollout, so its
+    ratio is exactly 1."""
+    cfg = moe_cfg(tmp_path, {"bias_update_rate": 1.0, "routing_replay": replay},
+                  **{"algorithm.num_iterations": 2})
+    state = setup(cfg, model=tiny_model(tok), tokenizer=tok)
+    _sharpen_routers(state)
+    for g in state.optimizer.param_groups:
+        g["lr"] = 0.0
+    state.scheduler.scheduler.base_lrs = [0.0] * len(state.optimizer.param_groups)
+    weights = [p.detach().clone() for p in state.model.parameters()]
+    _, rollout = sample(state, next_prompts(state))
+    assert (rollout.routes is not None) == replay
+    adv = torch.linspace(-1, 1, rollout.completion_ids.shape[0])
+    out = policy_update(state, rollout, adv)
+    assert all(torch.equal(a, b) for a, b in zip(weights, state.model.parameters()))  # weights did not move
+    assert out["ratio_first"] == pytest.approx(1.0, abs=1e-6)
+    if replay:
+        assert out["ratio_last"] == pytest.approx(1.0, abs=1e-6)
+        assert out["clip_low"] == 0.0 and out["clip_high"] == 0.0
+    else:
+        assert abs(out["ratio_last"] - 1.0) > 1e-4
+
+
+def test_grpo_run_with_moe_trains_and_logs_balance_metrics(tmp_path, tok):
+    cfg = moe_cfg(tmp_path, {"bias_update_rate": 0.01, "balance_loss_coef": 0.01},
+                  **{"optim.steps": 3, "algorithm.kl_coef": 0.05})
+    model = tiny_model(tok)
+    train(cfg, model=model, tokenizer=tok)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(rows) == 3
+    for r in rows:
+        assert r["grpo/moe/load_max_over_mean"] >= 1.0
+        assert 0 < r["grpo/moe/router_entropy"] <= torch.log(torch.tensor(8.0)).item() + 1e-6
+        assert r["grpo/moe/bias_range"] > 0
+        assert r["grpo/moe/aux_loss"] > 0
+        assert r["kl"] >= 0 and r["grad_norm"] > 0
+    assert rows[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference routes like the policy at step 1
+    assert 0 < rows[-1]["grpo/moe/bias_abs_max"] <= 0.03 + 1e-6  # 3 sign-only steps of γ = 0.01
+
+
+def test_engine_backend_refuses_moe(tmp_path, tok):
+    with pytest.raises(ConfigError, match="sampling.backend.*moe"):
+        moe_cfg(tmp_path, **{"sampling.backend": "engine"})
+    from grpo.adapters import apply_adapters
+    from grpo.engine import EngineSampler
+
+    model = apply_adapters(tiny_model(tok), {"moe": MOE})
+    with pytest.raises(NotImplementedError, match="MoE"):
+        EngineSampler(model, tok, max_batch=4, max_seq_len=64)
