@@ -331,8 +331,16 @@ def _aux_loss(state: TrainState, num_micro: int):
     return aux_loss(_adapted(state)) * state.accelerator.num_processes / num_micro
 
 
-def _micro_batches(lengths: torch.Tensor, size: int) -> list[torch.Tensor]:
-    """Rows sorted by completion length, cut into micro-batches (little padding inside each)."""
+def _micro_batches(lengths: torch.Tensor, size: int, groups: torch.Tensor | None = None) -> list[torch.Tensor]:
+    """Row indices cut into micro-batches of at most `size` rows. Without `groups`: rows sorted by completion
+    length (little padding inside each). With `groups` (and `size` at least one group): whole groups,
+    longest first, so each micro-batch computes its groups' shared prompts once (grpo.logprobs)."""
+    if groups is not None and len(groups):
+        members = [torch.nonzero(groups == g).flatten() for g in torch.unique(groups)]
+        per = size // max(len(m) for m in members)
+        if per >= 1:
+            members.sort(key=lambda m: -int(lengths[m].sum()))
+            return [torch.cat(members[i:i + per]) for i in range(0, len(members), per)]
     order = torch.argsort(lengths, descending=True, stable=True)
     return [order[i:i + size] for i in range(0, len(order), size)]
 
@@ -358,7 +366,7 @@ def policy_update(state: TrainState, rollout: RolloutBatch, advantages: torch.Te
     if a.mask_truncated:
         mask[rollout.truncated] = 0
     batch = pack(rollout.prompt_ids, rollout.completion_ids, mask, pad)
-    micro = _micro_batches(mask.sum(dim=1), cfg.optim.micro_batch_size)
+    micro = _micro_batches(mask.sum(dim=1), cfg.optim.micro_batch_size, rollout.group)
     temp = cfg.sampling.temperature
     replay = _replayer(state, rollout.routes)  # MoE routing replay: the rollout's experts, rows by rows
     old = _logprobs_no_grad(model, batch, micro, temp, acc, replay) if a.num_iterations > 1 else None
