@@ -302,12 +302,12 @@ def _adapted(state: TrainState):
 def _record_routes(state: TrainState):
     """Context that records the MoE experts chosen while sampling (routing replay); yields a list that holds
     one RecordedRoutes afterwards, or [] when replay is off."""
+    model = _adapted(state)
+    if model is None:
+        return contextlib.nullcontext([])
     from grpo.adapters import routing_replay, routing_replay_enabled
 
-    model = _adapted(state)
-    if model is None or not routing_replay_enabled(model):
-        return contextlib.nullcontext([])
-    return routing_replay(model, "record")
+    return routing_replay(model, "record") if routing_replay_enabled(model) else contextlib.nullcontext([])
 
 
 def _replayer(state: TrainState, routes):

@@ -17,7 +17,7 @@ for f in sorted(out.glob("*.metrics.jsonl")):
     rew = [r["reward_mean"] for r in rows]
     k = min(4, len(rew))
     sec = sum(r["step_seconds"] for r in rows) / len(rows)
-    print(f"{f.name.split('.')[0]} | {len(rows)} | {sum(load) / len(load):.3f}, {load[-1]:.3f} | {clip:.4f} | "
+    print(f"{f.name[:-len('.metrics.jsonl')]} | {len(rows)} | {sum(load) / len(load):.3f}, {load[-1]:.3f} | {clip:.4f} | "
           f"{rew[0]:.3f}->{rew[-1]:.3f} ({sum(rew[:k]) / k:.3f}->{sum(rew[-k:]) / k:.3f}) | "
           f"{rows[-1]['grpo/moe/bias_range']:.4f} | {rows[-1]['grpo/moe/router_entropy']:.3f} | {sec:.2f}")
     print("   load per step: " + " ".join(f"{x:.2f}" for x in load))
