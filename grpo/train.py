@@ -414,7 +414,7 @@ def _micro_step(state: TrainState, sub: PackedBatch, didx: torch.Tensor, it: int
     if not loss.requires_grad:  # no loss tokens in this micro-batch (e.g. all masked as truncated):
         # a zero that touches every parameter keeps backward, and DDP's gradient sync, in step
         loss = loss + 0.0 * sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad)
-    acc.backward(loss + aux)
+    acc.backward(loss + aux if torch.is_tensor(aux) else loss)
     w = float(sub.completion_mask.sum())
     for k, v in (("loss", float(loss.detach()) / scale), ("clip_low", st.clip_low), ("clip_high", st.clip_high),
                  ("kl", st.kl), ("ratio", st.ratio_mean)):
