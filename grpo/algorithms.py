@@ -36,10 +36,12 @@ SCALE_REWARDS = ("group", "batch", "none")
 
 
 def group_advantages(rewards: torch.Tensor, group: torch.Tensor, scale: str = "group",
-                     eps: float = 1e-4) -> torch.Tensor:
+                     eps: float = 1e-4, batch_std: torch.Tensor | float | None = None) -> torch.Tensor:
     """Group-relative advantages. rewards: [N] float; group: [N] long group id of each row. Returns [N].
 
     Groups may have different sizes. A group whose rewards are all equal gets advantage 0 exactly.
+    scale="batch" divides by the std of the whole batch: `batch_std` when given (the trainer passes the
+    std of the rewards gathered from all processes), else the std of `rewards`.
     """
     if scale not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale!r}")
@@ -52,8 +54,9 @@ def group_advantages(rewards: torch.Tensor, group: torch.Tensor, scale: str = "g
     if scale == "none":
         return centered
     if scale == "batch":
-        std = rewards.std() if rewards.numel() > 1 else torch.tensor(0.0)
-        return centered / (std + eps)
+        if batch_std is None:
+            batch_std = rewards.std() if rewards.numel() > 1 else torch.tensor(0.0)
+        return centered / (torch.as_tensor(batch_std, dtype=torch.float32) + eps)
     sq = torch.zeros(k).index_add_(0, inv, centered ** 2)
     std = torch.sqrt(sq / (count - 1).clamp(min=1))
     return centered / (std[inv] + eps)

@@ -431,11 +431,10 @@ def _optimizer_step(state: TrainState, agg: dict[str, list[float]], num_micro: i
     """Clip, check, step (optimizer, LR schedule, MoE bias); returns the gradient norm."""
     cfg, acc, model = state.cfg, state.accelerator, state.model
     grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-    if not math.isfinite(float(grad_norm)):  # the norm is of the all-reduced grads: every process agrees
-        losses = agg["loss"][-num_micro:]
-        cause = "loss" if not all(math.isfinite(x) for x in losses) else "gradients"
-        raise FloatingPointError(f"step {state.step + 1}: non-finite {cause} (loss {sum(losses)}, gradient norm "
-                                 f"{float(grad_norm)}); stopped before the optimizer step, no checkpoint written")
+    # DeepSpeed returns None: it clips inside its own step (`gradient_clipping` in its config) and reports
+    # the norm only afterwards, so there the check below runs after the step
+    if grad_norm is not None:  # the norm is of the all-reduced grads: every process agrees
+        _check_finite_grad_norm(state, agg, num_micro, float(grad_norm), "before the optimizer step")
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
@@ -443,7 +442,23 @@ def _optimizer_step(state: TrainState, agg: dict[str, list[float]], num_micro: i
         from grpo.adapters import after_optimizer_step
 
         after_optimizer_step(acc.unwrap_model(model))
+    if grad_norm is None:
+        reported = getattr(model, "get_global_grad_norm", lambda: None)()
+        if reported is None:
+            return float("nan")  # unknown: logged as NaN, not treated as a failure
+        _check_finite_grad_norm(state, agg, num_micro, float(reported), "after DeepSpeed's optimizer step")
+        return float(reported)
     return grad_norm
+
+
+def _check_finite_grad_norm(state: TrainState, agg: dict[str, list[float]], num_micro: int, norm: float,
+                            when: str) -> None:
+    if math.isfinite(norm):
+        return
+    losses = agg["loss"][-num_micro:]
+    cause = "loss" if not all(math.isfinite(x) for x in losses) else "gradients"
+    raise FloatingPointError(f"step {state.step + 1}: non-finite {cause} (loss {sum(losses)}, gradient norm "
+                             f"{norm}); stopped {when}, no checkpoint written")
 
 
 def reward_stats(table: RewardTable, totals: torch.Tensor) -> dict[str, float]:
@@ -468,17 +483,20 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
     except RewardError as e:
         raise RewardError(f"step {state.step + 1}: {e}") from e
     totals = torch.tensor(table.totals(), dtype=torch.float32)
-    if not torch.isfinite(totals).all():
-        raise FloatingPointError(f"step {state.step + 1}: non-finite rewards {totals.tolist()}")
-    adv = group_advantages(totals, rollout.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps)
+    acc = state.accelerator
+    # gathered before any check, so every process sees the same rewards and stops together (a process that
+    # raised alone would leave the others waiting in the next collective)
+    g_tot = acc.gather(totals.to(acc.device)).float().cpu()
+    if not torch.isfinite(g_tot).all():
+        raise FloatingPointError(f"step {state.step + 1}: non-finite rewards {g_tot.tolist()}")
+    batch_std = g_tot.std() if len(g_tot) > 1 else torch.tensor(0.0)  # scale_rewards=batch: the global batch
+    adv = group_advantages(totals, rollout.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps, batch_std)
     upd = policy_update(state, rollout, adv)
-    if not math.isfinite(upd["loss"]) or not math.isfinite(upd["grad_norm"]):
+    if not math.isfinite(upd["loss"]):  # the gradient norm was checked where it is known (_optimizer_step)
         raise FloatingPointError(f"step {state.step + 1}: non-finite loss ({upd['loss']}) or gradient norm "
                                  f"({upd['grad_norm']}); stopping before any checkpoint is written")
     state.step += 1
     lengths = rollout.completion_mask.sum(dim=1)
-    acc = state.accelerator
-    g_tot = acc.gather(totals.to(acc.device)).float().cpu()
     g_len = acc.gather(lengths.to(acc.device)).float().cpu()
     g_trunc = acc.gather(rollout.truncated.float().to(acc.device)).cpu()
     step_s = time.perf_counter() - t0

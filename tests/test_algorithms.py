@@ -24,6 +24,16 @@ def test_batch_scaling_uses_batch_std():
     assert torch.all(adv[4:] == 0)
 
 
+def test_batch_scaling_on_shards_with_global_std_equals_the_whole_batch():
+    # what each of 2 processes computes from its own groups, given the std of the gathered rewards
+    whole = group_advantages(R, G, "batch", eps=0.0)
+    std = R.std()
+    shards = [group_advantages(R[G == g], G[G == g], "batch", eps=0.0, batch_std=std) for g in (0, 1)]
+    assert torch.allclose(torch.cat(shards), whole)
+    # without it, the second shard (all rewards equal) would divide by its own zero std
+    assert not torch.allclose(group_advantages(R[:4], G[:4], "batch", eps=0.0), whole[:4])
+
+
 def test_no_scaling_is_centering_only():
     adv = group_advantages(R, G, "none")
     assert torch.allclose(adv, torch.tensor([0.5, -0.5, -0.5, 0.5, 0, 0, 0, 0]))

@@ -103,3 +103,21 @@ def test_each_loss_type_runs(tmp_path, tok, loss_type):
                                 "algorithm.mask_truncated": True})
     train(cfg, model=tiny_model(tok), tokenizer=tok)
     assert metrics(tmp_path / "run")[0]["grad_norm"] >= 0
+
+
+@pytest.mark.parametrize("reported", [0.5, None, float("inf")])
+def test_deepspeed_style_clip_returning_none(tmp_path, tok, reported):
+    """accelerate's clip_grad_norm_ returns None under DeepSpeed (it clips inside its own step); the norm
+    then comes from the engine after the step, NaN when unknown, and a non-finite one still stops the run."""
+    state = setup(tiny_cfg(tmp_path, **{"optim.steps": 1}), model=tiny_model(tok), tokenizer=tok)
+    state.accelerator.clip_grad_norm_ = lambda *a, **k: None
+    state.model.get_global_grad_norm = lambda: reported
+    from grpo.train import train_step
+
+    if reported == float("inf"):
+        with pytest.raises(FloatingPointError, match="after DeepSpeed's optimizer step"):
+            train_step(state, next_prompts(state))
+        return
+    stats, _ = train_step(state, next_prompts(state))
+    assert stats.step == 1
+    assert (stats.grad_norm == 0.5) if reported == 0.5 else (stats.grad_norm != stats.grad_norm)
