@@ -59,13 +59,13 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
-                    config_yaml: str, keep_last: int = 2) -> Path:
+                    config_yaml: str, keep_last: int = 2, state_dict: dict | None = None) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step}-", dir=root))
     try:
-        model.save_pretrained(tmp / "model", safe_serialization=True)
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp / "model")
         (tmp / "config.yaml").write_text(config_yaml)
         torch.save(trainer_state, tmp / STATE_FILE)

@@ -535,6 +535,11 @@ def _adapter_metrics(state: TrainState) -> dict[str, float]:
 def save(state: TrainState) -> Path | None:
     acc = state.accelerator
     acc.wait_for_everyone()
+    # FSDP / DeepSpeed shard the weights: gathering the full state dict is collective (every process takes
+    # part), and only the main process writes it. (Their optimizer state stays sharded: the checkpoint holds
+    # the main process's shard, so --resume under FSDP/ZeRO restores weights exactly but not Adam moments.)
+    sharded = acc.distributed_type.value in ("FSDP", "DEEPSPEED")
+    weights = acc.get_state_dict(state.model) if sharded else None
     if not acc.is_main_process:
         return None
     trainer_state = {"step": state.step, "cursor": state.cursor, "epoch": state.epoch, "order": state.order,
@@ -544,7 +549,7 @@ def save(state: TrainState) -> Path | None:
 
     return ckpt.save_checkpoint(state.cfg.run.output_dir, state.step, acc.unwrap_model(state.model),
                                 state.tokenizer, trainer_state, yaml.safe_dump(to_dict(state.cfg), sort_keys=False),
-                                keep_last=state.cfg.run.keep_last)
+                                keep_last=state.cfg.run.keep_last, state_dict=weights)
 
 
 def resume(state: TrainState, path: str | Path) -> None:
