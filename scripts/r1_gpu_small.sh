@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The budget-sized R1 pipeline (recipes/r1_gpu_small.yaml) on the GPU machine, after
+# ../shared/device/setup_gpu.sh part1 + part2 (wheels in /tmp/site, GGUF in /tmp/smollm2, GSM8K in /tmp/gsm8k).
+#   bash scripts/r1_gpu_small.sh [--set KEY=VALUE ...]
+# Env: CODE (the project tree to import; default: this checkout), RUN_DIR (default /tmp/r1_gpu_small),
+# OUT (where the small results go), BUDGET_S (the pipeline is stopped after this many seconds; a re-run
+# resumes after the last finished stage). Results: $OUT/summary.md, $OUT/log.txt, $OUT/results.tgz (every
+# file of the run under 8 MB: DONE markers with seconds, eval summaries and per-prompt outputs, metrics).
+set -uo pipefail
+code=${CODE:-$(cd "$(dirname "$0")/.." && pwd)}
+run=${RUN_DIR:-/tmp/r1_gpu_small}
+out=${OUT:-/tmp/r1_gpu_small_out}
+mkdir -p "$out"
+export PYTHONPATH=/tmp/site:$code:${PYTHONPATH:-} GRPO_CACHE=${GRPO_CACHE:-/tmp/grpocache} PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
+(cd "$code" && git rev-parse HEAD 2>/dev/null || cat "$code/COMMIT" 2>/dev/null) | tee -a "$out/gpu.txt"
+t0=$(date +%s)
+(cd "$code" && timeout "${BUDGET_S:-300}" python3 -m grpo run recipes/r1_gpu_small.yaml \
+   --set vars.gsm8k=/tmp/gsm8k --set vars.base=/tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+   --set output_dir="$run" --set shared.run.progress=false "$@") >>"$out/log.txt" 2>&1
+rc=$?
+echo "pipeline rc=$rc after $(( $(date +%s) - t0 )) s" | tee -a "$out/log.txt"
+cp "$run/summary.md" "$out/" 2>/dev/null
+(cd "$run" && find . -type f -size -8M ! -name '*.safetensors' ! -name '*.pt' ! -name '*.bin' | tar czf "$out/results.tgz" -T -)
+tail -n 30 "$out/log.txt"; cat "$out/summary.md" 2>/dev/null
+exit $rc
