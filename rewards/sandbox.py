@@ -67,6 +67,8 @@ def expose(paths):
     home with an empty tmpfs (in our private mount namespace) and bind back only the Python prefix."""
     covered = set()
     for need in sorted(paths):
+        if not os.path.exists(need):  # under the covered /tmp (a venv in a checkout under /tmp): the
+            continue                  # interpreter runs from the base prefix; the candidate needs only stdlib
         cur = ""
         for part in need.split("/")[1:]:
             cur += "/" + part

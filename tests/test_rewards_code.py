@@ -63,3 +63,19 @@ def test_chat_completions_and_parallel_batch():
 def test_network_isolation_reported():
     report = sandbox.isolation_report()
     assert set(report) == {"namespaces", "separate_uid"}
+
+
+def test_sandbox_works_from_a_venv_under_tmp(tmp_path):
+    """A checkout (and its .venv) under /tmp: the sandbox covers /tmp with the run's own directory, so the
+    venv prefix vanishes inside; the child must still start (regression: every code reward was None)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    repo = Path(__file__).resolve().parents[1]
+    code = ("import sys; sys.path.insert(0, %r); from rewards.sandbox import run_python; "
+            "r = run_python('import json; print(6 * 7)'); print(r.returncode, r.stdout)") % str(repo)
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "0 b'42\\n'", (out.stdout, out.stderr[-800:])
