@@ -12,6 +12,11 @@ completion. Per token, with P = softmax(teacher_logits / tau), Q = softmax(stude
            (generalised JSD of GKD, Agarwal et al. 2024; beta = 0.5 is the symmetric JSD, bounded by ln 2)
 each multiplied by tau^2 so gradient scale does not depend on tau; averaged over completion tokens.
 
+loss.kind "ce" is the teacher-free baseline: plain next-token cross-entropy on the same text (what the
+`sft` stage does), with the student built and the data ordered exactly as for the divergences, so the two
+runs differ only in the loss. With `data.eval` set, every kind reports the held-out token NLL
+(cross-entropy of the eval completions) of the student before and after training and of the teacher.
+
 A student may be built from the teacher by dropping decoder layers (`student.from_teacher: {keep_every:
 2}` keeps layers 0, 2, 4, ...; or `{keep_layers: [0, 3]}`), a common initialisation for small students.
 """
@@ -147,7 +152,7 @@ def run_distill(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     from grpo.config import to_dict
     from grpo.models import load_model, load_tokenizer
     from grpo.rejection import sample_and_filter
-    from grpo.sft import ce_loss_sum, fit, load_sft_examples, rows_for, save_model
+    from grpo.sft import ce_loss_sum, eval_loss, fit, load_sft_examples, rows_for, save_model
     from grpo.tracking import RunWriter
     from rewards.registry import load_rewards
 
@@ -161,6 +166,8 @@ def run_distill(cfg, model=None, tokenizer=None) -> dict[str, Any]:
         t = d.train
         examples = load_examples(t.source, limit=t.limit, shuffle=t.shuffle, shuffle_seed=t.shuffle_seed, **t.options)
     torch.manual_seed(cfg.run.seed)
+    if cfg.run.torch_threads:
+        torch.set_num_threads(cfg.run.torch_threads)
     tokenizer = tokenizer or load_tokenizer(cfg.teacher.name)
     teacher = model or load_model(cfg.teacher.name, trust_remote_code=cfg.teacher.trust_remote_code)
     if torch.cuda.is_available():
@@ -194,10 +201,19 @@ def run_distill(cfg, model=None, tokenizer=None) -> dict[str, Any]:
                             meta={d.completion_key: r["completion"]}) for r in rows]
         summary["teacher_samples"] = len(rows)
     train_rows = rows_for(tokenizer, examples, d)
-    loss_fn = ce_loss_sum if cfg.mode == "sequence" else logit_loss_fn(teacher, cfg.loss.kind, cfg.loss.beta,
-                                                                        cfg.loss.temperature)
-    student, fit_summary = fit(student, tokenizer, train_rows, cfg.optim, cfg.run, writer, loss_fn=loss_fn,
-                               desc=f"distill ({cfg.mode})")
+    eval_rows = None
+    if d.eval is not None:
+        eval_rows = rows_for(tokenizer, load_sft_examples([d.eval], d.completion_key), d)
+        device = next(teacher.parameters()).device
+        summary["teacher_eval_loss"] = eval_loss(teacher, eval_rows, tokenizer.pad_token_id,
+                                                 cfg.optim.micro_batch_size, device)
+    if cfg.mode == "sequence" or cfg.loss.kind == "ce":
+        loss_fn = ce_loss_sum
+    else:
+        loss_fn = logit_loss_fn(teacher, cfg.loss.kind, cfg.loss.beta, cfg.loss.temperature)
+    student, fit_summary = fit(student, tokenizer, train_rows, cfg.optim, cfg.run, writer, eval_rows=eval_rows,
+                               eval_every=cfg.eval_every, loss_fn=loss_fn, desc=f"distill ({cfg.mode})",
+                               eval_loss_fn=ce_loss_sum)
     summary.update(fit_summary)
     summary["model"] = str(save_model(student, tokenizer, out / "model", cfg_yaml))
     writer.write_json("summary.json", summary)

@@ -143,14 +143,17 @@ def eval_loss(model, rows: list[TokenRow], pad_id: int, micro: int, device, loss
 
 
 def fit(model, tokenizer, rows: list[TokenRow], optim, run, writer: RunWriter, eval_rows: list[TokenRow] | None = None,
-        eval_every: int = 0, loss_fn: LossFn = ce_loss_sum, desc: str = "SFT") -> tuple[Any, dict[str, Any]]:
-    """Optimise `model` on `rows` with `loss_fn`; logs metrics.jsonl; returns (unwrapped model, summary)."""
+        eval_every: int = 0, loss_fn: LossFn = ce_loss_sum, desc: str = "SFT",
+        eval_loss_fn: LossFn | None = None) -> tuple[Any, dict[str, Any]]:
+    """Optimise `model` on `rows` with `loss_fn`; logs metrics.jsonl; returns (unwrapped model, summary).
+    `eval_rows` are scored with `eval_loss_fn` (default: `loss_fn`)."""
     from accelerate import Accelerator
 
     from grpo.train import make_scheduler, resolve_precision
 
     if not rows:
         raise DataError("SFT: no training rows")
+    eval_loss_fn = eval_loss_fn or loss_fn
     torch.manual_seed(run.seed)
     acc = Accelerator(mixed_precision=resolve_precision(run.mixed_precision))
     total = _steps(len(rows), optim)
@@ -167,7 +170,7 @@ def fit(model, tokenizer, rows: list[TokenRow], optim, run, writer: RunWriter, e
     order: list[int] = []
     summary: dict[str, Any] = {"steps": total, "rows": len(rows)}
     if eval_rows:
-        summary["eval_loss_before"] = eval_loss(model, eval_rows, pad, optim.micro_batch_size, acc.device, loss_fn)
+        summary["eval_loss_before"] = eval_loss(model, eval_rows, pad, optim.micro_batch_size, acc.device, eval_loss_fn)
         writer.log_metrics({"step": 0, "eval_loss": summary["eval_loss_before"]}, step=0)
     t0 = time.perf_counter()
     bar = progress(total, desc, enabled=run.progress)
@@ -195,7 +198,7 @@ def fit(model, tokenizer, rows: list[TokenRow], optim, run, writer: RunWriter, e
         row = {"step": step, "loss": loss_total, "grad_norm": grad_norm, "lr": sched.get_last_lr()[0],
                "tokens": n_tok, "elapsed_s": time.perf_counter() - t0}
         if eval_rows and eval_every and step % eval_every == 0 and step < total:
-            row["eval_loss"] = eval_loss(model, eval_rows, pad, optim.micro_batch_size, acc.device, loss_fn)
+            row["eval_loss"] = eval_loss(model, eval_rows, pad, optim.micro_batch_size, acc.device, eval_loss_fn)
         writer.log_metrics(row, step=step)
         summary.setdefault("first_loss", loss_total)
         summary["last_loss"] = loss_total
@@ -203,7 +206,7 @@ def fit(model, tokenizer, rows: list[TokenRow], optim, run, writer: RunWriter, e
         bar.set_postfix(loss=f"{loss_total:.3f}")
     bar.close()
     if eval_rows:
-        summary["eval_loss_after"] = eval_loss(model, eval_rows, pad, optim.micro_batch_size, acc.device, loss_fn)
+        summary["eval_loss_after"] = eval_loss(model, eval_rows, pad, optim.micro_batch_size, acc.device, eval_loss_fn)
         writer.log_metrics({"step": total, "eval_loss": summary["eval_loss_after"]}, step=total)
     summary["train_seconds"] = time.perf_counter() - t0
     return acc.unwrap_model(model, keep_fp32_wrapper=False), summary

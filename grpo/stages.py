@@ -92,7 +92,7 @@ class StudentConfig:
 
 @dataclass
 class DistillLossConfig:
-    kind: str = "forward"                 # forward | reverse | jsd  (grpo.distill)
+    kind: str = "forward"                 # forward | reverse | jsd | ce (no teacher: the SFT baseline)  (grpo.distill)
     beta: float = 0.5                     # jsd mixture weight
     temperature: float = 1.0
 
@@ -109,6 +109,7 @@ class DistillConfig:
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(group_size=1))
     max_per_prompt: int = 1
     optim: SFTOptimConfig = field(default_factory=SFTOptimConfig)
+    eval_every: int = 0                   # held-out NLL every N steps when data.eval is set (0: before and after)
     run: RunConfig = field(default_factory=lambda: RunConfig(output_dir="runs/distill"))
 
 
@@ -176,7 +177,8 @@ def validate_stage(kind: str, cfg: Any) -> Any:
     if kind == "distill":
         _need(cfg.mode in ("logit", "sequence"), "mode", f"must be logit | sequence, got {cfg.mode!r}")
         _need(cfg.text in ("teacher", "data"), "text", f"must be teacher | data, got {cfg.text!r}")
-        _need(cfg.loss.kind in ("forward", "reverse", "jsd"), "loss.kind", f"must be forward | reverse | jsd, got {cfg.loss.kind!r}")
+        _need(cfg.loss.kind in ("forward", "reverse", "jsd", "ce"), "loss.kind",
+              f"must be forward | reverse | jsd | ce, got {cfg.loss.kind!r}")
         _need(0.0 <= cfg.loss.beta <= 1.0, "loss.beta", f"must be in [0, 1], got {cfg.loss.beta}")
         _need(cfg.loss.temperature > 0, "loss.temperature", f"must be > 0, got {cfg.loss.temperature}")
         ft = cfg.student.from_teacher

@@ -92,3 +92,41 @@ def test_distill_stage_writes_smaller_student(tmp_path, mode):
     s = run_distill(cfg, model=teacher, tokenizer=tok)
     assert s["student_layers"] == 2 and s["teacher_samples"] > 0
     assert load_model(s["model"]).config.num_hidden_layers == 2
+
+
+def test_distill_ce_baseline_and_heldout_nll(tmp_path):
+    """loss.kind ce is the teacher-free baseline: same student init and rows as a divergence run, so the
+    held-out NLL before training matches; data.eval adds the teacher's and the student's held-out NLL."""
+    from grpo.distill import run_distill
+    from grpo.stages import build_stage
+    from grpo.testing import char_tokenizer, tiny_model
+
+    tok = char_tokenizer()
+    teacher = tiny_model(tok, num_hidden_layers=4)
+    out = {}
+    for kind in ("forward", "ce"):
+        cfg = build_stage("distill", {
+            "text": "data", "student": {"from_teacher": {"keep_every": 2}}, "loss": {"kind": kind},
+            "data": {"train": {"source": "cold_start", "options": {"dataset": "arithmetic", "n": 4, "seed": 0,
+                                                                     "difficulty": [1]}},
+                     "eval": {"source": "cold_start", "options": {"dataset": "arithmetic", "n": 2, "seed": 9,
+                                                                    "difficulty": [1]}},
+                     "max_seq_len": 512},
+            "optim": {"steps": 2, "batch_size": 2, "micro_batch_size": 2, "lr": 1e-3},
+            "run": {"output_dir": str(tmp_path / kind), "progress": False, "mixed_precision": "no"}})
+        out[kind] = run_distill(cfg, model=teacher, tokenizer=tok)
+    f, c = out["forward"], out["ce"]
+    assert f["student_layers"] == c["student_layers"] == 2
+    assert f["eval_loss_before"] == pytest.approx(c["eval_loss_before"], rel=1e-6)   # same init, CE on eval
+    assert f["teacher_eval_loss"] == pytest.approx(c["teacher_eval_loss"], rel=1e-6)
+    assert c["eval_loss_after"] < c["eval_loss_before"]
+    assert f["eval_loss_after"] != pytest.approx(c["eval_loss_after"])              # the losses differ
+
+
+def test_distill_loss_kind_validated():
+    from grpo.config import ConfigError
+    from grpo.stages import build_stage
+
+    build_stage("distill", {"student": {"from_teacher": {"keep_every": 2}}, "loss": {"kind": "ce"}})
+    with pytest.raises(ConfigError, match="loss.kind"):
+        build_stage("distill", {"student": {"from_teacher": {"keep_every": 2}}, "loss": {"kind": "mse"}})
