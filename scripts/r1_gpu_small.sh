@@ -10,11 +10,13 @@ set -uo pipefail
 code=${CODE:-$(cd "$(dirname "$0")/.." && pwd)}
 run=${RUN_DIR:-/tmp/r1_gpu_small}
 out=${OUT:-/tmp/r1_gpu_small_out}
-mkdir -p "$out"
+mkdir -p "$out" "$run"
+# PREV: a folder of finished stage directories (with DONE) from an earlier run, reused (skipped) here
+[ -n "${PREV:-}" ] && cp -r "$PREV"/. "$run"/
 export PYTHONPATH=/tmp/site:$code:${PYTHONPATH:-} GRPO_CACHE=${GRPO_CACHE:-/tmp/grpocache} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
-(cd "$code" && git rev-parse HEAD 2>/dev/null || cat "$code/COMMIT" 2>/dev/null) | tee -a "$out/gpu.txt"
+(cat "$code/COMMIT" 2>/dev/null || git -C "$code" rev-parse HEAD) | tee -a "$out/gpu.txt"
 t0=$(date +%s)
 (cd "$code" && timeout "${BUDGET_S:-300}" python3 -m grpo run recipes/r1_gpu_small.yaml \
    --set vars.gsm8k=/tmp/gsm8k --set vars.base=/tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \

@@ -46,3 +46,21 @@ def test_sft_loss_decreases_and_saves_loadable_model(tmp_path):
     model = load_model(s["model"])
     assert model.config.num_hidden_layers == 2
     assert (tmp_path / "metrics.jsonl").read_text().count("\n") >= 12
+
+
+def test_tokenizer_eos_follows_the_models_generation_config(tmp_path):
+    """A checkpoint whose tokenizer names <|im_start|> as eos/pad (SmolLM2's GGUF read by transformers 5.17)
+    while the model stops at <|im_end|>: load_tokenizer uses <|im_end|>, so SFT targets end with it."""
+    from data.records import Example
+    from grpo.models import load_tokenizer
+    from grpo.sft import tokenize
+    from grpo.testing import char_tokenizer, tiny_model
+
+    tok = char_tokenizer()
+    tiny_model(tok).save_pretrained(tmp_path)          # generation_config: eos 2 (<|im_end|>), pad 0
+    tok.eos_token = tok.pad_token = "<|im_start|>"
+    tok.save_pretrained(tmp_path)
+    loaded = load_tokenizer(str(tmp_path))
+    assert loaded.eos_token == "<|im_end|>" and loaded.pad_token_id == 0
+    row = tokenize(loaded, Example("a", "x", "1+1", "2", meta={"completion": "2"}), "r1_zero", "", "completion", 512)
+    assert row.input_ids[-1] == 2 and row.labels[-1] == 2
