@@ -36,13 +36,16 @@ dim i + d/2 at frequency θ_i (i < d/2).
        q_nope·k_nope,j = q_nope·(W_uk^g c_j) = (W_uk^gᵀ q_nope)·c_j        (q̃ = W_uk^gᵀ q_nope ∈ R^r)
        o_h = Σ_j p_hj W_uv^g c_j = W_uv^g (Σ_j p_hj c_j)
    so each head attends MQA-style over the shared latents; nothing per head is cached.
-   `MLAAttention.absorbed_step` implements it; `mla_generate` is a greedy loop on it, and
-   `cache_bytes_per_token` measures the tensors that loop allocates.
+   `MLAAttention.absorbed_step` implements it (`latent_attention` + `latent_output`); `mla_generate`
+   is a greedy loop on it, and `cache_bytes_per_token` measures the tensors that loop allocates. The
+   rollout engine serves MLA layers through `engine_attention` (grpo.engine.attention.
+   MLALatentAttention): the same maths on a static cache of latents [rows, slots, r] and rotary keys
+   [rows, slots, n_kv, 2m]; `EngineSampler.kv_bytes_per_token` reports its bytes per token.
 
 The HF `forward` (training, logprobs, `generate`) rebuilds per-head K and V from the latent and
 uses the ordinary attention kernels and DynamicCache: exact and fast to train, but it caches full
-K/V, exactly like transformers' DeepseekV3 classes. The memory saving lives in `absorbed_step`
-(and the rollout engine that calls it).
+K/V, exactly like transformers' DeepseekV3 classes. The memory saving lives in the absorbed path
+(`absorbed_step`, `mla_generate`, and the rollout engine).
 """
 from __future__ import annotations
 
@@ -87,6 +90,14 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-b, a), dim=-1)
 
 
+def _same(p):
+    return p
+
+
+def _lin(x, lin, w):
+    return F.linear(x, w(lin.weight), None if lin.bias is None else w(lin.bias))
+
+
 class MLAAttention(nn.Module):
     """Drop-in for LlamaAttention / Qwen2Attention (same forward signature and return)."""
 
@@ -126,13 +137,15 @@ class MLAAttention(nn.Module):
         sin = sin[..., self.rope_pairs]
         return torch.cat((cos, cos), -1), torch.cat((sin, sin), -1)
 
-    def _project(self, x, position_embeddings):
-        """x [B, L, D] -> rotated q [B, L, H, d], latent c [B, L, r], rotated k_rope [B, L, n_kv, 2m]."""
+    def _project(self, x, position_embeddings, w=None):
+        """x [B, L, D] -> rotated q [B, L, H, d], latent c [B, L, r], rotated k_rope [B, L, n_kv, 2m].
+        w maps a parameter to the tensor to compute with (the rollout engine's low-precision shadows)."""
+        w = w or _same
         b, l, _ = x.shape
         rd, g = self.rope_dims, self.num_key_value_groups
-        q = self.q_proj(x).view(b, l, self.num_heads, self.head_dim)
-        c = self.kv_down(x)
-        kr = self.k_rope_proj(x).view(b, l, self.num_kv, rd)
+        q = _lin(x, self.q_proj, w).view(b, l, self.num_heads, self.head_dim)
+        c = _lin(x, self.kv_down, w)
+        kr = _lin(x, self.k_rope_proj, w).view(b, l, self.num_kv, rd)
         if rd:
             cos, sin = self._rope(position_embeddings)
             kr = kr * cos + _rotate_half(kr) * sin
@@ -173,20 +186,13 @@ class MLAAttention(nn.Module):
         Token i of the step attends to cache rows <= start + i. Returns [B, L, D].
         """
         b, l, _ = hidden_states.shape
-        r, rd, n_kv, g, d = self.rank, self.rope_dims, self.num_kv, self.num_key_value_groups, self.head_dim
+        r, rd, n_kv = self.rank, self.rope_dims, self.num_kv
         q, c, kr = self._project(hidden_states, position_embeddings)
         cache[:, start:start + l, :r] = c.to(cache.dtype)
         cache[:, start:start + l, r:] = kr.reshape(b, l, -1).to(cache.dtype)
         s = start + l
         lat = cache[:, :s, :r]                                           # [B, S, r]
         krope = cache[:, :s, r:].view(b, s, n_kv, rd)                    # [B, S, n_kv, 2m]
-        q = q.view(b, l, n_kv, g, d)
-        w_uk = self.k_up.weight.view(n_kv, d - rd, r)
-        q_lat = torch.einsum("blkgd,kdr->blkgr", q[..., rd:], w_uk)     # absorbed queries
-        scores = torch.einsum("blkgr,bsr->bkgls", q_lat, lat)
-        if rd:
-            scores = scores + torch.einsum("blkgd,bskd->bkgls", q[..., :rd], krope)
-        scores = scores.float() * self.scaling                          # [B, n_kv, G, L, S]
         pos = torch.arange(s, device=cache.device)
         allowed = pos[None, :] <= (start + torch.arange(l, device=cache.device))[:, None]  # [L, S]
         if self.sliding_window is not None:
@@ -195,12 +201,44 @@ class MLAAttention(nn.Module):
         if key_mask is not None:  # a padding query keeps its own key so its softmax row is not all -inf
             own = pos[None, :] == (start + torch.arange(l, device=cache.device))[:, None]
             allowed = (allowed & key_mask[:, None, None, None, :s]) | own
-        p = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).to(lat.dtype)
-        ctx = torch.einsum("bkgls,bsr->blkgr", p, lat)                  # [B, L, n_kv, G, r]
-        o = torch.einsum("blkgr,kdr->blkgd", ctx, self.v_up.weight.view(n_kv, d, r))
+        ctx = self.latent_attention(q, lat, krope, allowed=allowed)
+        return self.latent_output(ctx)
+
+    def latent_attention(self, q, lat, krope, allowed=None, bias=None, w=None):
+        """The absorbed attention core. q [B, L, H, d] rotated queries (from `_project`), lat [B, S, r],
+        krope [B, S, n_kv, 2m] rotated keys; allowed: bool broadcastable to [B, n_kv, G, L, S], and/or
+        bias: additive float mask of that shape. Returns the attended latents [B, L, n_kv, G, r]."""
+        w = w or _same
+        b, l = q.shape[:2]
+        r, rd, n_kv, g, d = self.rank, self.rope_dims, self.num_kv, self.num_key_value_groups, self.head_dim
+        q = q.view(b, l, n_kv, g, d)
+        w_uk = w(self.k_up.weight).view(n_kv, d - rd, r)
+        q_lat = torch.einsum("blkgd,kdr->blkgr", q[..., rd:], w_uk)     # absorbed queries
+        scores = torch.einsum("blkgr,bsr->bkgls", q_lat, lat)
+        if rd:
+            scores = scores + torch.einsum("blkgd,bskd->bkgls", q[..., :rd], krope)
+        scores = scores.float() * self.scaling                          # [B, n_kv, G, L, S]
+        if allowed is not None:
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        if bias is not None:
+            scores = scores + bias
+        p = torch.softmax(scores, dim=-1).to(lat.dtype)
+        return torch.einsum("bkgls,bsr->blkgr", p, lat)                 # [B, L, n_kv, G, r]
+
+    def latent_output(self, ctx, w=None):
+        """Attended latents [B, L, n_kv, G, r] -> attention output [B, L, D] (W_uv absorbed per head)."""
+        w = w or _same
+        b, l = ctx.shape[:2]
+        n_kv, d, r = self.num_kv, self.head_dim, self.rank
+        o = torch.einsum("blkgr,kdr->blkgd", ctx, w(self.v_up.weight).view(n_kv, d, r))
         if self.v_up.bias is not None:
-            o = o + self.v_up.bias.view(n_kv, 1, d)
-        return self.o_proj(o.reshape(b, l, -1))
+            o = o + w(self.v_up.bias).view(n_kv, 1, d)
+        return _lin(o.reshape(b, l, -1), self.o_proj, w)
+
+    def engine_attention(self, config, ops):
+        """The rollout engine's per-layer attention for this module: a static latent + rotary-key cache."""
+        from grpo.engine.attention import MLALatentAttention
+        return MLALatentAttention(self, config, ops)
 
     # ---- conversion -------------------------------------------------------------------------
     @torch.no_grad()

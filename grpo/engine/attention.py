@@ -9,11 +9,15 @@ The engine calls, for each decoder layer, one object that follows `LayerAttentio
     decode(h, ctx) -> out       h [N, 1, H], one new token per row; write slot ctx.slot, attend to
                                 cache slots [0, ctx.length) under ctx.mask
     release()                   drop the cache
+    cache_tensors() -> list     the cache tensors it holds now ([] when released), each with a
+                                [rows, slots, ...] layout: the engine reports KV bytes per token from them
 
 The default, `GQAAttention`, is Llama/Qwen2/Qwen3 attention (q/k/v/o projections, optional q/k norms,
 rotate-half RoPE, grouped-query heads) against a [rows, kv_heads, slots, head_dim] K/V cache. A model
-whose attention module has a method `engine_attention(config, ops)` returning such an object (the MLA
-adapter: an absorbed latent cache) is served through that object instead; nothing else changes.
+whose attention module has a method `engine_attention(config, ops)` returning such an object is served
+through that object instead; nothing else changes. The MLA adapter's module (grpo.adapters.mla) returns
+`MLALatentAttention`: a cache of only the latent [rows, slots, rank] and the rotated decoupled keys
+[rows, slots, n_kv, rope_dims], with W_uk absorbed into the query and W_uv into the output.
 """
 from __future__ import annotations
 
@@ -54,6 +58,7 @@ class LayerAttention(Protocol):
     def prefill(self, h: torch.Tensor, ctx: PrefillContext) -> torch.Tensor: ...
     def decode(self, h: torch.Tensor, ctx: DecodeContext) -> torch.Tensor: ...
     def release(self) -> None: ...
+    def cache_tensors(self) -> list[torch.Tensor]: ...
 
 
 def _linear(x: torch.Tensor, lin, ops) -> torch.Tensor:
@@ -83,6 +88,10 @@ class GQAAttention:
 
     def release(self) -> None:
         self.k_cache = self.v_cache = None
+
+    def cache_tensors(self) -> list[torch.Tensor]:
+        # [rows, kv, slots, d] -> put slots second so every cache reads as [rows, slots, ...]
+        return [] if self.k_cache is None else [self.k_cache.transpose(1, 2), self.v_cache.transpose(1, 2)]
 
     def _qkv(self, h, cos, sin, ops):
         n, t, _ = h.shape
@@ -120,6 +129,56 @@ class GQAAttention:
         out = F.scaled_dot_product_attention(q, kc[:, :, : ctx.length], vc[:, :, : ctx.length],
                                              attn_mask=ctx.mask, scale=self.scale)
         return _linear(out.reshape(n, 1, -1), self.m.o_proj, self.ops)
+
+
+class MLALatentAttention:
+    """Multi-head latent attention (grpo.adapters.mla.MLAAttention) on an absorbed latent cache.
+
+    Per layer the cache holds the latent c = W_dkv x [rows, slots, r] and the rotated decoupled keys
+    [rows, slots, n_kv, 2m]; the per-head keys and values are never materialised. Scores are
+    (W_uk^T q_nope)·c + q_rope·k_rope and the output is W_o W_uv (Σ_j p_j c_j), as in DeepSeek-V2's
+    inference. The maths is the module's own (`_project`, `latent_attention`, `latent_output`), called
+    with the engine's weight mapping (low-precision shadows).
+    """
+
+    def __init__(self, module, config, ops):
+        self.m = module
+        self.ops = ops
+        self.rank, self.rope_dims, self.n_kv = module.rank, module.rope_dims, module.num_kv
+        self.latent = self.k_rope = None
+
+    def allocate(self, rows: int, length: int) -> None:
+        w = self.ops.w(self.m.q_proj.weight)
+        self.latent = torch.zeros((rows, length, self.rank), dtype=w.dtype, device=w.device)
+        self.k_rope = torch.zeros((rows, length, self.n_kv, self.rope_dims), dtype=w.dtype, device=w.device)
+
+    def release(self) -> None:
+        self.latent = self.k_rope = None
+
+    def cache_tensors(self) -> list[torch.Tensor]:
+        return [] if self.latent is None else [self.latent, self.k_rope]
+
+    def prefill(self, h: torch.Tensor, ctx: PrefillContext) -> torch.Tensor:
+        b, p, _ = h.shape
+        g = ctx.group_size
+        w = self.ops.w
+        q, c, kr = self.m._project(h, (ctx.cos[:, :, 0], ctx.sin[:, :, 0]), w)
+        # one prefill per prompt, its latent / rotary keys broadcast to the G rows of its group
+        self.latent[: b * g, :p].view(b, g, p, self.rank).copy_(c[:, None])
+        self.k_rope[: b * g, :p].view(b, g, p, self.n_kv, self.rope_dims).copy_(kr[:, None])
+        out = self.m.latent_attention(q, c, kr, bias=ctx.mask[:, :, None], w=w)  # mask [B,1,1,P,P]
+        return self.m.latent_output(out, w)
+
+    def decode(self, h: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:
+        n = h.shape[0]
+        w = self.ops.w
+        q, c, kr = self.m._project(h, (ctx.cos[:, :, 0], ctx.sin[:, :, 0]), w)
+        lat, krc = self.latent[:n], self.k_rope[:n]
+        lat.index_copy_(1, ctx.slot, c)
+        krc.index_copy_(1, ctx.slot, kr)
+        out = self.m.latent_attention(q, lat[:, : ctx.length], krc[:, : ctx.length],
+                                      bias=ctx.mask[:, :, None], w=w)  # mask [N,1,1,1,length]
+        return self.m.latent_output(out, w)
 
 
 def _eps(norm) -> float:

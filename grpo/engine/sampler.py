@@ -165,6 +165,25 @@ class EngineSampler:
         for a in self.decoder.attn:
             a.release()
 
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """KV-cache bytes one token slot takes, summed over layers: measured on the cache tensors the
+        engine's layer attentions allocate, in the engine's dtype (the live cache when there is one,
+        else a one-row, one-slot cache allocated for the measurement). GQA: 2 · n_kv · head_dim
+        elements per layer; MLA: rank + n_kv · rope_dims."""
+        total = 0
+        for a in self.decoder.attn:
+            tensors = a.cache_tensors()
+            fresh = not tensors
+            if fresh:
+                a.allocate(1, 1)
+                tensors = a.cache_tensors()
+            for t in tensors:  # [rows, slots, ...]
+                total += t.numel() * t.element_size() // (t.shape[0] * t.shape[1])
+            if fresh:
+                a.release()
+        return total
+
     @torch.no_grad()
     def generate(self, prompt_ids: list[list[int]], group_size: int, params: SamplingParams) -> RolloutBatch:
         per_chunk = max(1, min(len(prompt_ids), self.max_batch // group_size))
