@@ -7,6 +7,7 @@ directory that `latest_checkpoint` would pick. The last `keep_last` checkpoints 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -58,23 +59,33 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return ckpts[-1][1] if ckpts else None
 
 
-def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
-                    config_yaml: str, keep_last: int = 2, state_dict: dict | None = None) -> Path:
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-step-{step}-", dir=root))
+@contextlib.contextmanager
+def atomic_dir(final: str | Path, prefix: str | None = None):
+    """Yield a fresh temporary directory beside `final`; when the block succeeds it replaces `final` in one
+    rename (a crash never leaves a half-written directory), when it fails it is removed."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".tmp-{final.name}-", dir=final.parent))
     try:
-        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
-        tokenizer.save_pretrained(tmp / "model")
-        (tmp / "config.yaml").write_text(config_yaml)
-        torch.save(trainer_state, tmp / STATE_FILE)
+        yield tmp
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
+                    config_yaml: str, keep_last: int = 2, state_dict: dict | None = None) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    with atomic_dir(final, prefix=f".tmp-step-{step}-") as tmp:
+        model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
+        tokenizer.save_pretrained(tmp / "model")
+        (tmp / "config.yaml").write_text(config_yaml)
+        torch.save(trainer_state, tmp / STATE_FILE)
     for _, old in list_checkpoints(run_dir)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     return final

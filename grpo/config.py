@@ -40,6 +40,13 @@ class DatasetConfig:
     shuffle: bool = False
     shuffle_seed: int = 0
 
+    def load(self, **extra):
+        """The Examples this config names (`data.load_examples`); `extra` overrides options (e.g. dedup=False)."""
+        from data import load_examples
+
+        return load_examples(self.source, limit=self.limit, shuffle=self.shuffle, shuffle_seed=self.shuffle_seed,
+                             **{**self.options, **extra})
+
 
 @dataclass
 class DataConfig:

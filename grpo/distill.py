@@ -147,10 +147,9 @@ def run_distill(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     """The `distill` stage. `model`/`tokenizer` (tests) stand for the teacher and its tokenizer."""
     import yaml
 
-    from data import load_examples
     from data.records import Example
     from grpo.config import to_dict
-    from grpo.models import load_model, load_tokenizer
+    from grpo.models import load_for_inference, load_model
     from grpo.rejection import sample_and_filter
     from grpo.sft import ce_loss_sum, eval_loss, fit, load_sft_examples, rows_for, save_model
     from grpo.tracking import RunWriter
@@ -164,14 +163,11 @@ def run_distill(cfg, model=None, tokenizer=None) -> dict[str, Any]:
         examples = load_sft_examples([d.train, *d.mix], d.completion_key)
     else:
         t = d.train
-        examples = load_examples(t.source, limit=t.limit, shuffle=t.shuffle, shuffle_seed=t.shuffle_seed, **t.options)
+        examples = t.load()
     torch.manual_seed(cfg.run.seed)
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
-    tokenizer = tokenizer or load_tokenizer(cfg.teacher.name)
-    teacher = model or load_model(cfg.teacher.name, trust_remote_code=cfg.teacher.trust_remote_code)
-    if torch.cuda.is_available():
-        teacher = teacher.cuda()
+    teacher, tokenizer = load_for_inference(cfg.teacher, model, tokenizer)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)

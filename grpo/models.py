@@ -16,11 +16,11 @@ import copy
 import importlib.metadata
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from grpo.checkpoint import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -69,13 +69,9 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
         raise ModelError(f"GGUF conversion mismatch: missing={missing[:5]} unexpected={unexpected[:5]}")
     model.generation_config = quantized.generation_config
     align_eos(tokenizer, model.generation_config.eos_token_id, model.generation_config.pad_token_id)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)  # atomic: a crash never leaves a half cache
+    with atomic_dir(out_dir, prefix=out_dir.name + ".tmp-") as tmp:  # a crash never leaves a half cache
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
     return out_dir
 
 
@@ -162,6 +158,16 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code:
         raise ModelError(f"model '{name}' is quantized ({model.config.quantization_config}); "
                          "give the .gguf path or a plain checkpoint so it can be converted for training")
     return model
+
+
+def load_for_inference(model_cfg, model=None, tokenizer=None):
+    """(model, tokenizer) for a stage that only samples or scores: `model`/`tokenizer` when given (tests),
+    else loaded from `model_cfg.name`; the model moves to the GPU when there is one."""
+    tokenizer = tokenizer or load_tokenizer(model_cfg.name)
+    model = model or load_model(model_cfg.name, trust_remote_code=model_cfg.trust_remote_code)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    return model, tokenizer
 
 
 def frozen_copy(model):

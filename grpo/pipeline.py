@@ -223,21 +223,17 @@ def run_eval_stage(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     """The `eval` stage: greedy pass@1 (+ sampled pass@k) with per-sample outputs (eval_<tag>.jsonl)."""
     import torch
 
-    from data import load_examples
     from grpo.evaluate import evaluate
-    from grpo.models import load_model, load_tokenizer
+    from grpo.models import load_for_inference
     from grpo.rollout import encode_prompts, sampler_for_prompts
     from grpo.tracking import RunWriter
     from rewards.registry import load_rewards
 
     rewards = load_rewards(cfg.rewards)
     d = cfg.data.eval
-    examples = load_examples(d.source, limit=d.limit, shuffle=d.shuffle, shuffle_seed=d.shuffle_seed, **d.options)
+    examples = d.load()
     torch.manual_seed(cfg.run.seed)
-    tokenizer = tokenizer or load_tokenizer(cfg.model.name)
-    model = model or load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model, tokenizer = load_for_inference(cfg.model, model, tokenizer)
     writer = RunWriter(cfg.run.output_dir)
     _, ids = encode_prompts(tokenizer, examples, cfg.data.template, cfg.data.assistant_prefix)
     sampler = sampler_for_prompts(cfg.sampling.backend, model, tokenizer, cfg.eval.batch_size, ids,

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from data import DataError, load_examples
+from data import DataError
 from data.records import Example
 from grpo.rollout import SamplingParams, encode_prompts, sampler_for_prompts
 from grpo.scoring import score_rollout
@@ -116,16 +116,13 @@ def sample_and_filter(model, tokenizer, examples: list[Example], rewards, templa
 
 def run_rejection(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     """The `rejection_sampling` stage."""
-    from grpo.models import load_model, load_tokenizer
+    from grpo.models import load_for_inference
 
     rewards = load_rewards(cfg.rewards)
     d = cfg.data.train
-    examples = load_examples(d.source, limit=d.limit, shuffle=d.shuffle, shuffle_seed=d.shuffle_seed, **d.options)
+    examples = d.load()
     torch.manual_seed(cfg.run.seed)
-    tokenizer = tokenizer or load_tokenizer(cfg.model.name)
-    model = model or load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-    if torch.cuda.is_available():
-        model = model.cuda()
+    model, tokenizer = load_for_inference(cfg.model, model, tokenizer)
     provenance = {"checkpoint": cfg.model.name, "seed": cfg.run.seed}
     rows, report = sample_and_filter(model, tokenizer, examples, rewards, cfg.data.template,
                                      cfg.data.assistant_prefix, cfg.sampling, cfg.accept, cfg.max_per_prompt,

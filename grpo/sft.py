@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +26,10 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from data import DataError, load_examples
+from data import DataError
 from data.records import Example
 from data.templates import render, to_messages
+from grpo.checkpoint import atomic_dir
 from grpo.tracking import RunWriter, progress
 
 log = logging.getLogger(__name__)
@@ -53,8 +51,7 @@ def load_sft_examples(datasets, completion_key: str = "completion") -> list[Exam
     targets) that carry a target in meta[completion_key]. Raises DataError before any model loads."""
     out: list[Example] = []
     for d in datasets:
-        exs = load_examples(d.source, limit=d.limit, shuffle=d.shuffle, shuffle_seed=d.shuffle_seed,
-                            **{"dedup": False, **d.options})
+        exs = d.load(dedup=d.options.get("dedup", False))  # one prompt may have several targets
         missing = [e.id for e in exs if not isinstance(e.meta.get(completion_key), str) or not e.meta[completion_key]]
         if missing:
             raise DataError(f"SFT data '{d.source}' ({d.options}): {len(missing)} of {len(exs)} examples have no "
@@ -215,19 +212,11 @@ def fit(model, tokenizer, rows: list[TokenRow], optim, run, writer: RunWriter, e
 def save_model(model, tokenizer, out_dir: str | Path, config_yaml: str | None = None) -> Path:
     """save_pretrained + tokenizer (+ the stage config) at out_dir, atomically; loadable by load_model."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if config_yaml is not None:
             (tmp / "stage_config.yaml").write_text(config_yaml)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -17,14 +17,13 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from data import load_examples
 from data.records import Example
 from grpo import checkpoint as ckpt
 from grpo.algorithms import group_advantages, normalize_loss, per_token_loss, zero_std_fraction
@@ -97,11 +96,11 @@ def load_datasets(cfg: GRPOConfig) -> tuple[list[Example], list[Example] | None]
     """Training and held-out Examples. Held-out prompts that also occur in the training data are dropped
     before the held-out `limit` is applied, so the evaluation really has `limit` unseen prompts."""
     t = cfg.data.train
-    train = load_examples(t.source, limit=t.limit, shuffle=t.shuffle, shuffle_seed=t.shuffle_seed, **t.options)
+    train = t.load()
     e = cfg.data.eval
     if e is None:
         return train, None
-    held = load_examples(e.source, shuffle=e.shuffle, shuffle_seed=e.shuffle_seed, **e.options)
+    held = replace(e, limit=None).load()  # the limit applies after dropping prompts seen in training
     seen = {x.prompt for x in train}
     unseen = [x for x in held if x.prompt not in seen]
     if len(unseen) < len(held):
