@@ -7,7 +7,7 @@ import time
 import pytest
 
 from rewards.math import accuracy_reward, extract_answer, extract_gold, verify
-from rewards.math.normalize import plain_number
+from rewards.math.normalize import oversized_number, plain_number
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -137,3 +137,25 @@ def test_bench_runs_small():
     import random
     rate, slowest, wrong = bench_math(*_gsm8k_batch(300, random.Random(1)))
     assert wrong == 0 and rate > 0
+
+
+def test_oversized_numbers_skip_the_exact_fast_path():
+    # a sampled "1e12345678" once made one GRPO step's rewards take 68 s (Fraction builds the integer)
+    for s in ["1e12345678", "-2.5E-99999999", "7" * 450, "3/" + "7" * 450]:
+        assert plain_number(s) is None
+        assert oversized_number(s)
+    assert plain_number("1e3").value == 1000 and not oversized_number("1e3")
+    assert not oversized_number("x+1") and not oversized_number("12")
+
+
+def test_oversized_prediction_is_not_equal_to_a_plain_gold_without_the_helper(monkeypatch):
+    import rewards.math as rm
+
+    def no_helper(*a, **k):
+        raise AssertionError("the sympy helper was asked")
+
+    monkeypatch.setattr(rm.POOL, "check", no_helper)
+    rm._verify_cached.cache_clear()
+    assert not verify("23", "1e999999999")
+    assert not verify("23", "9" * 500)
+    assert verify("1000", "1e3")

@@ -41,7 +41,7 @@ from functools import lru_cache
 from rewards.math.bounded import POOL, VerifyTimeout
 from rewards.math.equivalence import numbers_equal
 from rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold
-from rewards.math.normalize import plain_number
+from rewards.math.normalize import oversized_number, plain_number
 from rewards.registry import as_text
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,8 @@ def _verify_cached(gold: str, pred: str, timeout: float) -> bool:
     g, p = plain_number(gold), plain_number(pred)
     if g is not None and p is not None:
         return numbers_equal(g, p)
+    if g is not None and oversized_number(pred):
+        return False
     try:
         return POOL.check(gold, pred, timeout)
     except VerifyTimeout:

@@ -24,6 +24,10 @@ _CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥|\\euro|USD|usd)\s*")
 _UNIT_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*\.?\d*|\.\d+)(?:\s*/\s*\d+)?)\s*(?:(?:\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|\\mathrm\{[^{}]*\}|[A-Za-z]{2,}\.?)"
                         r"(?:\^\{?\d\}?)?\s*)+$")
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,|\{,\}|\\,)\d{3})+)(?![\d])")
+# bounds of the fast path: a sampled "answer" such as 1e12345678 made one GRPO step's rewards take 68 s
+# (Fraction builds the integer); beyond these the text goes to the time-limited helper (or compares as text)
+MAX_DIGITS = 400
+MAX_EXPONENT = 400
 _DECIMAL = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _SCI_LATEX = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
 _SIMPLE_FRAC = re.compile(r"^([+-]?)\s*(?:\\[dtc]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}"
@@ -92,27 +96,41 @@ def plain_number(s: str) -> Number | None:
     if s.startswith("(") and s.endswith(")") and "," not in s:
         s = s[1:-1]
     if _DECIMAL.match(s):
+        mantissa, _, exp = s.lower().partition("e")
+        if len(mantissa) > MAX_DIGITS or (exp and abs(int(exp)) > MAX_EXPONENT):
+            return None  # Fraction("1e9999999") alone takes seconds: such numbers are not GSM8K/MATH answers
         mantissa = s.split("e")[0].split("E")[0]
         places = len(mantissa.split(".")[1]) if "." in mantissa and "e" not in s.lower() else None
         return Number(Fraction(s), percent, places)
     m = _SCI_LATEX.match(s)
     if m:
         exp = int(m.group(2))
-        if abs(exp) > 400:
+        if abs(exp) > MAX_EXPONENT or len(m.group(1)) > MAX_DIGITS:
             return None
         return Number(Fraction(m.group(1)) * Fraction(10) ** exp, percent)
     m = _SIMPLE_FRAC.match(s)
     if m:
         sign = -1 if m.group(1) == "-" else 1
         num, den = next((m.group(i), m.group(i + 1)) for i in (2, 4, 6) if m.group(i) is not None)
-        if int(den) == 0:
+        if max(len(num), len(den)) > MAX_DIGITS or int(den) == 0:
             return None
         return Number(sign * Fraction(int(num), int(den)), percent)
     m = _MIXED.match(s)
-    if m and int(m.group(4)) != 0:
+    if m and max(len(g) for g in m.groups()[1:]) <= MAX_DIGITS and int(m.group(4)) != 0:
         sign = -1 if m.group(1) == "-" else 1
         return Number(sign * (int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))), percent)
     return None
+
+
+def oversized_number(s: str) -> bool:
+    """A plain decimal (or a/b) beyond the fast path's bounds, e.g. 1e12345678: no bounded gold equals it,
+    so callers can say "not equal" without sympy (which would only run into its time limit)."""
+    s = drop_units(clean(s)).rstrip("%").replace(" ", "")
+    if _DECIMAL.match(s):
+        mantissa, _, exp = s.lower().partition("e")
+        return len(mantissa) > MAX_DIGITS or bool(exp) and abs(int(exp)) > MAX_EXPONENT
+    m = re.fullmatch(r"[+-]?(\d+)/(\d+)", s)
+    return bool(m) and max(len(m.group(1)), len(m.group(2))) > MAX_DIGITS
 
 
 # ------------------------------------------------------------------------ LaTeX -> sympy source text
