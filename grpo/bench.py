@@ -127,6 +127,12 @@ def ours_config(args, gpu: bool, out_dir: str):
     ])
 
 
+def ours_dtype(args, gpu: bool):
+    """bf16 weights as the anchor (TRL loads bf16); --master-fp32: fp32 weights + bf16 autocast, as the
+    trainer runs a recipe (lr 1e-6 updates vanish in bf16 weights)."""
+    return torch.bfloat16 if gpu and not args.master_fp32 else torch.float32
+
+
 class PhaseTimer:
     """Wall time (device-synchronized) of named calls, for the profile step."""
 
@@ -149,9 +155,8 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     from data.records import Example
 
     device = "cuda" if gpu else "cpu"
-    dtype = torch.bfloat16 if gpu else torch.float32
     cfg = ours_config(args, gpu, "/tmp/grpo_bench_ours")
-    model = build_model(config, sd, dtype, device)
+    model = build_model(config, sd, ours_dtype(args, gpu), device)
     state = train.setup(cfg, model=model, tokenizer=tok)
     state.sampler = FixedLength(state.sampler)
     examples = [Example(id=str(i), task="arithmetic", prompt=q, answer=a) for i, (q, a) in enumerate(rows)]
@@ -166,7 +171,8 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
         gen.append(stats.gen_seconds)
-        print(f"  ours step {s + 1}: {times[-1]:.3f} s (sampling {stats.gen_seconds:.3f} s)", flush=True)
+        print(f"  ours step {s + 1}: {times[-1]:.3f} s (sampling {stats.gen_seconds:.3f} s, rewards "
+              f"{stats.reward_seconds:.3f} s, update {stats.update_seconds:.3f} s)", flush=True)
     peak = peak_gib(gpu)
     profile = profile_ours(state, train, examples[:args.prompts]) if args.profile else None
     if args.torch_profile:
@@ -176,7 +182,8 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     sampler_name = type(state.sampler.inner).__name__
     del state, model
     free_memory(gpu)
-    return {"impl": f"ours ({sampler_name})", "step_s_median": round(med, 4),
+    master = ", fp32 master" if args.master_fp32 and gpu else ""
+    return {"impl": f"ours ({sampler_name}{master})", "step_s_median": round(med, 4),
             "step_s_all": [round(t, 4) for t in times],
             "gen_tokens_per_s": round(n * args.tokens / med, 1),
             "sampling_tokens_per_s": round(n * args.tokens / median_steady(gen, args.warmup), 1),
@@ -384,7 +391,7 @@ def check_engine(model, tok, prompt_ids, gpu: bool) -> dict:
 def print_table(results: list[dict], device: str, args) -> None:
     print(f"\nstd-step on {device}: {args.prompts} prompts x G={args.group}, {args.tokens} new tokens, "
           f"beta={args.beta}, {time.strftime('%Y-%m-%d')}")
-    print(f"| impl | median s/step | gen tok/s | peak GiB |\n|---|---|---|---|")
+    print("| impl | median s/step | gen tok/s | peak GiB |\n|---|---|---|---|")
     for r in results:
         print(f"| {r['impl']} | {r['step_s_median']:.3f} | {r['gen_tokens_per_s']:,.0f} | {r['peak_gpu_gib']} |")
     ours = [r for r in results if r["impl"].startswith("ours")]
@@ -407,6 +414,7 @@ def main(argv=None):
     p.add_argument("--backend", default="engine", choices=["engine", "hf"])
     p.add_argument("--micro-batch", type=int, default=None)
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--master-fp32", action="store_true", help="ours with fp32 weights + bf16 autocast (recipes' default)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--engine-only", action="store_true",

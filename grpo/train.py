@@ -81,6 +81,8 @@ class StepStats:
     step_seconds: float
     gen_seconds: float
     gen_tokens_per_s: float
+    reward_seconds: float = 0.0           # scoring the rollout (CPU: verifiers, sandbox)
+    update_seconds: float = 0.0           # log-probs, backward and optimizer step(s)
     extra: dict[str, float] = field(default_factory=dict)
 
     def to_row(self) -> dict[str, Any]:
@@ -216,9 +218,16 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     if model is None:
         model = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.adapter:
-        from grpo.adapters import apply_adapters
+        from grpo.adapters import BiasCalibration, apply_adapters
 
-        model = apply_adapters(model, cfg.model.adapter)
+        # MoE bias calibration (moe.calibrate_bias_steps): the first 64 training prompts and one rollout-style
+        # continuation of each; MLA keeps its weight-only init here
+        sp = cfg.sampling
+        calib = BiasCalibration(
+            encode_prompts(tokenizer, train[:64], cfg.data.template, cfg.data.assistant_prefix)[1], tokenizer,
+            SamplingParams(max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p,
+                           top_k=sp.top_k))
+        model = apply_adapters(model, cfg.model.adapter, moe_calibration=calib)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = frozen_copy(model) if cfg.algorithm.kl_coef > 0 else None
@@ -481,6 +490,7 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
         table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix)
     except RewardError as e:
         raise RewardError(f"step {state.step + 1}: {e}") from e
+    reward_s = time.perf_counter() - t0 - gen_s
     totals = torch.tensor(table.totals(), dtype=torch.float32)
     acc = state.accelerator
     # gathered before any check, so every process sees the same rewards and stops together (a process that
@@ -490,7 +500,9 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
         raise FloatingPointError(f"step {state.step + 1}: non-finite rewards {g_tot.tolist()}")
     batch_std = g_tot.std() if len(g_tot) > 1 else torch.tensor(0.0)  # scale_rewards=batch: the global batch
     adv = group_advantages(totals, rollout.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps, batch_std)
+    t_upd = time.perf_counter()
     upd = policy_update(state, rollout, adv)
+    update_s = time.perf_counter() - t_upd  # includes the device sync of the logged floats
     if not math.isfinite(upd["loss"]):  # the gradient norm was checked where it is known (_optimizer_step)
         raise FloatingPointError(f"step {state.step + 1}: non-finite loss ({upd['loss']}) or gradient norm "
                                  f"({upd['grad_norm']}); stopping before any checkpoint is written")
@@ -509,7 +521,8 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
         truncated_frac=float(g_trunc.mean()), loss=upd["loss"], kl=upd["kl"], entropy=upd["entropy"],
         clip_low=upd["clip_low"], clip_high=upd["clip_high"], grad_norm=upd["grad_norm"],
         lr=state.scheduler.get_last_lr()[0], step_seconds=step_s, gen_seconds=gen_s,
-        gen_tokens_per_s=float(lengths.sum()) * acc.num_processes / max(gen_s, 1e-9), extra=extra)
+        gen_tokens_per_s=float(lengths.sum()) * acc.num_processes / max(gen_s, 1e-9), reward_seconds=reward_s,
+        update_seconds=update_s, extra=extra)
     rows = []
     if cfg.run.save_completions:
         for i, text in enumerate(rollout.texts):
