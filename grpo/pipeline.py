@@ -13,7 +13,9 @@ Recipe shape::
 References inside any string: ``${vars.KEY}``, ``${stages.NAME.output}`` (that stage's directory) and
 ``${stages.NAME.model}`` (its final model: ``<dir>/model``), NAME being an earlier stage. All stages are
 resolved and validated before the first one runs. A stage is finished when its directory holds
-``DONE``; a re-run skips finished stages, ``--from-stage NAME`` re-runs NAME and every later stage.
+``DONE``; a re-run skips finished stages and continues an interrupted GRPO stage from its latest
+checkpoint (``run.save_every`` > 0; other unfinished stages start over), ``--from-stage NAME`` re-runs NAME
+and every later stage from scratch.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from grpo.checkpoint import latest_checkpoint
 from grpo.config import ConfigError, apply_override
 from grpo.stages import build_stage, run_stage
 
@@ -144,7 +147,10 @@ def run_pipeline(tree: dict[str, Any], overrides: list[str] | None = None, from_
     results: dict[str, dict[str, Any]] = {}
     for i, (name, kind, cfg) in enumerate(stages):
         stage_dir = root / name
-        if i >= restart or (stage_dir.exists() and not (stage_dir / DONE).is_file()):
+        resume_from = None
+        if i < restart and kind == "grpo" and not (stage_dir / DONE).is_file() and latest_checkpoint(stage_dir):
+            resume_from = "latest"   # an interrupted GRPO stage goes on from its last checkpoint (run.save_every)
+        elif i >= restart or (stage_dir.exists() and not (stage_dir / DONE).is_file()):
             shutil.rmtree(stage_dir, ignore_errors=True)   # unfinished or restarted: start it clean
         if (stage_dir / DONE).is_file():
             log.info("stage %s (%s): finished earlier, skipped", name, kind)
@@ -152,7 +158,9 @@ def run_pipeline(tree: dict[str, Any], overrides: list[str] | None = None, from_
             continue
         log.info("stage %d/%d: %s (%s) -> %s", i + 1, len(stages), name, kind, stage_dir)
         t0 = time.perf_counter()
-        summary = run_stage(kind, cfg)
+        if resume_from:
+            log.info("stage %s: resuming from %s", name, latest_checkpoint(stage_dir))
+        summary = run_stage(kind, cfg, **({"resume_from": resume_from} if resume_from else {}))
         if kind == "grpo":
             _link_final_model(stage_dir, summary)
         if plots:

@@ -113,3 +113,30 @@ def test_eval_stage_engine_backend_matches_hf_greedy(tmp_path):
     assert len(rows["hf"]) == 5 and rows["engine"] == rows["hf"]
     with pytest.raises(ConfigError, match="sampling.backend"):
         build_stage("eval", {"sampling": {"backend": "vllm"}})
+
+
+def test_interrupted_grpo_stage_resumes_from_its_checkpoint(tiny_dir, tmp_path, monkeypatch):
+    import grpo.train as train
+
+    out = tmp_path / "run"
+    real = train.train_step
+    calls = {"n": 0}
+
+    def dies_at_step_3(state, examples):
+        calls["n"] += 1
+        if state.step == 2:
+            raise KeyboardInterrupt  # the process is stopped in the middle of the stage
+        return real(state, examples)
+
+    monkeypatch.setattr(train, "train_step", dies_at_step_3)
+    grpo_steps = ["--set", "stages.reasoning.optim.steps=4", "--set", "stages.reasoning.run.save_every=1"]
+    with pytest.raises(KeyboardInterrupt):
+        _run(tiny_dir, out, *grpo_steps)
+    assert (out / "cold_start" / "DONE").is_file() and not (out / "reasoning" / "DONE").is_file()
+    assert (out / "reasoning" / "checkpoints" / "step-2").is_dir()
+    monkeypatch.setattr(train, "train_step", real)
+    calls["n"] = 0
+    assert _run(tiny_dir, out, *grpo_steps) == 0
+    steps = [json.loads(x)["step"] for x in (out / "reasoning" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s] == [1, 2, 3, 4]           # steps 1-2 kept, 3-4 run after the resume
+    assert (out / "final_eval" / "DONE").is_file()
