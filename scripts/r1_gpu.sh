@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The budget-sized R1 pipeline (recipes/r1_gpu_small.yaml) on the GPU machine, after
-# ../shared/device/setup_gpu.sh part1 + part2 (wheels in /tmp/site, GGUF in /tmp/smollm2, GSM8K in /tmp/gsm8k).
-#   bash scripts/r1_gpu_small.sh [--set KEY=VALUE ...]
-# Env: CODE (the project tree to import; default: this checkout), RUN_DIR (default /tmp/r1_gpu_small),
+# The R1 pipeline (recipes/r1.yaml, or RECIPE) on the GPU machine, after ../shared/device/setup_gpu.sh
+# part1 + part2 (wheels in /tmp/site, GGUF in /tmp/smollm2, GSM8K in /tmp/gsm8k).
+#   bash scripts/r1_gpu.sh [--set KEY=VALUE ...]
+# Calls are capped at 10 minutes: run it again in the next call (machine still warm) and it goes on where it
+# stopped (finished stages skipped, an interrupted GRPO stage resumed from its last checkpoint).
+# Env: CODE (the project tree to import; default: this checkout), RUN_DIR (default /tmp/r1),
 # OUT (where the small results go), BUDGET_S (the pipeline is stopped after this many seconds; a re-run
 # resumes after the last finished stage). Results: $OUT/summary.md, $OUT/log.txt, $OUT/results.tgz (every
 # file of the run under 8 MB: DONE markers with seconds, eval summaries and per-prompt outputs, metrics).
 set -uo pipefail
 code=${CODE:-$(cd "$(dirname "$0")/.." && pwd)}
-run=${RUN_DIR:-/tmp/r1_gpu_small}
-out=${OUT:-/tmp/r1_gpu_small_out}
+run=${RUN_DIR:-/tmp/r1}
+out=${OUT:-/tmp/r1_out}
+recipe=${RECIPE:-recipes/r1.yaml}
 mkdir -p "$out" "$run"
 # PREV: a folder of finished stage directories (with DONE) from an earlier run, reused (skipped) here
 [ -n "${PREV:-}" ] && cp -r "$PREV"/. "$run"/
@@ -18,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.t
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
 (cat "$code/COMMIT" 2>/dev/null || git -C "$code" rev-parse HEAD) | tee -a "$out/gpu.txt"
 t0=$(date +%s)
-(cd "$code" && timeout "${BUDGET_S:-300}" python3 -m grpo run recipes/r1_gpu_small.yaml \
+(cd "$code" && timeout "${BUDGET_S:-300}" python3 -m grpo run "$recipe" \
    --set vars.gsm8k=/tmp/gsm8k --set vars.base=/tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
    --set output_dir="$run" --set shared.run.progress=false "$@") >>"$out/log.txt" 2>&1
 rc=$?
