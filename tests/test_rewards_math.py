@@ -159,3 +159,26 @@ def test_oversized_prediction_is_not_equal_to_a_plain_gold_without_the_helper(mo
     assert not verify("23", "1e999999999")
     assert not verify("23", "9" * 500)
     assert verify("1000", "1e3")
+
+
+def test_unit_tail_regex_has_no_catastrophic_backtracking():
+    # "12 " + a long run of letters that is not a unit list used to split the letters into 2+-letter chunks
+    # in exponentially many ways (a GRPO step's rewards stalled for minutes); the alarm turns a hang into
+    # a failure instead of a stuck CI job
+    import signal
+
+    from rewards.math.normalize import drop_units
+
+    def hung(*_):
+        raise TimeoutError("drop_units backtracked")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    try:
+        assert drop_units("12 " + "a" * 60 + "!") == "12 " + "a" * 60 + "!"
+        assert drop_units("5 " + "apples " * 40 + "?").startswith("5 apples")
+        assert not verify("12", "12 " + "b" * 80 + ";")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert drop_units("5 cm") == "5" and drop_units("3 km^2") == "3" and drop_units("7 ft.") == "7"

@@ -21,13 +21,14 @@ _SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad|\\displaystyle|\\textstyle|\\l
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname|mathit|rm)\s*\{([^{}]*)\}")
 _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ|\\degree")
 _CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥|\\euro|USD|usd)\s*")
-_UNIT_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*\.?\d*|\.\d+)(?:\s*/\s*\d+)?)\s*(?:(?:\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|\\mathrm\{[^{}]*\}|[A-Za-z]{2,}\.?)"
+_UNIT_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*\.?\d*|\.\d+)(?:\s*/\s*\d+)?)\s*(?:(?:\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|\\mathrm\{[^{}]*\}|[A-Za-z]{2,}(?![A-Za-z])\.?)"
                         r"(?:\^\{?\d\}?)?\s*)+$")
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,|\{,\}|\\,)\d{3})+)(?![\d])")
 # bounds of the fast path: a sampled "answer" such as 1e12345678 made one GRPO step's rewards take 68 s
 # (Fraction builds the integer); beyond these the text goes to the time-limited helper (or compares as text)
 MAX_DIGITS = 400
 MAX_EXPONENT = 400
+MAX_UNIT_ANSWER_CHARS = 200
 _DECIMAL = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 _SCI_LATEX = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
 _SIMPLE_FRAC = re.compile(r"^([+-]?)\s*(?:\\[dtc]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}"
@@ -63,7 +64,12 @@ def clean(s: str) -> str:
 
 
 def drop_units(s: str) -> str:
-    """'5 cm' -> '5', '12\\text{ apples}' -> '12'; unchanged if what follows the number is mathematics."""
+    """'5 cm' -> '5', '12\\text{ apples}' -> '12'; unchanged if what follows the number is mathematics.
+    Each unit word must be a maximal run of letters: with `[A-Za-z]{2,}` alone a long word could be split
+    into chunks in exponentially many ways, and a sampled answer like "12 apples...!" stalled the regex
+    for over a minute (a GRPO step's rewards on the H100). Longer inputs are not "number + unit" answers."""
+    if len(s) > MAX_UNIT_ANSWER_CHARS:
+        return s
     m = _UNIT_TAIL.match(s)
     if not m:
         return s
