@@ -39,7 +39,7 @@ def length_parity(completions, **kw):
     return [float(len(c[0]["content"]) % 3) for c in completions]
 '''
 
-TIMING = {"step_seconds", "gen_seconds", "gen_tokens_per_s"}
+TIMING = {"step_seconds", "gen_seconds", "gen_tokens_per_s", "reward_seconds", "update_seconds"}
 
 
 def _recipe(root: Path) -> Path:

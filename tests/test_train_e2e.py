@@ -61,7 +61,7 @@ def test_run_outputs(tmp_path, tok):
     row = metrics(run)[0]
     for key in ("reward_mean", "reward_std", "zero_std_frac", "completion_len_mean", "completion_len_max",
                 "truncated_frac", "kl", "entropy", "clip_low", "clip_high", "grad_norm", "lr", "step_seconds",
-                "gen_tokens_per_s", "reward/a_share", "reward/a_share_std"):
+                "reward_seconds", "update_seconds", "gen_tokens_per_s", "reward/a_share", "reward/a_share_std"):
         assert key in row, key
     comp = [json.loads(x) for x in open(run / "completions.jsonl")]
     assert len(comp) == 2 * 4 * 8
