@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from adapter_utils import tiny_model
-from grpo.adapters import (adapter_metrics, after_optimizer_step, apply_adapters, aux_loss, moe_layers,
-                           routing_replay)
-from grpo.adapters.moe import DeepSeekMoE, MoEConfig, RoutingState
+from grpo.adapters import (adapter_metrics, after_optimizer_step, apply_adapters, aux_loss, calibrate_moe_bias,
+                           moe_layers, routing_replay)
+from grpo.adapters.moe import BiasCalibration, DeepSeekMoE, MoEConfig, RoutingState, balanced_kmeans
 
 IDS = torch.tensor([[5, 17, 33, 8, 91, 42, 7, 64, 3, 29, 11, 70]])
 
@@ -39,6 +39,65 @@ def test_unknown_keys_raise():
         apply_adapters(tiny_model(), {"mlp": {}})
     with pytest.raises(ValueError, match="top_kk"):
         apply_adapters(tiny_model(), {"moe": {"top_kk": 2}})
+
+
+@pytest.mark.parametrize("bad,match", [
+    ({"num_experts": 0}, "num_experts must be >= 1"),
+    ({"num_experts": 2.5}, "num_experts must be an integer"),
+    ({"top_k": 0}, r"top_k must be in \[1, num_experts=8\]"),
+    ({"top_k": 9}, r"top_k must be in \[1, num_experts=8\]"),
+    ({"num_shared": -1}, "num_shared must be >= 0"),
+    ({"bias_update_rate": -1e-3}, "bias_update_rate must be a number >= 0"),
+    ({"bias_update_rate": "fast"}, "bias_update_rate must be a number >= 0"),
+    ({"balance_loss_coef": float("nan")}, "balance_loss_coef must be a number >= 0"),
+    ({"calibrate_bias_steps": -5}, "calibrate_bias_steps must be >= 0"),
+    ({"calibrate_bias_steps": True}, "calibrate_bias_steps must be an integer"),
+    ({"routing_replay": "yes"}, "routing_replay must be true or false"),
+])
+def test_bad_values_raise_clear_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        MoEConfig.from_dict(bad)
+
+
+def test_yaml_style_float_strings_are_accepted():
+    assert MoEConfig.from_dict({"bias_update_rate": "1e-3"}).bias_update_rate == 1e-3
+
+
+def test_calibration_steps_without_a_calibration_batch_raise():
+    with pytest.raises(ValueError, match="calibrate_bias_steps > 0 needs a calibration batch"):
+        apply_adapters(tiny_model(), {"moe": {"calibrate_bias_steps": 10}})
+
+
+def test_balanced_kmeans_gives_equal_clusters_of_similar_rows():
+    torch.manual_seed(0)
+    centres = torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    w = centres.repeat_interleave(6, 0) + 0.05 * torch.randn(24, 16)       # 4 true groups of 6, shuffled
+    w = w[torch.randperm(24)]
+    labels = balanced_kmeans(w, 4, seed=0)
+    assert torch.bincount(labels, minlength=4).tolist() == [6, 6, 6, 6]
+    truth = (torch.nn.functional.normalize(w, dim=1) @ centres.t()).argmax(1)
+    for c in range(4):  # each cluster is one true group
+        assert truth[labels == c].unique().numel() == 1
+    skewed = torch.randn(40, 8) + torch.tensor([5.0] + [0.0] * 7)           # one dominant direction
+    assert torch.bincount(balanced_kmeans(skewed, 8, seed=1), minlength=8).tolist() == [5] * 8
+
+
+def test_conversion_permutes_the_neurons_and_routes_by_mean_gate_rows():
+    dense = tiny_model()
+    moe = apply_adapters(copy.deepcopy(dense), {"moe": {"num_experts": 8, "top_k": 2, "num_shared": 1}})
+    for layer, m in zip(dense.model.layers, moe_layers(moe)):
+        wg = layer.mlp.gate_proj.weight
+        rows = torch.cat([m.gate_proj.weight, m.shared_gate_proj.weight])             # [I, D]
+        match = (rows[:, None, :] == wg[None]).all(-1)                                  # [I, I]
+        assert torch.equal(match.sum(1), torch.ones(96, dtype=torch.long))              # each row is one neuron
+        assert torch.equal(match.sum(0), torch.ones(96, dtype=torch.long))              # each neuron used once
+        idx = match.float().argmax(1)
+        assert torch.equal(torch.cat([m.up_proj.weight, m.shared_up_proj.weight]), layer.mlp.up_proj.weight[idx])
+        assert torch.equal(torch.cat([m.down_proj.weight, m.shared_down_proj.weight], 1),
+                           layer.mlp.down_proj.weight[:, idx])
+        d_e = m.expert_dim
+        expected = m.gate_proj.weight.view(8, d_e, -1).mean(1)
+        assert torch.allclose(m.router.weight, expected, atol=1e-6)
 
 
 def _layer(e=8, k=2, rate=0.0, coef=0.0, seed=0):
@@ -192,12 +251,49 @@ def test_replay_is_a_no_op_on_dense_models():
     assert rec == []
 
 
-def test_inexact_conversion_spreads_tokens_over_experts():
-    model = apply_adapters(tiny_model(), {"moe": {"num_experts": 8, "top_k": 2}})
-    model(IDS.repeat(4, 1) + torch.arange(4)[:, None])  # grad enabled: loads are counted
-    after_optimizer_step(model)
+def _load_max_over_mean(model, ids):
+    """Expert load of the router's own choice on ids, mean over layers (γ = 0: the bias stays)."""
     for m in moe_layers(model):
-        assert m.last_stats["load_max_over_mean"] < 4.0  # 4.0 = every token on the same 2 of 8 experts
+        m.cfg.bias_update_rate = 0.0
+    model(ids)  # grad enabled: loads are counted
+    after_optimizer_step(model)
+    return sum(m.last_stats["load_max_over_mean"] for m in moe_layers(model)) / len(moe_layers(model))
+
+
+def test_bias_calibration_balances_a_skewed_router():
+    torch.manual_seed(0)
+    prompts = torch.randint(3, 101, (16, 24))
+    skewed = apply_adapters(tiny_model(), {"moe": {"num_experts": 8, "top_k": 2, "num_shared": 1}})
+    for m in moe_layers(skewed):  # token-dependent scores plus a per-expert offset, as after conversion
+        torch.nn.init.normal_(m.router.weight, std=0.5)
+        m.e_score_correction_bias[:2] = 0.6
+    calibrated = copy.deepcopy(skewed)
+    calibrate_moe_bias(calibrated, BiasCalibration(prompts.tolist()), steps=300)
+    before, after = _load_max_over_mean(skewed, prompts), _load_max_over_mean(calibrated, prompts)
+    assert before > 2.0, before
+    assert after < 1.25, after
+    assert all(torch.equal(a.router.weight, b.router.weight)  # calibration touches the bias only
+               for a, b in zip(moe_layers(skewed), moe_layers(calibrated)))
+
+
+def test_conversion_runs_the_calibration_when_asked():
+    torch.manual_seed(0)
+    prompts = torch.randint(3, 101, (16, 24))
+    cfg = {"num_experts": 8, "top_k": 2, "num_shared": 1}
+    dense = tiny_model()
+    plain = apply_adapters(copy.deepcopy(dense), {"moe": cfg})
+    calibrated = apply_adapters(copy.deepcopy(dense), {"moe": {**cfg, "calibrate_bias_steps": 300}},
+                                moe_calibration=BiasCalibration(prompts.tolist()))
+    assert all(m.e_score_correction_bias.abs().max() > 0 for m in moe_layers(calibrated))
+    assert _load_max_over_mean(calibrated, prompts) < _load_max_over_mean(plain, prompts)
+
+
+def test_calibration_is_a_no_op_in_the_exact_configuration():
+    dense = tiny_model()
+    moe = apply_adapters(copy.deepcopy(dense), {"moe": {"num_experts": 4, "top_k": 4, "calibrate_bias_steps": 50}},
+                         moe_calibration=BiasCalibration([[5, 17, 33, 8]]))
+    assert all(float(m.e_score_correction_bias.abs().max()) == 0.0 for m in moe_layers(moe))
+    assert (_logits(moe) - _logits(dense)).abs().max() <= 1e-4
 
 
 def test_reference_copy_routes_on_its_own_state():

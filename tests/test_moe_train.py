@@ -86,6 +86,25 @@ def test_grpo_run_with_moe_trains_and_logs_balance_metrics(tmp_path, tok):
     assert 0 < rows[-1]["grpo/moe/bias_abs_max"] <= 0.03 + 1e-6  # 3 sign-only steps of γ = 0.01
 
 
+def test_trainer_calibrates_the_bias_on_prompts_and_own_continuations(tmp_path, tok):
+    state = setup(moe_cfg(tmp_path, {"calibrate_bias_steps": 50}), model=tiny_model(tok), tokenizer=tok)
+    assert all(float(m.e_score_correction_bias.abs().max()) > 0 for m in moe_layers(state.model))
+
+
+def test_calibration_continuations_leave_the_global_rng_alone(tok):
+    from grpo.adapters import BiasCalibration, apply_adapters, calibrate_moe_bias
+    from grpo.rollout import SamplingParams
+
+    model = apply_adapters(tiny_model(tok), {"moe": MOE})
+    prompts = [tok("What is 2+2?")["input_ids"], tok("Say hi")["input_ids"]]
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    calibrate_moe_bias(model, BiasCalibration(prompts, tok, SamplingParams(max_new_tokens=8)), steps=20)
+    assert torch.equal(torch.rand(3), expected)
+    assert any(float(m.e_score_correction_bias.abs().max()) > 0 for m in moe_layers(model))
+
+
 def test_engine_backend_refuses_moe(tmp_path, tok):
     with pytest.raises(ConfigError, match="sampling.backend.*moe"):
         moe_cfg(tmp_path, **{"sampling.backend": "engine"})

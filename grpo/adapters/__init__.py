@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 
 from .mla import MLAConfig, cache_bytes_per_token, convert_mla, mla_generate, mla_layers  # noqa: F401
-from .moe import MoEConfig, RecordedRoutes, convert_moe, moe_layers, routing_replay  # noqa: F401
+from .moe import (BiasCalibration, MoEConfig, RecordedRoutes, calibrate_moe_bias, convert_moe,  # noqa: F401
+                  moe_layers, routing_replay)
 
 ADAPTER_KEYS = ("mla", "moe")
 
@@ -34,19 +35,25 @@ def parse_adapter_config(cfg: dict | None) -> tuple[MLAConfig | None, MoEConfig 
 
 
 def apply_adapters(model, cfg: dict | None, calibration_ids: torch.Tensor | None = None,
-                   calibration_mask: torch.Tensor | None = None):
+                   calibration_mask: torch.Tensor | None = None, moe_calibration: BiasCalibration | None = None):
     """Convert `model` in place (and return it). calibration_ids [B, T] (optional) drive MLA's
-    2-norm RoPE selection and activation-aware SVD; without them both use the weights only."""
+    2-norm RoPE selection and activation-aware SVD; without them both use the weights only.
+    moe_calibration is the batch of the MoE bias calibration (needed when moe.calibrate_bias_steps > 0)."""
     from .hf import mark_adapted
     mla, moe = parse_adapter_config(cfg)
     if mla is None and moe is None:
         return model
     if getattr(model.config, "adapter", None):
         raise ValueError("model already carries adapters (config.adapter); load it as is")
+    if moe is not None and moe.calibrate_bias_steps > 0 and moe_calibration is None:
+        raise ValueError("moe.calibrate_bias_steps > 0 needs a calibration batch: apply_adapters(..., "
+                         "moe_calibration=BiasCalibration(prompts)); the GRPO trainer passes its first 64 prompts")
     if mla is not None:
         convert_mla(model, mla, init=True, calibration_ids=calibration_ids, calibration_mask=calibration_mask)
     if moe is not None:
         convert_moe(model, moe, init=True)
+        if moe.calibrate_bias_steps > 0:
+            calibrate_moe_bias(model, moe_calibration)
     mark_adapted(model, {k: dict(v or {}) for k, v in cfg.items()})
     return model
 

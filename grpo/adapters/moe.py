@@ -16,20 +16,35 @@ The bias never enters g (so no gradient reaches it). After every optimizer step
 The routed scaling factor is ``k`` (V3 uses a tuned 2.5): with equal affinities every chosen expert
 then gets weight exactly 1, which is what makes the conversion below exact.
 
-Conversion (fine-grained splitting of the dense intermediate neurons). The dense SwiGLU MLP is
+Conversion (fine-grained splitting of the dense intermediate neurons, grouped as in MoEfication,
+arXiv:2110.01786, and LLaMA-MoE, arXiv:2406.16554). The dense SwiGLU MLP is
 ``y = W_d (silu(W_g u) ⊙ W_u u)``, a sum over its I neurons, so any partition of the neurons into
-groups gives experts whose outputs sum to the dense output. We rank neurons by the weight-space
-proxy ``‖W_g[j]‖·‖W_u[j]‖·‖W_d[:, j]‖``; the top ``I − E·d_e`` go to the shared expert (always on),
-the rest are dealt round-robin into E routed experts of ``d_e = I // (E + S)`` neurons each
-(round-robin so that every expert gets a similar share of the strong neurons). In the exact
-configuration the router starts at zero: all affinities are 0.5, every expert gets weight exactly 1.
-Otherwise it starts tiny and random (logit std ≈ 0.01·rms(u)): a zero router would send every token
-to the same k experts (a tie), the tiny one spreads tokens while keeping every gate within ~1% of 1.
+groups gives experts whose outputs sum to the dense output.
 
-    exact   : top_k == num_experts (any num_shared): the converted layer computes the dense MLP
-              up to float rounding (tests assert max |Δlogits| ≤ 1e-4 in fp32).
+1. Shared expert: neurons ranked by the weight-space proxy ``‖W_g[j]‖·‖W_u[j]‖·‖W_d[:, j]‖``; the top
+   ``I − E·d_e`` (``d_e = I // (E + S)``) are always on.
+2. Routed experts: balanced spherical k-means of the remaining gate rows ``W_g[j]/‖W_g[j]‖`` into E
+   clusters of exactly d_e neurons (`balanced_kmeans`: centroids seeded per layer, each round assigns
+   neurons to their most similar centroid that still has room, best matches first). Neurons whose gate
+   rows point the same way fire on the same inputs, so an expert is a group of co-activating neurons.
+3. Router: expert e's row is the mean of its neurons' gate rows, ``r_e = mean_{j∈e} W_g[j]``, so its logit
+   ``u·r_e`` is the mean gate pre-activation of the expert's neurons: an expert scores high on inputs that
+   open its gates. On SmolLM2-135M this gives a per-token std of the sigmoid scores across 8 experts of
+   0.02-0.20 (by layer) against 0.0002-0.001 for a tiny random router. These scores carry a per-expert
+   offset (hidden states share a large mean direction), so without a bias nearly every token picks the
+   same two experts: `calibrate_bias` (below) or the online bias update removes that offset.
+
+    exact   : top_k == num_experts (any num_shared): the router starts at zero, all affinities are 0.5 and
+              every expert gets weight exactly 1, so with steps 1-2 being a permutation of the neurons the
+              converted layer computes the dense MLP up to float rounding (tests: max |Δlogits| ≤ 1e-4, fp32).
     inexact : top_k < num_experts drops (E − k)·d_e neurons per token; `dense_deviation` measures it.
-              With a zero router the choice is decided by the bias alone until the router trains.
+
+Bias calibration (optional, ``calibrate_bias_steps`` > 0, inexact configurations only): DeepSeek-V3's
+sign rule above, applied before training on the MLP inputs of a calibration batch, with γ decaying
+geometrically from 1e-2 to 1e-4 over the steps, on fixed scores (the router is not trained here). One
+forward of the calibration batch calibrates the layers in order, each on the inputs it receives from the
+already calibrated layers before it. It is the paper's balancing rule started early, not another method:
+a router trained from scratch starts near-symmetric and so balanced, a converted one does not.
 
 Compute is "dense-masked": all routed neurons are evaluated and scaled by their expert's g (zero if
 not chosen). FLOPs equal the dense MLP's; for 100M-scale models this beats a per-expert gather loop,
@@ -43,7 +58,9 @@ The alignment contract is documented on `RecordedRoutes`.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -55,12 +72,13 @@ class MoEConfig:
     num_experts: int = 8
     top_k: int = 2
     num_shared: int = 1
-    # γ. DeepSeek-V3's 1e-3 assumes a trained router. A freshly converted one has affinities within ~1e-3 of
-    # each other, so a 1e-3 step moves all tokens at once (herding): SmolLM2-135M, 8 experts top-2, 16 GRPO
-    # steps on H100 kept load max/mean at 3.1-3.3 (3.17 with γ = 0), while 1e-4 got to 1.8-2.0 in 8 steps.
+    # γ of the online update, in sigmoid-score units (DeepSeek-V3: 1e-3).
     bias_update_rate: float = 1e-3
     balance_loss_coef: float = 0.0
     routing_replay: bool = True
+    # sign-rule steps on a calibration batch at conversion (0 = off, the paper's zero start); the GRPO trainer
+    # passes its first 64 training prompts. Needs calibration tokens when > 0.
+    calibrate_bias_steps: int = 0
 
     @classmethod
     def from_dict(cls, d: dict) -> "MoEConfig":
@@ -69,11 +87,65 @@ class MoEConfig:
             if k not in names:
                 raise ValueError(f"unknown model.adapter.moe key {k!r}; valid keys: {sorted(names)}")
         cfg = cls(**d)
+        for name in ("num_experts", "top_k", "num_shared", "calibrate_bias_steps"):
+            v = getattr(cfg, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError(f"moe.{name} must be an integer, got {v!r}")
+        for name in ("bias_update_rate", "balance_loss_coef"):
+            v = getattr(cfg, name)
+            try:  # YAML reads 1e-3 (no dot) as a string
+                f = float(v) if not isinstance(v, bool) else None
+            except (TypeError, ValueError):
+                f = None
+            if f is None or not (math.isfinite(f) and f >= 0):
+                raise ValueError(f"moe.{name} must be a number >= 0, got {v!r}")
+            setattr(cfg, name, f)
+        if cfg.num_experts < 1:
+            raise ValueError(f"moe.num_experts must be >= 1, got {cfg.num_experts}")
         if not 1 <= cfg.top_k <= cfg.num_experts:
             raise ValueError(f"moe.top_k must be in [1, num_experts={cfg.num_experts}], got {cfg.top_k}")
         if cfg.num_shared < 0:
-            raise ValueError("moe.num_shared must be >= 0")
+            raise ValueError(f"moe.num_shared must be >= 0, got {cfg.num_shared}")
+        if cfg.calibrate_bias_steps < 0:
+            raise ValueError(f"moe.calibrate_bias_steps must be >= 0 (0 = off), got {cfg.calibrate_bias_steps}")
+        if not isinstance(cfg.routing_replay, bool):
+            raise ValueError(f"moe.routing_replay must be true or false, got {cfg.routing_replay!r}")
         return cfg
+
+
+# γ at the first and last step of `calibrate_bias` (sigmoid-score units): 10x DeepSeek-V3's rate down to 0.1x,
+# so the per-expert offsets of a converted router (up to ~0.3 on SmolLM2) are covered within ~50 steps
+CALIBRATION_GAMMA = (1e-2, 1e-4)
+
+
+def balanced_kmeans(w: torch.Tensor, k: int, seed: int, iters: int = 10) -> torch.Tensor:
+    """Spherical k-means of the rows of w [n, D] into k clusters of exactly n/k rows; returns [n] labels.
+
+    Each round assigns by a greedy stable matching: every unassigned row proposes to its most similar
+    centroid that still has room, each centroid keeps its most similar proposers up to its room, the rest
+    propose again (at most k passes); then centroids become the normalised means of their rows."""
+    n = w.shape[0]
+    if n % k:
+        raise ValueError(f"balanced_kmeans needs rows ({n}) divisible by clusters ({k})")
+    cap = n // k
+    wn = F.normalize(w, dim=1)                                                   # [n, D]
+    gen = torch.Generator().manual_seed(seed)
+    cent = wn[torch.randperm(n, generator=gen)[:k].to(w.device)]                # [k, D]
+    labels = torch.empty(n, dtype=torch.long, device=w.device)
+    for _ in range(iters):
+        sim = wn @ cent.t()                                                      # [n, k]
+        labels.fill_(-1)
+        room = torch.full((k,), cap, dtype=torch.long, device=w.device)
+        while bool((labels < 0).any()):
+            free = (labels < 0).nonzero().squeeze(1)
+            best = sim[free].masked_fill(room[None] == 0, float("-inf")).argmax(1)
+            for c in best.unique().tolist():
+                cand = free[best == c]
+                take = cand[torch.argsort(sim[cand, c], descending=True)[:int(room[c])]]
+                labels[take] = c
+                room[c] -= take.numel()
+        cent = F.normalize(torch.stack([wn[labels == c].mean(0) for c in range(k)]), dim=1)
+    return labels
 
 
 def expert_sizes(intermediate_size: int, cfg: MoEConfig) -> tuple[int, int]:
@@ -177,8 +249,8 @@ class DeepSeekMoE(nn.Module):
         order = torch.argsort(score, descending=True)
         shared, rest = order[:self.shared_dim], order[self.shared_dim:]
         e, d_e = self.cfg.num_experts, self.expert_dim
-        # round-robin deal: expert i takes rest[i], rest[i+E], ...; stored expert-major
-        routed = rest.view(d_e, e).t().reshape(-1)
+        assign = balanced_kmeans(wg[rest].float(), e, seed=1000 + self.layer)           # [E*d_e] in [0, E)
+        routed = rest[torch.argsort(assign, stable=True)]  # expert-major: expert i owns rows [i*d_e, (i+1)*d_e)
         self.gate_proj.weight.copy_(wg[routed])
         self.up_proj.weight.copy_(wu[routed])
         self.down_proj.weight.copy_(wd[:, routed])
@@ -189,10 +261,23 @@ class DeepSeekMoE(nn.Module):
         self.e_score_correction_bias.zero_()
         if self.cfg.top_k == e:
             self.router.weight.zero_()  # all experts on, all gates exactly 1: the exact configuration
-        else:  # tiny random router: breaks the all-equal tie per token, keeps every gate within ~1% of 1
-            gen = torch.Generator().manual_seed(1000 + self.layer)
-            w = torch.randn(self.router.weight.shape, generator=gen) * (0.01 / self.router.weight.shape[1] ** 0.5)
-            self.router.weight.copy_(w)
+        else:  # logit_e(u) = mean gate pre-activation of expert e's neurons
+            self.router.weight.copy_(wg[routed].float().view(e, d_e, -1).mean(1))
+
+    @torch.no_grad()
+    def calibrate_bias(self, x: torch.Tensor, steps: int) -> None:
+        """DeepSeek-V3's sign rule on fixed inputs x [N, D] (real tokens only): `steps` updates of
+        b_i += γ_t·sign(mean_load − load_i), γ_t decaying geometrically from 1e-2 to 1e-4."""
+        e, k = self.cfg.num_experts, self.cfg.top_k
+        if steps <= 0 or k == e or x.shape[0] == 0:
+            return
+        scores = torch.sigmoid(F.linear(x.float(), self.router.weight.float()))         # [N, E]
+        bias = self.e_score_correction_bias
+        for t in range(steps):
+            gamma = CALIBRATION_GAMMA[0] * (CALIBRATION_GAMMA[1] / CALIBRATION_GAMMA[0]) ** (t / max(steps - 1, 1))
+            load = torch.bincount(torch.topk(scores + bias, k, dim=-1).indices.reshape(-1), minlength=e)
+            load = load.float()
+            bias += gamma * torch.sign(load.mean() - load)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, l, d = x.shape
@@ -285,6 +370,69 @@ def convert_moe(model: nn.Module, cfg: MoEConfig, init: bool = True) -> RoutingS
     model.model._grpo_routing = state
     model.model.register_forward_pre_hook(_routing_pre_hook, with_kwargs=True)
     return state
+
+
+@dataclass
+class BiasCalibration:
+    """The calibration batch of `calibrate_moe_bias`.
+
+    prompts: B token-id lists. With `params` (a `grpo.rollout.SamplingParams`) and `tokenizer`, the converted
+    model also samples one continuation per prompt (HF sampler, RNG seeded with `seed` and restored after),
+    and a second pass calibrates on prompt + continuation: the token mix the online rule sees in GRPO.
+    """
+
+    prompts: list[list[int]]
+    tokenizer: Any = None
+    params: Any = None
+    seed: int = 0
+
+
+@torch.no_grad()
+def calibrate_moe_bias(model: nn.Module, calib: BiasCalibration, steps: int | None = None) -> None:
+    """Set every MoE layer's bias by `calibrate_bias` (cfg's calibrate_bias_steps unless `steps`) on the
+    real tokens of `calib` it receives in one forward, layer after layer; see `BiasCalibration`."""
+    layers = moe_layers(model)
+    if not layers:
+        return
+    pad = 0
+    if calib.tokenizer is not None and calib.tokenizer.pad_token_id is not None:
+        pad = calib.tokenizer.pad_token_id
+    _calibration_forward(model, calib.prompts, pad, steps)
+    if calib.params is None or calib.tokenizer is None:
+        return
+    from grpo.rollout import HFSampler
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(calib.seed)
+        rb = HFSampler(model, calib.tokenizer, batch_size=len(calib.prompts)).generate(calib.prompts, 1, calib.params)
+    seqs = [p + c[m.bool()].tolist() for p, c, m in zip(rb.prompt_ids, rb.completion_ids, rb.completion_mask)]
+    _calibration_forward(model, seqs, pad, steps)
+
+
+def _calibration_forward(model: nn.Module, seqs: list[list[int]], pad: int, steps: int | None) -> None:
+    width = max(len(q) for q in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)                # right-padded [B, T]
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for i, q in enumerate(seqs):
+        ids[i, :len(q)] = torch.tensor(q, dtype=torch.long)
+        mask[i, :len(q)] = 1
+
+    def hook(module, args):
+        x = args[0].reshape(-1, args[0].shape[-1])                               # [B*T, D]
+        real = module.state.token_mask
+        if real is not None and real.numel() == x.shape[0]:
+            x = x[real.reshape(-1).to(x.device)]
+        module.calibrate_bias(x, module.cfg.calibrate_bias_steps if steps is None else steps)
+
+    hooks = [m.register_forward_pre_hook(hook) for m in moe_layers(model)]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        model(input_ids=ids.to(device), attention_mask=mask.to(device))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
 
 
 def _routing_pre_hook(module, args, kwargs):
