@@ -1,6 +1,6 @@
 """Router initialisation of the DeepSeekMoE conversion, measured on SmolLM2-135M-Instruct (CPU, fp32).
 
-Compares the previous init (neurons dealt round-robin, tiny random router: `--old` reproduces it here) with
+Compares the previous init (neurons dealt round-robin, tiny random router; `old_init` below reproduces it) with
 the current one (balanced k-means of gate rows, router = mean gate row of each expert), each without and
 with the bias calibration (`moe.calibrate_bias_steps`) as the GRPO trainer runs it: the quickstart's first 64
 training prompts and one continuation of each sampled by the converted model (48 tokens, temperature 0.8).
@@ -41,7 +41,7 @@ PROSE = ("The history of the printing press begins in the fifteenth century, whe
 
 @torch.no_grad()
 def old_init(self: DeepSeekMoE, mlp) -> None:
-    """The init before 2026-11-23: weight-norm ranking dealt round-robin, router ~N(0, 0.01²/D)."""
+    """The init before fa762c8: weight-norm ranking dealt round-robin, router ~N(0, 0.01²/D)."""
     wg, wu, wd = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
     score = wg.float().norm(dim=1) * wu.float().norm(dim=1) * wd.float().norm(dim=0)
     order = torch.argsort(score, descending=True)

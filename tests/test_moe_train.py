@@ -20,7 +20,7 @@ def moe_cfg(tmp_path, moe=None, **over):
 
 
 def _sharpen_routers(state):
-    """A decisive router (the converted one starts near-uniform), so routes differ token to token."""
+    """A decisive router (the tiny model's converted one is mild), so routes differ token to token."""
     torch.manual_seed(1)
     for m in moe_layers(state.model):
         torch.nn.init.normal_(m.router.weight, std=0.5)
