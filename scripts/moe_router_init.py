@@ -48,14 +48,7 @@ def old_init(self: DeepSeekMoE, mlp) -> None:
     shared, rest = order[:self.shared_dim], order[self.shared_dim:]
     e, d_e = self.cfg.num_experts, self.expert_dim
     routed = rest.view(d_e, e).t().reshape(-1)
-    self.gate_proj.weight.copy_(wg[routed])
-    self.up_proj.weight.copy_(wu[routed])
-    self.down_proj.weight.copy_(wd[:, routed])
-    if self.shared_dim:
-        self.shared_gate_proj.weight.copy_(wg[shared])
-        self.shared_up_proj.weight.copy_(wu[shared])
-        self.shared_down_proj.weight.copy_(wd[:, shared])
-    self.e_score_correction_bias.zero_()
+    self.copy_neurons(mlp, shared, routed)
     gen = torch.Generator().manual_seed(1000 + self.layer)
     self.router.weight.copy_(torch.randn(self.router.weight.shape, generator=gen)
                              * (0.01 / self.router.weight.shape[1] ** 0.5))

@@ -243,14 +243,10 @@ class DeepSeekMoE(nn.Module):
         self.last_stats: dict[str, float] = {}
 
     @torch.no_grad()
-    def init_from_dense(self, mlp: nn.Module) -> None:
-        wg, wu, wd = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight  # [I,D] [I,D] [D,I]
-        score = wg.float().norm(dim=1) * wu.float().norm(dim=1) * wd.float().norm(dim=0)
-        order = torch.argsort(score, descending=True)
-        shared, rest = order[:self.shared_dim], order[self.shared_dim:]
-        e, d_e = self.cfg.num_experts, self.expert_dim
-        assign = balanced_kmeans(wg[rest].float(), e, seed=1000 + self.layer)           # [E*d_e] in [0, E)
-        routed = rest[torch.argsort(assign, stable=True)]  # expert-major: expert i owns rows [i*d_e, (i+1)*d_e)
+    def copy_neurons(self, mlp: nn.Module, shared: torch.Tensor, routed: torch.Tensor) -> None:
+        """Dense neurons `routed` (expert-major) into the routed experts, `shared` into the shared expert;
+        the balancing bias starts at zero."""
+        wg, wu, wd = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight
         self.gate_proj.weight.copy_(wg[routed])
         self.up_proj.weight.copy_(wu[routed])
         self.down_proj.weight.copy_(wd[:, routed])
@@ -259,6 +255,17 @@ class DeepSeekMoE(nn.Module):
             self.shared_up_proj.weight.copy_(wu[shared])
             self.shared_down_proj.weight.copy_(wd[:, shared])
         self.e_score_correction_bias.zero_()
+
+    @torch.no_grad()
+    def init_from_dense(self, mlp: nn.Module) -> None:
+        wg, wu, wd = mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight  # [I,D] [I,D] [D,I]
+        score = wg.float().norm(dim=1) * wu.float().norm(dim=1) * wd.float().norm(dim=0)
+        order = torch.argsort(score, descending=True)
+        shared, rest = order[:self.shared_dim], order[self.shared_dim:]
+        e, d_e = self.cfg.num_experts, self.expert_dim
+        assign = balanced_kmeans(wg[rest].float(), e, seed=1000 + self.layer)           # [E*d_e] in [0, E)
+        routed = rest[torch.argsort(assign, stable=True)]  # expert-major: expert i owns rows [i*d_e, (i+1)*d_e)
+        self.copy_neurons(mlp, shared, routed)
         if self.cfg.top_k == e:
             self.router.weight.zero_()  # all experts on, all gates exactly 1: the exact configuration
         else:  # logit_e(u) = mean gate pre-activation of expert e's neurons
