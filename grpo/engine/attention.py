@@ -126,8 +126,8 @@ class GQAAttention:
         # a single new token: the rep query heads sharing a kv head act as rep query positions,
         # so grouped-query attention is plain attention on [N, kv, rep, D] with no K/V expansion
         q = q.view(n, self.n_kv, self.rep, self.head_dim)
-        out = F.scaled_dot_product_attention(q, kc[:, :, : ctx.length], vc[:, :, : ctx.length],
-                                             attn_mask=ctx.mask, scale=self.scale)
+        out = self.ops.decode_attention(q, kc[:, :, : ctx.length], vc[:, :, : ctx.length], ctx.mask[:, 0, 0],
+                                        self.scale)
         return _linear(out.reshape(n, 1, -1), self.m.o_proj, self.ops)
 
 

@@ -6,8 +6,12 @@ back before the weight multiply, rotate-half RoPE, SiLU-gated MLP.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
+
+from grpo.engine.decode_attention import decode_attention
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -83,11 +87,14 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_k: int, top_p: f
 class Ops:
     """The functions above, compiled with torch.compile when asked (CUDA), else plain; and `w`, which
     maps a model parameter to the tensor the engine computes with (the parameter itself, or its
-    low-precision shadow when the engine runs in another dtype than the weights)."""
+    low-precision shadow when the engine runs in another dtype than the weights), and
+    `decode_attention` (the Triton decode kernel when `triton_attention`, else SDPA)."""
 
-    def __init__(self, compile: bool, shadows: dict | None = None):
+    def __init__(self, compile: bool, shadows: dict | None = None, triton_attention: bool = False):
         self.shadows = shadows if shadows is not None else {}
         self.compiled = compile
+        self.triton_attention = triton_attention
+        self.decode_attention = functools.partial(decode_attention, use_triton=triton_attention)
         self._plain = None
         wrap = (lambda f: torch.compile(f, dynamic=False)) if compile else (lambda f: f)
         self.rms_norm = wrap(rms_norm)
@@ -98,7 +105,7 @@ class Ops:
 
     def disable_compile(self) -> None:
         """Fall back to the plain functions in place (every holder of this Ops sees the change)."""
-        plain = Ops(compile=False, shadows=self.shadows)
+        plain = Ops(compile=False, shadows=self.shadows, triton_attention=self.triton_attention)
         for name in ("rms_norm", "add_rms_norm", "rope_qk", "swiglu", "sample_tokens"):
             setattr(self, name, getattr(plain, name))
         self.compiled = False
@@ -108,7 +115,7 @@ class Ops:
         if not self.compiled:
             return self
         if self._plain is None:
-            self._plain = Ops(compile=False, shadows=self.shadows)
+            self._plain = Ops(compile=False, shadows=self.shadows, triton_attention=self.triton_attention)
         return self._plain
 
     def w(self, p: torch.Tensor | None) -> torch.Tensor | None:

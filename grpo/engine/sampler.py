@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from grpo.engine.attention import DecodeContext, PrefillContext, attention_for
+from grpo.engine.decode_attention import triton_available
 from grpo.engine.ops import Ops
 from grpo.rollout import RolloutBatch, SamplingParams, _pad_right, finish_rows
 
@@ -121,6 +122,8 @@ class EngineSampler:
     keep_cache:  keep the KV cache and graphs between calls (no re-capture; the cache stays allocated
                  during the policy update). False frees them after each call: lower peak memory in the
                  update, at the price of allocating and capturing again at every call
+    attention_kernel: decode attention: "triton" (grpo.engine.decode_attention's kernel), "sdpa", or
+                 "auto" (Triton on CUDA when it is importable, else SDPA)
     dtype:       compute dtype ("auto": bf16 for fp32 weights on CUDA, else the weights' dtype). When it
                  differs from the weights' dtype (fp32 master weights trained under autocast), the engine
                  keeps one low-precision shadow of each parameter, refreshed in place at every
@@ -130,7 +133,7 @@ class EngineSampler:
 
     def __init__(self, model, tokenizer, max_batch: int = 256, max_seq_len: int = 2048,
                  cuda_graphs: bool | str = "auto", compile: bool | str = "auto", bucket: int = 64,
-                 dtype: torch.dtype | str = "auto", keep_cache: bool = True):
+                 dtype: torch.dtype | str = "auto", keep_cache: bool = True, attention_kernel: str = "auto"):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -149,7 +152,13 @@ class EngineSampler:
         self.dtype = dtype
         shadows = {p: torch.empty_like(p, dtype=dtype, requires_grad=False)
                    for p in model.parameters() if p.is_floating_point() and p.dtype != dtype}
-        self.ops = Ops(compile=self.compile, shadows=shadows)
+        if attention_kernel not in ("auto", "triton", "sdpa"):
+            raise ValueError(f"attention_kernel must be 'auto', 'triton' or 'sdpa', got {attention_kernel!r}")
+        if attention_kernel == "triton" and not (on_cuda and triton_available()):
+            raise ValueError("attention_kernel='triton' needs a CUDA device and the triton package")
+        self.attention_kernel = ("triton" if on_cuda and triton_available() else "sdpa") \
+            if attention_kernel == "auto" else attention_kernel
+        self.ops = Ops(compile=self.compile, shadows=shadows, triton_attention=self.attention_kernel == "triton")
         self.decoder = Decoder(model, self.ops)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
