@@ -9,6 +9,10 @@ implementations get the same weights (one state dict), the same chat prompts and
   python -m grpo.bench --cpu-tiny                           # CPU: tiny random Llama, short completions
   python -m grpo.bench --gguf-dir DIR --engine-only         # rollout engine variants and HF generate
 
+Ours on a GPU, by default: the engine sampler (Triton decode attention), 128-row micro-batches with
+gradient checkpointing, layers compiled (model.compile). `--micro-batch`, `--no-compile-model`,
+`--no-grad-ckpt`, `--no-share-prompts` and `--master-fp32` change that.
+
 "gen tok/s" follows the anchor: completions * tokens / median step seconds (the whole step). Ours also
 reports pure sampling throughput (tokens / seconds inside sampler.generate).
 """
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import os
@@ -121,6 +126,7 @@ def ours_config(args, gpu: bool, out_dir: str):
         f"sampling.batch_size={args.prompts * args.group}", f"optim.prompts_per_step={args.prompts}",
         f"optim.steps={args.steps}", "optim.lr=1e-6", f"optim.micro_batch_size={args.micro_batch}",
         f"model.gradient_checkpointing={str(args.grad_ckpt).lower()}", f"algorithm.kl_coef={args.beta}",
+        f"model.compile={str(args.compile_model).lower()}",
         "algorithm.num_iterations=1", "data.template=plain", f"run.output_dir={out_dir}",
         "run.save_completions=false", "run.progress=false", "eval.before=false", "eval.after=false",
         f"run.mixed_precision={'bf16' if gpu else repr('no')}",
@@ -159,6 +165,12 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     model = build_model(config, sd, ours_dtype(args, gpu), device)
     state = train.setup(cfg, model=model, tokenizer=tok)
     state.sampler = FixedLength(state.sampler)
+    if not args.share_prompts:
+        train.token_logprobs = functools.partial(train.token_logprobs, share_prompts=False)
+    if args.compile_logprobs:
+        import grpo.logprobs as lp
+
+        lp._chunk_logprobs = torch.compile(lp._chunk_logprobs, dynamic=True)
     examples = [Example(id=str(i), task="arithmetic", prompt=q, answer=a) for i, (q, a) in enumerate(rows)]
     if gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -221,16 +233,35 @@ def profile_ours(state, train, batch) -> dict:
     return out
 
 
-def kernel_table(state, train, batch, gpu: bool, rows: int = 30) -> None:
-    """One more step under torch.profiler: the ops that took the most device time, printed and saved."""
+def kernel_table(state, train, batch, gpu: bool, rows: int = 40) -> None:
+    """One more step with its policy update (forward, backward, optimizer) under torch.profiler: the ops
+    that took the most device time, printed and saved with the update's wall and summed kernel time."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
-    with profile(activities=acts) as prof:
+    update, holder = train.policy_update, {}
+
+    def profiled(*a, **k):
+        with profile(activities=acts) as prof:
+            sync()
+            t0 = time.perf_counter()
+            out = update(*a, **k)
+            sync()
+            holder["wall"] = time.perf_counter() - t0
+        holder["prof"] = prof
+        return out
+
+    train.policy_update = profiled
+    try:
         train.train_step(state, batch)
-        sync()
-    key = "cuda_time_total" if gpu else "cpu_time_total"
-    table = prof.key_averages().table(sort_by=key, row_limit=rows)
+    finally:
+        train.policy_update = update
+    prof = holder["prof"]
+    events = prof.key_averages()
+    device_total = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6
+    print(f"policy update under the profiler: wall {holder['wall']:.3f} s, kernels {device_total:.3f} s", flush=True)
+    key = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+    table = events.table(sort_by=key, row_limit=rows)
     print(table, flush=True)
     if os.environ.get("OUT"):
         with open(os.path.join(os.environ["OUT"], "kernels.txt"), "w") as f:
@@ -324,6 +355,8 @@ def bench_engine(args, config, sd, tok, rows, gpu: bool) -> list[dict]:
 
     full = SamplingParams(max_new_tokens=args.tokens, temperature=1.0, min_new_tokens=args.tokens)
     variants = [("engine graphs+compile", dict(cuda_graphs=True, compile=True)),
+                ("engine graphs+compile, SDPA decode attention",
+                 dict(cuda_graphs=True, compile=True, attention_kernel="sdpa")),
                 ("engine graphs", dict(cuda_graphs=True, compile=False)),
                 ("engine eager", dict(cuda_graphs=False, compile=False))] if gpu else \
                [("engine eager", dict(cuda_graphs=False, compile=False))]
@@ -352,6 +385,9 @@ def bench_engine(args, config, sd, tok, rows, gpu: bool) -> list[dict]:
             model.generation_config.cache_implementation = None
     out.append(check_engine(model, tok, prompt_ids, gpu))
     print(" ", json.dumps(out[-1]), flush=True)
+    if gpu:
+        out.append(check_decode_kernel(model, tok, prompt_ids))
+        print(" ", json.dumps(out[-1]), flush=True)
     del model
     free_memory(gpu)
     return out
@@ -386,6 +422,39 @@ def check_engine(model, tok, prompt_ids, gpu: bool) -> dict:
             "logprob_absdiff_mean": round(float(d.mean()), 5), "logprob_absdiff_max": round(float(d.max()), 4)}
 
 
+def check_decode_kernel(model, tok, prompt_ids) -> dict:
+    """The Triton decode attention against SDPA in fp32 on random bf16 inputs (std-step shapes), and
+    greedy engine tokens with the kernel vs with SDPA on the real model."""
+    from grpo.engine import EngineSampler
+    from grpo.engine.decode_attention import _sdpa, triton_decode_attention
+    from grpo.rollout import SamplingParams
+
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    n, hkv, rep, d, slots = 128, 3, 3, 64, 320
+    q, k, v = (torch.randn(s, generator=gen, device="cuda", dtype=torch.bfloat16)
+               for s in ((n, hkv, rep, d), (n, hkv, slots, d), (n, hkv, slots, d)))
+    mask = torch.zeros(n, slots, device="cuda", dtype=torch.bfloat16)
+    for i in range(n):
+        mask[i, : i % 40] = float("-inf")  # left padding of 0-39 slots
+    worst = 0.0
+    for length in (64, 131, 320):
+        ref = _sdpa(q.float(), k[:, :, :length].float(), v[:, :, :length].float(), mask[:, :length].float(), d ** -0.5)
+        out = triton_decode_attention(q, k[:, :, :length], v[:, :, :length], mask[:, :length], d ** -0.5)
+        worst = max(worst, float((out.float() - ref).abs().max()))
+    g = SamplingParams(max_new_tokens=64, temperature=0.0)
+    a = EngineSampler(model, tok, max_batch=128, attention_kernel="triton")
+    ta = a.generate(prompt_ids, 1, g).completion_ids
+    a.release()
+    b = EngineSampler(model, tok, max_batch=128, attention_kernel="sdpa")
+    tb = b.generate(prompt_ids, 1, g).completion_ids
+    b.release()
+    width = min(ta.shape[1], tb.shape[1])
+    same = ta[:, :width] == tb[:, :width]
+    return {"check": "triton decode attention", "max_absdiff_vs_fp32_sdpa": round(worst, 5),
+            "greedy_rows_identical_triton_vs_sdpa": int(same.all(1).sum()), "rows": len(prompt_ids),
+            "greedy_mean_agreeing_prefix": round(float(same.long().cumprod(1).sum(1).float().mean()), 1)}
+
+
 # ---------------------------------------------------------------------------------------- main
 
 def print_table(results: list[dict], device: str, args) -> None:
@@ -415,6 +484,11 @@ def main(argv=None):
     p.add_argument("--micro-batch", type=int, default=None)
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--master-fp32", action="store_true", help="ours with fp32 weights + bf16 autocast (recipes' default)")
+    p.add_argument("--share-prompts", action=argparse.BooleanOptionalAction, default=True,
+                   help="update forward: each repeated prompt once (grpo.logprobs shared layout) or padded rows")
+    p.add_argument("--compile-logprobs", action="store_true", help="torch.compile the chunked log-prob head")
+    p.add_argument("--compile-model", action=argparse.BooleanOptionalAction, default=None,
+                   help="ours with model.compile=true (compiled layers; default on GPU)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--engine-only", action="store_true",
@@ -432,7 +506,8 @@ def main(argv=None):
     args.tokens = args.tokens or (256 if gpu else 32)
     args.steps = args.steps or (7 if gpu else 4)
     args.trl_steps = args.trl_steps or (5 if gpu else 4)
-    args.micro_batch = args.micro_batch or (32 if gpu else 16)
+    args.micro_batch = args.micro_batch or (128 if gpu else 16)
+    args.compile_model = gpu if args.compile_model is None else args.compile_model
     if args.cpu_tiny:
         args.gguf_dir = None
     config, sd, tok = load_weights(args)

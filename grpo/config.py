@@ -29,6 +29,7 @@ class ModelConfig:
     name: str = "smollm2-135m-instruct"   # bundled alias, local dir, .gguf path or Hub id
     adapter: dict[str, Any] = field(default_factory=dict)  # {"mla": {...}, "moe": {...}}, see grpo.adapters
     gradient_checkpointing: bool = False
+    compile: bool = False                 # torch.compile the layers for training (grpo.models.compile_blocks)
     trust_remote_code: bool = False
 
 

@@ -231,7 +231,7 @@ def run_sft(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     import yaml
 
     from grpo.config import to_dict
-    from grpo.models import load_model, load_tokenizer
+    from grpo.models import compile_blocks, load_model, load_tokenizer
 
     d = cfg.data
     train = load_sft_examples([d.train, *d.mix], d.completion_key)
@@ -242,6 +242,8 @@ def run_sft(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     model = model or load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.compile:
+        compile_blocks(model)
     out = Path(cfg.run.output_dir)
     writer = RunWriter(out)
     cfg_yaml = yaml.safe_dump(to_dict(cfg), sort_keys=False)

@@ -30,7 +30,7 @@ from grpo.algorithms import group_advantages, normalize_loss, per_token_loss, ze
 from grpo.config import ConfigError, GRPOConfig, save_config, to_dict
 from grpo.evaluate import EvalResult, evaluate
 from grpo.logprobs import PackedBatch, pack, token_logprobs
-from grpo.models import frozen_copy, load_model, load_tokenizer
+from grpo.models import compile_blocks, frozen_copy, load_model, load_tokenizer
 from grpo.rollout import RolloutBatch, SamplingParams, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter, available_trackers, progress, truncate_jsonl
@@ -231,6 +231,8 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ref = frozen_copy(model) if cfg.algorithm.kl_coef > 0 else None
+    if cfg.model.compile:
+        compile_blocks(model)
     fused = torch.cuda.is_available()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
