@@ -149,6 +149,8 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code:
     """A trainable causal LM in `dtype` (fp32 master weights by default; autocast does bf16 on GPU)."""
     from transformers import AutoModelForCausalLM
 
+    import grpo.adapters  # noqa: F401  registers llama_grpo / qwen2_grpo (MLA/MoE checkpoints) with the Auto classes
+
     path = resolve_model_dir(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -305,8 +305,10 @@ def sample(state: TrainState, examples: list[Example]) -> tuple[list[list[dict]]
 # MoE adapter hooks (grpo/adapters): every helper is a no-op for models without adapters.
 
 def _adapted(state: TrainState):
-    """The bare policy if the recipe converted it with adapters, else None."""
-    return state.accelerator.unwrap_model(state.model) if state.cfg.model.adapter else None
+    """The bare policy if it carries MLA/MoE adapters (converted by this recipe's model.adapter, or a saved
+    converted checkpoint given as model.name), else None."""
+    bare = state.accelerator.unwrap_model(state.model)
+    return bare if getattr(getattr(bare, "config", None), "adapter", None) else None
 
 
 def _record_routes(state: TrainState):
@@ -334,7 +336,7 @@ def _replayer(state: TrainState, routes):
 def _aux_loss(state: TrainState, num_micro: int):
     """MoE balance loss of the forward just run, scaled like the policy loss (mean over the step's
     micro-batches, DDP's average over processes undone); 0.0 when off."""
-    if not state.cfg.model.adapter:
+    if _adapted(state) is None:
         return 0.0
     from grpo.adapters import aux_loss
 
@@ -448,10 +450,10 @@ def _optimizer_step(state: TrainState, agg: dict[str, list[float]], num_micro: i
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
-    if cfg.model.adapter:
+    if _adapted(state) is not None:
         from grpo.adapters import after_optimizer_step
 
-        after_optimizer_step(acc.unwrap_model(model))
+        after_optimizer_step(_adapted(state))
     if grad_norm is None:
         reported = getattr(model, "get_global_grad_norm", lambda: None)()
         if reported is None:
@@ -537,11 +539,11 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
 
 
 def _adapter_metrics(state: TrainState) -> dict[str, float]:
-    if not state.cfg.model.adapter:
+    if _adapted(state) is None:
         return {}
     from grpo.adapters import adapter_metrics
 
-    return adapter_metrics(state.accelerator.unwrap_model(state.model))
+    return adapter_metrics(_adapted(state))
 
 
 # ---------------------------------------------------------------- checkpoints and the loop

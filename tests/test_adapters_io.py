@@ -41,3 +41,18 @@ def test_applying_adapters_twice_is_refused():
     model = apply_adapters(tiny_model(), {"moe": {"num_experts": 4, "top_k": 4}})
     with pytest.raises(ValueError, match="already"):
         apply_adapters(model, {"moe": {"num_experts": 4, "top_k": 4}})
+
+
+def test_grpo_load_model_reads_a_converted_checkpoint_in_a_fresh_process(tmp_path):
+    """`grpo run` loads model.name through grpo.models.load_model; in a new process nothing else has
+    imported grpo.adapters yet, so the llama_grpo type must be registered by the loader itself."""
+    import subprocess
+    import sys
+
+    model = apply_adapters(tiny_model("llama"), copy.deepcopy(ADAPTER))
+    model.save_pretrained(tmp_path)
+    code = ("from grpo.models import load_model; import sys; m = load_model(sys.argv[1]); "
+            "print(type(m).__name__, m.config.adapter['moe']['num_experts'])")
+    res = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.split() == [type(model).__name__, "4"]

@@ -86,6 +86,20 @@ def test_grpo_run_with_moe_trains_and_logs_balance_metrics(tmp_path, tok):
     assert 0 < rows[-1]["grpo/moe/bias_abs_max"] <= 0.03 + 1e-6  # 3 sign-only steps of γ = 0.01
 
 
+def test_a_converted_checkpoint_given_as_the_model_keeps_balancing_and_logging(tmp_path, tok):
+    """No model.adapter in the recipe: the policy already carries MoE layers (a saved converted checkpoint,
+    e.g. after healing). The bias update, replay and metrics follow the model, not the recipe key."""
+    from grpo.adapters import apply_adapters
+
+    model = apply_adapters(tiny_model(tok), {"moe": {**MOE, "bias_update_rate": 0.01}})
+    cfg = tiny_cfg(tmp_path, **{"optim.steps": 2})
+    assert not cfg.model.adapter
+    train(cfg, model=model, tokenizer=tok)
+    rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
+    assert len(rows) == 2 and all(r["grpo/moe/load_max_over_mean"] >= 1.0 for r in rows)
+    assert 0 < rows[-1]["grpo/moe/bias_abs_max"] <= 0.02 + 1e-6  # two sign steps of 0.01 happened
+
+
 def test_trainer_calibrates_the_bias_on_prompts_and_own_continuations(tmp_path, tok):
     state = setup(moe_cfg(tmp_path, {"calibrate_bias_steps": 50}), model=tiny_model(tok), tokenizer=tok)
     assert all(float(m.e_score_correction_bias.abs().max()) > 0 for m in moe_layers(state.model))
