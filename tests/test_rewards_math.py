@@ -182,3 +182,99 @@ def test_unit_tail_regex_has_no_catastrophic_backtracking():
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
     assert drop_units("5 cm") == "5" and drop_units("3 km^2") == "3" and drop_units("7 ft.") == "7"
+
+
+# --- fast paths: each must give what the slower way gives, on inputs picked to trip it up
+
+_TRICKY_TEXTS = [
+    "", "no digits", "12", "-3", ".5", "-.5", "1,234,567.89", "1,23,456", "12,3456", "3 / 4", "3/ 4 and 5 /6",
+    "x-1", "a1b2c3", "१३६ is it", "3.14.15", "2.-5", "1,000,", "- 7", "7 -", "end 42.", "mixed 4 ½ 9", "٣٤ / ٥",
+    "tail 12\u00a0/\u20037", "Answer is 5", "THE FINAL ANSWER IS: 7\nthen", "the answer is answer is 5.",
+    "the  final\tanswer   is：x. the answer is 6", "final answer is 1.5. So", "anſwer is 3.", "the answer is",
+    "answer is 5.the answer is 6.", "thefinal answer is 2", "the the answer is 9\n", "answer\nis\n4.",
+]
+
+
+@pytest.mark.parametrize("text", _TRICKY_TEXTS + [t * 3 for t in _TRICKY_TEXTS if t])
+def test_fast_extraction_regexes_agree_with_the_full_patterns(text):
+    import re
+
+    from rewards.math.extract import _ANSWER_IS, _NUMBER, last_number
+
+    full = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?\s*(.+?)(?:\.(?:\s|$)|\n|$)", re.IGNORECASE)
+    assert _ANSWER_IS.findall(text) == full.findall(text)
+    nums = _NUMBER.findall(text)
+    assert last_number(text) == (nums[-1].replace(" ", "") if nums else None)
+
+
+@pytest.mark.parametrize("gold", ["843", "0", "-2.5", "1,000", "three", "25\\%", "\\frac{1}{2}", "5 or apples"])
+@pytest.mark.parametrize("pred", ["", "\\,", "\\quad", "or", "and", " , ", "\\boxed{}", "\\$", "^\\circ", "."])
+def test_empty_prediction_against_a_number_skips_the_helper_and_agrees(monkeypatch, gold, pred):
+    import rewards.math as rm
+    from rewards.math.equivalence import answers_equal, normalise
+
+    def no_helper(*a, **k):
+        raise AssertionError("the sympy helper was asked")
+
+    assert plain_number(gold) is not None and normalise(pred) == ""
+    monkeypatch.setattr(rm.POOL, "check", no_helper)
+    rm._verify_cached.cache_clear()
+    assert verify(gold, pred) is answers_equal(gold, pred) is False
+
+
+_SYMBOLIC_PAIRS = [  # (gold, pred): the sympy path with and without skipping simplify must agree
+    ("81", "correct"), ("322", "a simplified equation of 11.5 + 7"), ("427", "DY+BBA/3+DY+BBA"),
+    ("1", "iiii"), ("-1", "ii"), ("1", "\\sin^2 x + \\cos^2 x"), ("2", "\\sin^2 x + \\cos^2 x + 1"),
+    ("x+1", "\\frac{x^2-1}{x-1}"), ("2x", "\\frac{x^2-1}{x-1}"), ("0.1x", "\\frac{x}{10}"),
+    ("x^2+2x+1", "(x+1)^2"), ("x^2+2x", "(x+1)^2"), ("e^{x}e^{y}", "e^{x+y}"), ("\\log(xy)", "\\log x + \\log y"),
+    ("\\sqrt{x^2}", "x"), ("0.5\\sin(2x)", "\\sin(x)\\cos(x)"), ("(x+1)^{30}", "(x+1)^{30} + 10^{-40}"),
+    ("y = 2x + 3", "y=3+2x"), ("25\\%", "x/4"), ("5", "x+5-x"), ("7", "the answer 7"),
+    # the first point is x = 50/13: a removable singularity there must not count as a difference
+    ("x + \\frac{50}{13}", "\\frac{x^2 - \\frac{2500}{169}}{x - \\frac{50}{13}}"), ("1", "\\frac{1}{x - \\frac{50}{13}}"),
+    # 30-digit noise of a huge difference that simplify makes 0
+    ("5", "10^{40} x (\\sin^2(x)+\\cos^2(x)) - 10^{40} x + 5"), ("10^{30} x", "10^{30} x (\\sin^2(x) + \\cos^2(x))"),
+    ("0.1\\sin^2(x) + 0.1\\cos^2(x)", "0.1"), ("\\frac{1}{3}x", "0.333333333333333x"),
+    ("x^{2000}", "x^{2000}(\\sin^2(x)+\\cos^2(x))"), ("3", "x^{2000}"),
+]
+
+
+@pytest.mark.parametrize("gold,pred", _SYMBOLIC_PAIRS)
+def test_skipping_simplify_where_a_point_differs_agrees_with_the_full_check(monkeypatch, gold, pred):
+    import rewards.math.equivalence as eq
+
+    fast = eq.answers_equal(gold, pred)
+    monkeypatch.setattr(eq, "_differs_at", lambda *a: False)  # the original order: simplify, then the points
+    assert fast == eq.answers_equal(gold, pred)
+
+
+def test_a_sentence_against_a_number_does_not_run_simplify(monkeypatch):
+    import sympy
+
+    import rewards.math.equivalence as eq
+
+    def no_simplify(*a, **k):
+        raise AssertionError("simplify ran")
+
+    monkeypatch.setattr(sympy, "simplify", no_simplify)
+    assert not eq.answers_equal("322", "a simplified equation of 11.5 + 7")
+    assert not eq.answers_equal("x^2", "x^3")
+
+
+@pytest.mark.parametrize("src", ["x", "2 pi r", "\\sin x", "max(3, 5)", "min(x, 2)", "abs(-3)", "round(2.5)",
+                                 "pow(2, 10)", "len(x)", "print(5)", "S(1)/3", "N(pi)", "gamma(5) + beta",
+                                 "Q", "lambda", "E + e + i + I", "x!", "really that it will double", "1,2", ""])
+def test_parser_namespace_built_once_parses_as_sympys_default(monkeypatch, src):
+    import sympy.parsing.sympy_parser as sp
+
+    from rewards.math.equivalence import _sympy_expr
+
+    def outcome():
+        try:
+            return _sympy_expr(src)
+        except Exception as e:  # noqa: BLE001 - the same failure is the same outcome
+            return type(e)
+
+    fast = outcome()
+    default = sp.parse_expr
+    monkeypatch.setattr(sp, "parse_expr", lambda *a, global_dict=None, **k: default(*a, **k))
+    assert outcome() == fast

@@ -39,7 +39,7 @@ import logging
 from functools import lru_cache
 
 from rewards.math.bounded import POOL, VerifyTimeout
-from rewards.math.equivalence import numbers_equal
+from rewards.math.equivalence import normalise, numbers_equal
 from rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold
 from rewards.math.normalize import oversized_number, plain_number
 from rewards.registry import as_text
@@ -59,8 +59,8 @@ def _verify_cached(gold: str, pred: str, timeout: float) -> bool:
     g, p = plain_number(gold), plain_number(pred)
     if g is not None and p is not None:
         return numbers_equal(g, p)
-    if g is not None and oversized_number(pred):
-        return False
+    if g is not None and (oversized_number(pred) or not normalise(pred)):
+        return False  # an empty answer (the model echoing the prompt's \boxed{}) is not a number, as in answers_equal
     try:
         return POOL.check(gold, pred, timeout)
     except VerifyTimeout:

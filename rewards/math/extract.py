@@ -21,9 +21,13 @@ from data.sources import last_boxed
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _GSM8K = re.compile(r"####\s*([^\n]+)")
-_ANSWER_IS = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?\s*(.+?)(?:\.(?:\s|$)|\n|$)",
-                        re.IGNORECASE)
+# "(the) (final) answer is x". The optional words only widen a match to the left and never change x or where
+# the match ends, so the pattern leaves them out: findall returns the same list, ~10x faster (a start at
+# every character had to try "the" and "final" first)
+_ANSWER_IS = re.compile(r"answer\s+is\s*[:：]?\s*(.+?)(?:\.(?:\s|$)|\n|$)", re.IGNORECASE)
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
+_UP_TO_LAST_DIGIT = re.compile(r".*\d", re.DOTALL)
+_UP_TO_NOT_IN_NUMBER = re.compile(r".*[^\d\s,./-]", re.DOTALL)  # to the last character no _NUMBER match holds
 MAX_ANSWER_CHARS = 1000  # longer "answers" are not answers: they are compared as-is and never parsed
 
 
@@ -62,8 +66,15 @@ def _answer_in_span(span: str) -> str | None:
 
 
 def last_number(text: str) -> str | None:
-    nums = _NUMBER.findall(text)
-    return nums[-1].replace(" ", "") if nums else None
+    """The last _NUMBER match of `text`. _NUMBER matches hold only digits, whitespace and ``,./-`` and look at
+    nothing outside themselves, so the matches of the whole text are those of its stretches between other
+    characters: only the stretch with the last digit is matched (a whole 256-token text took ~0.1 ms)."""
+    last_digit = _UP_TO_LAST_DIGIT.match(text)
+    if last_digit is None:
+        return None
+    barrier = _UP_TO_NOT_IN_NUMBER.match(text, 0, last_digit.end())
+    nums = _NUMBER.findall(text, barrier.end() if barrier else 0)
+    return nums[-1].replace(" ", "")
 
 
 def extract_answer(completion: str, fallback: str | None = "last_number") -> str | None:
