@@ -167,6 +167,8 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     state.sampler = FixedLength(state.sampler)
     if not args.share_prompts:
         train.token_logprobs = functools.partial(train.token_logprobs, share_prompts=False)
+    if args.logprob_chunk:
+        train.token_logprobs = functools.partial(train.token_logprobs, chunk_tokens=args.logprob_chunk)
     if args.compile_logprobs:
         import grpo.logprobs as lp
 
@@ -487,6 +489,8 @@ def main(argv=None):
     p.add_argument("--share-prompts", action=argparse.BooleanOptionalAction, default=True,
                    help="update forward: each repeated prompt once (grpo.logprobs shared layout) or padded rows")
     p.add_argument("--compile-logprobs", action="store_true", help="torch.compile the chunked log-prob head")
+    p.add_argument("--logprob-chunk", type=int, default=None,
+                   help="tokens per log-prob head chunk in the update (grpo.logprobs default: 1024)")
     p.add_argument("--compile-model", action=argparse.BooleanOptionalAction, default=None,
                    help="ours with model.compile=true (compiled layers; default on GPU)")
     p.add_argument("--skip-trl", action="store_true")
