@@ -261,7 +261,7 @@ def test_a_sentence_against_a_number_does_not_run_simplify(monkeypatch):
 
 
 @pytest.mark.parametrize("src", ["x", "2 pi r", "\\sin x", "max(3, 5)", "min(x, 2)", "abs(-3)", "round(2.5)",
-                                 "pow(2, 10)", "len(x)", "print(5)", "S(1)/3", "N(pi)", "gamma(5) + beta",
+                                 "pow(2, 10)", "len(x)", "S(1)/3", "N(pi)", "gamma(5) + beta",
                                  "Q", "lambda", "E + e + i + I", "x!", "really that it will double", "1,2", ""])
 def test_parser_namespace_built_once_parses_as_sympys_default(monkeypatch, src):
     import sympy.parsing.sympy_parser as sp
@@ -278,3 +278,135 @@ def test_parser_namespace_built_once_parses_as_sympys_default(monkeypatch, src):
     default = sp.parse_expr
     monkeypatch.setattr(sp, "parse_expr", lambda *a, global_dict=None, **k: default(*a, **k))
     assert outcome() == fast
+
+
+# --- hostile answers: sympy's parser evals the answer; the helper's reply channel and namespace must hold
+
+_HOSTILE = ["print(5)", "exit()", "quit()", "input()", "help()", "breakpoint()", "__import__('os').system('echo hi')",
+            'open("/etc/passwd")', "eval(x)", "exec(x)", "pprint(x)", "print_tree(x)", "S(chr(53))", "sympify(chr(53))",
+            "f(x)[0]", "Max(*x)", "x.y"]
+
+
+@pytest.mark.parametrize("pred", _HOSTILE)
+def test_hostile_answer_is_not_equal_runs_nothing_and_keeps_the_helper(pred, capfd):
+    import rewards.math as rm
+
+    rm._verify_cached.cache_clear()
+    assert verify("5", "2+3")  # a warm helper, so the time below is the check's alone
+    pids = [h.proc.pid for h in rm.POOL.idle]
+    t0 = time.monotonic()
+    assert verify("5", pred) is False
+    assert time.monotonic() - t0 < 3  # input() once waited for a request line until the 5 s timeout
+    assert verify("5", "5") and verify("5", "3+2")
+    assert [h.proc.pid for h in rm.POOL.idle] == pids and all(h.proc.poll() is None for h in rm.POOL.idle)
+    assert capfd.readouterr().out == ""
+
+
+def test_a_string_built_at_parse_time_is_not_run_as_code(tmp_path_factory):
+    # this answer made the helper run a shell command: sympy parses a string with its full default namespace
+    import rewards.math as rm
+
+    target = tmp_path_factory.mktemp("pwn") / "x"
+    assert "_" not in str(target)  # latex_to_sympy_source would read an underscore as a subscript
+    code = f'("os").system("touch {target}")'
+    pred = "S(chr(95)+chr(95)+'import'+chr(95)+chr(95)+'" + code + "')"
+    rm._verify_cached.cache_clear()
+    assert verify("0", pred) is False and verify("5", "3+2")
+    assert not target.exists()
+
+
+def test_parser_namespace_has_no_python_io_exec_or_printers():
+    from rewards.math.equivalence import _parser_globals, _sympy_expr
+
+    g = _parser_globals()
+    for name in ["print", "exit", "quit", "open", "input", "exec", "eval", "compile", "breakpoint", "help", "chr",
+                 "getattr", "__import__", "parse_expr", "lambdify", "latex", "srepr", "sstr", "pprint",
+                 "print_latex", "preview", "init_session", "test", "python", "pycode", "var"]:
+        assert name not in g, name
+    assert g["__builtins__"] == {}
+    assert g["max"] is not max and g["abs"] is abs
+    with pytest.raises(TypeError):
+        g["S"]("1+1")
+    assert g["S"](1) == 1 and g["sympify"](2) == 2
+    assert not _sympy_expr("print(5)").atoms(__import__("sympy").core.function.AppliedUndef)  # symbols, no call
+
+
+@pytest.mark.parametrize("src,ok", [
+    ("3.5x + .5", True), ("[1, 2]", True), ("x**2 - 2*x", True), ("f(x) + (1, 2)", True), ("5!", True),
+    ("x if y else [3]", True), ("'5'", False), ('"5"', False), ("x.y", False), ("(x).y", False), ("x[0]", False),
+    ("f(x)[0]", False), ("[1][0]", False), ("f(*x)", False), ("f(x, **y)", False),
+])
+def test_source_screen(src, ok):
+    from rewards.math.equivalence import _screen_source
+
+    if ok:
+        _screen_source(src)
+    else:
+        with pytest.raises(ValueError):
+            _screen_source(src)
+
+
+def test_helper_reply_channel_is_private():
+    # what the helper evaluates may print, prompt, or write to fd 1 from C or a child process: none of it may
+    # reach the reply pipe, and nothing may read the request pipe
+    import subprocess
+    import sys
+
+    code = ("import os, sys\n"
+            "from rewards.math.bounded import _private_channel, _send\n"
+            "requests, replies = _private_channel()\n"
+            "print('junk'); sys.stdout.flush(); os.write(1, b'junk\\n'); os.system('echo junk')\n"
+            "try:\n    input()\nexcept EOFError:\n    pass\n"
+            "_send(replies, {'echo': requests.readline().decode()})\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], input=b"request\n", capture_output=True, cwd=root, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"echo": "request\n"}
+
+
+def test_a_garbled_reply_is_a_helper_failure_not_a_type_error():
+    # print(5) once made the helper answer "5": the caller crashed with TypeError and training stopped
+    import subprocess
+    import sys
+
+    from rewards.math.bounded import HelperFailed, _Helper
+
+    def fake_helper(reply):
+        helper = object.__new__(_Helper)
+        helper.buf = b""
+        helper.proc = subprocess.Popen([sys.executable, "-c", f"import sys; sys.stdin.readline(); print({reply!r})"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        return helper
+
+    helper = fake_helper('{"equal": true}')
+    assert helper.ask("5", "x", timeout=30) is True
+    helper.kill()
+    for reply in ["5", "not json", '{"equal": 1}', '{"equal": true}\n{"equal": false}']:
+        helper = fake_helper(reply)
+        with pytest.raises(HelperFailed):
+            helper.ask("5", "x", timeout=30)
+        helper.kill()
+
+
+def test_a_helper_failing_on_a_prediction_scores_it_not_equal(monkeypatch):
+    import rewards.math as rm
+    from rewards.math.bounded import HelperFailed
+
+    real = rm.POOL.check
+
+    def dies_on_boom(gold, pred, timeout):
+        if pred == "boom":
+            raise HelperFailed("verifier helper exited")
+        return real(gold, pred, timeout)
+
+    monkeypatch.setattr(rm.POOL, "check", dies_on_boom)
+    rm._verify_cached.cache_clear()
+    assert verify("5", "boom") is False and verify("5", "3+2")
+
+    def always_dies(gold, pred, timeout):
+        raise HelperFailed("verifier helper exited")
+
+    monkeypatch.setattr(rm.POOL, "check", always_dies)  # a helper that cannot check anything is not the answer's fault
+    rm._verify_cached.cache_clear()
+    with pytest.raises(HelperFailed):
+        verify("5", "x+5-x")

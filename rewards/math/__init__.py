@@ -31,14 +31,18 @@ Grading conventions (kept consistent everywhere in this package):
 
 Speed and bounds: a plain-number pair is decided in-process without sympy (the fast path).
 Everything else runs in a helper process with a wall-clock limit (`rewards.math.bounded`); a check that
-times out counts as not equal (logged), so one pathological prediction cannot stall training.
+times out counts as not equal (logged), so one pathological prediction cannot stall training. sympy's
+parser `eval`s the answer, in a namespace without Python's I/O, exec/eval, import or printers (``print(5)``
+reads as a product of symbols), and answers with string literals, attribute access, subscripts or ``*args``
+are not parsed (`equivalence._screen_source`). A helper that still dies or garbles its reply on a prediction
+scores it not equal (logged) as long as a helper answers a trivial check; only a broken helper stops a run.
 """
 from __future__ import annotations
 
 import logging
 from functools import lru_cache
 
-from rewards.math.bounded import POOL, VerifyTimeout
+from rewards.math.bounded import POOL, HelperFailed, VerifyTimeout
 from rewards.math.equivalence import normalise, numbers_equal
 from rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold
 from rewards.math.normalize import oversized_number, plain_number
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 
 CODE_TASKS = frozenset({"code", "humaneval", "mbpp"})
 DEFAULT_TIMEOUT_S = 5.0
+HEALTH_CHECK_TIMEOUT_S = 30.0  # a fresh helper imports sympy first (seconds on a busy machine)
 
 __all__ = ["accuracy_reward", "verify", "extract_answer", "extract_gold", "CODE_TASKS"]
 
@@ -66,6 +71,20 @@ def _verify_cached(gold: str, pred: str, timeout: float) -> bool:
     except VerifyTimeout:
         log.warning("math verification timed out after %.1fs (gold=%r, pred=%r): scored not equal",
                     timeout, gold[:80], pred[:80])
+        return False
+    except HelperFailed as e:
+        if not _helper_works():
+            raise  # not the prediction: the helper cannot check anything (a broken install), so say so
+        log.warning("math verifier helper failed (%s) on gold=%r, pred=%r: scored not equal", e, gold[:80], pred[:80])
+        return False
+
+
+def _helper_works() -> bool:
+    """Does a helper (a fresh one, unless another thread's is idle) answer a trivial check? Asked only after
+    a helper failed mid-check."""
+    try:
+        return POOL.check("1", "1", HEALTH_CHECK_TIMEOUT_S)
+    except (VerifyTimeout, HelperFailed):
         return False
 
 

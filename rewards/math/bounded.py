@@ -7,6 +7,13 @@ workers) reads one JSON request per line and answers one JSON line. The caller w
 the pipe, so this works from any thread; on timeout the helper is killed and a fresh one is started on
 the next call. Helpers are kept in a small pool (one per concurrently checking thread, up to
 `MAX_HELPERS`); each caps its own address space so a runaway expression cannot take the machine's memory.
+
+The helper talks over private copies of its stdin/stdout; fds 0 and 1 (and so `sys.stdin`, `sys.stdout`,
+C code and child processes) are /dev/null, so nothing evaluated during a check can read a request or write
+into a reply (sympy's parser runs `eval`: an answer ``print(5)`` once printed into the reply pipe and the
+reply protocol broke). Any exception a check raises, SystemExit included, is the verdict "not equal". A
+helper that dies or answers garbage mid-check raises `HelperFailed`; `rewards.math` scores that prediction
+not equal when a fresh helper still answers a trivial check.
 """
 from __future__ import annotations
 
@@ -31,10 +38,14 @@ class VerifyTimeout(Exception):
     """The check did not finish within its time limit (the helper was killed)."""
 
 
+class HelperFailed(RuntimeError):
+    """The helper exited or broke the reply protocol during a check (it was killed)."""
+
+
 class _Helper:
     def __init__(self) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _ROOT,
-               "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
+               "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "PYTHONBREAKPOINT": "0"}
         self.proc = subprocess.Popen([sys.executable, "-u", "-m", "rewards.math.bounded"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                      start_new_session=True, cwd=_ROOT)
@@ -54,13 +65,16 @@ class _Helper:
             if ready:
                 chunk = os.read(fd, 65536)
                 if not chunk:
-                    raise RuntimeError("verifier helper exited")
+                    raise HelperFailed("verifier helper exited")
                 self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
-        reply = json.loads(line)
-        if "error" in reply:
-            raise RuntimeError(reply["error"])
-        return bool(reply["equal"])
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict) or type(reply.get("equal")) is not bool or self.buf:
+            raise HelperFailed(f"verifier helper broke the reply protocol: {line[:80]!r}")
+        return reply["equal"]
 
     def kill(self) -> None:
         try:
@@ -106,22 +120,38 @@ class HelperPool:
 POOL = HelperPool()
 
 
+def _private_channel() -> tuple:
+    """Requests (a binary file) and the reply fd, as private copies of fds 0 and 1; then fds 0 and 1 become
+    /dev/null: `print`, `input`, a prompt, C code or a child process writing or reading there reaches neither
+    (the copies are not inherited by children). Call before anything can have buffered stdin."""
+    requests, replies = os.dup(0), os.dup(1)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(null, 1)
+    os.close(null)
+    return os.fdopen(requests, "rb"), replies
+
+
+def _send(fd: int, reply: dict) -> None:
+    data = (json.dumps(reply) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def _serve() -> None:
     import resource
     resource.setrlimit(resource.RLIMIT_AS, (HELPER_MEMORY_BYTES, HELPER_MEMORY_BYTES))
+    requests, replies = _private_channel()
     import sympy  # noqa: F401 - import before the first request so the first check is not slow
 
     from rewards.math.equivalence import answers_equal
-    for line in sys.stdin:
-        req = json.loads(line)
+    for line in requests:
         try:
+            req = json.loads(line)
             reply = {"equal": bool(answers_equal(req["gold"], req["pred"]))}
-        except MemoryError:
+        except BaseException:  # noqa: BLE001 - anything a prediction raises (MemoryError, SystemExit) is not equal
             reply = {"equal": False}
-        except Exception:  # noqa: BLE001 - a prediction sympy cannot handle is not equal
-            reply = {"equal": False}
-        sys.stdout.write(json.dumps(reply) + "\n")
-        sys.stdout.flush()
+        _send(replies, reply)
 
 
 if __name__ == "__main__":
