@@ -149,6 +149,10 @@ def load_rewards(specs: Sequence[RewardSpec]) -> list[LoadedReward]:
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
         raise RewardError(f"rewards listed twice: {dup}; each reward may appear once")
+    for r in loaded:  # a reward may start background work early (the math verifier's sympy helper)
+        warm = getattr(r.fn, "warm_up", None)
+        if callable(warm):
+            warm()
     return loaded
 
 

@@ -105,3 +105,27 @@ def test_rewards_do_not_import_torch_or_grpo():
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith('grpo')]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_loading_the_accuracy_reward_prestarts_one_sympy_helper_that_scoring_then_uses():
+    """load_rewards calls a reward's warm_up: the math verifier starts its helper process while the model
+    loads; the first symbolic check reuses that process (fresh interpreter: a fresh helper pool)."""
+    import subprocess
+    import sys
+
+    code = (
+        "from rewards.registry import RewardSpec, load_rewards\n"
+        "from rewards.math.bounded import POOL\n"
+        "from rewards.math import verify\n"
+        "assert POOL.idle == []\n"
+        "load_rewards([RewardSpec('accuracy')])\n"
+        "load_rewards([RewardSpec('accuracy')])\n"
+        "assert len(POOL.idle) == 1, POOL.idle\n"
+        "pid = POOL.idle[0].proc.pid\n"
+        "assert verify('5', '3+2') and not verify('5', 'x+2')\n"
+        "assert [h.proc.pid for h in POOL.idle] == [pid]\n"
+        "POOL.close()\n"
+        "print('ok')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip() == "ok"

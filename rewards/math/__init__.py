@@ -110,3 +110,6 @@ def accuracy_reward(prompts, completions, answer=None, task=None, fallback="last
         pred = extract_answer(as_text(completion), fallback=fallback)
         out.append(1.0 if verify(str(gold), pred, timeout) else 0.0)
     return out
+
+
+accuracy_reward.warm_up = POOL.prestart  # rewards.registry.load_rewards calls it: sympy loads during model loading
