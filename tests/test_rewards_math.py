@@ -410,3 +410,12 @@ def test_a_helper_failing_on_a_prediction_scores_it_not_equal(monkeypatch):
     rm._verify_cached.cache_clear()
     with pytest.raises(HelperFailed):
         verify("5", "x+5-x")
+
+
+def test_a_capital_o_is_a_letter_not_sympys_order_term():
+    """A sampled sentence starting with "Omega..." parsed O as sympy's Order: the comparison ran series code
+    for ~1 s and raised TypeError (the helper then scored it False). O is now a plain symbol."""
+    from rewards.math.equivalence import answers_equal
+
+    assert answers_equal("639", "Omegacss overcame nation Editionaho askingaidaxis") is False
+    assert answers_equal("O + 1", "1 + O") is True

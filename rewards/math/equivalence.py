@@ -75,7 +75,10 @@ def _sympy_expr(s: str):
     if "%" in src:
         src = src.replace("%", "/100")
     _screen_source(src)
-    names = {"e": sympy.E, "E": sympy.E, "i": sympy.I, "pi": sympy.pi, "oo": sympy.oo, "lamda": sympy.Symbol("lamda")}
+    # O is a plain letter: as sympy's Order, a sentence such as "Omega overcame ..." turned into O(...) terms whose
+    # substitution ran series/limit code (~1.3 s) and raised TypeError on comparison; no answer here is big-O
+    names = {"e": sympy.E, "E": sympy.E, "i": sympy.I, "pi": sympy.pi, "oo": sympy.oo, "lamda": sympy.Symbol("lamda"),
+             "O": sympy.Symbol("O")}
     tr = standard_transformations + (implicit_multiplication_application, convert_xor)
     return parse_expr(src, local_dict=names, transformations=tr, evaluate=True, global_dict=dict(_parser_globals()))
 
