@@ -260,7 +260,9 @@ def kernel_table(state, train, batch, gpu: bool, rows: int = 40) -> None:
         train.policy_update = update
     prof = holder["prof"]
     events = prof.key_averages()
-    device_total = sum(getattr(e, "self_device_time_total", 0.0) for e in events) / 1e6
+    # kernels only, as the profiler table's footer counts them: an op row also carries its kernels' time
+    device_total = sum(e.self_device_time_total for e in events
+                       if e.device_type != torch.autograd.DeviceType.CPU and not e.is_user_annotation) / 1e6
     print(f"policy update under the profiler: wall {holder['wall']:.3f} s, kernels {device_total:.3f} s", flush=True)
     key = "self_cuda_time_total" if gpu else "self_cpu_time_total"
     table = events.table(sort_by=key, row_limit=rows)

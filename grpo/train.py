@@ -217,14 +217,16 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         tokenizer = load_tokenizer(cfg.model.name)
     if model is None:
         model = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
+    # the first 64 training prompts: the MoE bias calibration batch and the sampler's length bound
+    first_prompts = encode_prompts(tokenizer, train[:64], cfg.data.template, cfg.data.assistant_prefix)[1]
     if cfg.model.adapter:
         from grpo.adapters import BiasCalibration, apply_adapters
 
-        # MoE bias calibration (moe.calibrate_bias_steps): the first 64 training prompts and one rollout-style
-        # continuation of each; MLA keeps its weight-only init here
+        # MoE bias calibration (moe.calibrate_bias_steps): those prompts and one rollout-style continuation
+        # of each; MLA keeps its weight-only init here
         sp = cfg.sampling
         calib = BiasCalibration(
-            encode_prompts(tokenizer, train[:64], cfg.data.template, cfg.data.assistant_prefix)[1], tokenizer,
+            first_prompts, tokenizer,
             SamplingParams(max_new_tokens=sp.max_new_tokens, temperature=sp.temperature, top_p=sp.top_p,
                            top_k=sp.top_k))
         model = apply_adapters(model, cfg.model.adapter, moe_calibration=calib)
@@ -243,8 +245,7 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         ref = ref.to(acc.device)
     # the sampler gets the bare model: accelerate's autocast wrapper on forward would make CPU decoding slow
     unwrapped = acc.unwrap_model(model, keep_fp32_wrapper=False)
-    max_len = max(len(x) for x in encode_prompts(tokenizer, train[:64], cfg.data.template,
-                                                 cfg.data.assistant_prefix)[1]) + cfg.sampling.max_new_tokens
+    max_len = max(len(x) for x in first_prompts) + cfg.sampling.max_new_tokens
     # the engine on a bf16-capable CPU decodes from bf16 shadow weights (measured 2.4x the HF fp32 sampler
     # on SmolLM2, 64 rows x 48 tokens); "auto" keeps bf16 on CUDA and the weights' dtype elsewhere
     engine_dtype = (torch.bfloat16 if acc.device.type == "cpu" and resolve_precision(cfg.run.mixed_precision) == "bf16"
@@ -450,10 +451,11 @@ def _optimizer_step(state: TrainState, agg: dict[str, list[float]], num_micro: i
     state.optimizer.step()
     state.scheduler.step()
     state.optimizer.zero_grad(set_to_none=True)
-    if _adapted(state) is not None:
+    adapted = _adapted(state)
+    if adapted is not None:
         from grpo.adapters import after_optimizer_step
 
-        after_optimizer_step(_adapted(state))
+        after_optimizer_step(adapted)
     if grad_norm is None:
         reported = getattr(model, "get_global_grad_norm", lambda: None)()
         if reported is None:
@@ -539,11 +541,12 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
 
 
 def _adapter_metrics(state: TrainState) -> dict[str, float]:
-    if _adapted(state) is None:
+    adapted = _adapted(state)
+    if adapted is None:
         return {}
     from grpo.adapters import adapter_metrics
 
-    return adapter_metrics(_adapted(state))
+    return adapter_metrics(adapted)
 
 
 # ---------------------------------------------------------------- checkpoints and the loop

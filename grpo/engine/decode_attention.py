@@ -85,8 +85,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
                      use_triton: bool = True, block_n: int = 64) -> torch.Tensor:
     """q [N, Hkv, R, D]; k, v [N, Hkv, L, D] (cache views, last dim contiguous); mask [N, L] additive
     (views with a unit last stride are fine). Returns [N, Hkv, R, D] in q's dtype."""
-    n, hkv, rep, d = q.shape
-    length = k.shape[2]
+    rep, d = q.shape[2:]
     fits = (use_triton and triton is not None and q.is_cuda and d in (16, 32, 64, 128, 256) and rep <= 64
             and q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1 and mask.stride(-1) == 1)
     if not fits:
