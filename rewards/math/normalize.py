@@ -102,11 +102,10 @@ def plain_number(s: str) -> Number | None:
     if s.startswith("(") and s.endswith(")") and "," not in s:
         s = s[1:-1]
     if _DECIMAL.match(s):
-        mantissa, _, exp = s.lower().partition("e")
-        if len(mantissa) > MAX_DIGITS or (exp and abs(int(exp)) > MAX_EXPONENT):
+        if _decimal_too_big(s):
             return None  # Fraction("1e9999999") alone takes seconds: such numbers are not GSM8K/MATH answers
-        mantissa = s.split("e")[0].split("E")[0]
-        places = len(mantissa.split(".")[1]) if "." in mantissa and "e" not in s.lower() else None
+        mantissa, sci, _ = s.lower().partition("e")
+        places = len(mantissa.split(".")[1]) if "." in mantissa and not sci else None
         return Number(Fraction(s), percent, places)
     m = _SCI_LATEX.match(s)
     if m:
@@ -128,13 +127,18 @@ def plain_number(s: str) -> Number | None:
     return None
 
 
+def _decimal_too_big(s: str) -> bool:
+    """A `_DECIMAL` string beyond the fast path's bounds (mantissa digits or exponent)."""
+    mantissa, _, exp = s.lower().partition("e")
+    return len(mantissa) > MAX_DIGITS or bool(exp) and abs(int(exp)) > MAX_EXPONENT
+
+
 def oversized_number(s: str) -> bool:
     """A plain decimal (or a/b) beyond the fast path's bounds, e.g. 1e12345678: no bounded gold equals it,
     so callers can say "not equal" without sympy (which would only run into its time limit)."""
     s = drop_units(clean(s)).rstrip("%").replace(" ", "")
     if _DECIMAL.match(s):
-        mantissa, _, exp = s.lower().partition("e")
-        return len(mantissa) > MAX_DIGITS or bool(exp) and abs(int(exp)) > MAX_EXPONENT
+        return _decimal_too_big(s)
     m = re.fullmatch(r"[+-]?(\d+)/(\d+)", s)
     return bool(m) and max(len(m.group(1)), len(m.group(2))) > MAX_DIGITS
 
