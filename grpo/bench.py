@@ -358,7 +358,8 @@ def bench_engine(args, config, sd, tok, rows, gpu: bool) -> list[dict]:
         print(" ", json.dumps(r), flush=True)
 
     full = SamplingParams(max_new_tokens=args.tokens, temperature=1.0, min_new_tokens=args.tokens)
-    variants = [("engine graphs+compile", dict(cuda_graphs=True, compile=True)),
+    variants = [("engine graphs+compile (fused decode)", dict(cuda_graphs=True, compile=True)),
+                ("engine graphs+compile, unfused decode", dict(cuda_graphs=True, compile=True, fused=False)),
                 ("engine graphs+compile, SDPA decode attention",
                  dict(cuda_graphs=True, compile=True, attention_kernel="sdpa")),
                 ("engine graphs", dict(cuda_graphs=True, compile=False)),
@@ -391,6 +392,8 @@ def bench_engine(args, config, sd, tok, rows, gpu: bool) -> list[dict]:
     print(" ", json.dumps(out[-1]), flush=True)
     if gpu:
         out.append(check_decode_kernel(model, tok, prompt_ids))
+        print(" ", json.dumps(out[-1]), flush=True)
+        out.append(check_fused_decode(model, tok, prompt_ids))
         print(" ", json.dumps(out[-1]), flush=True)
     del model
     free_memory(gpu)
@@ -456,6 +459,48 @@ def check_decode_kernel(model, tok, prompt_ids) -> dict:
     same = ta[:, :width] == tb[:, :width]
     return {"check": "triton decode attention", "max_absdiff_vs_fp32_sdpa": round(worst, 5),
             "greedy_rows_identical_triton_vs_sdpa": int(same.all(1).sum()), "rows": len(prompt_ids),
+            "greedy_mean_agreeing_prefix": round(float(same.long().cumprod(1).sum(1).float().mean()), 1)}
+
+
+def check_fused_decode(model, tok, prompt_ids) -> dict:
+    """The fused decode kernels against their fp32 reference on the real model's first layer (bf16
+    weights, std-step rows), and greedy engine tokens fused vs unfused."""
+    from grpo.engine import EngineSampler
+    from grpo.engine.fused_decode import (norm_gate_up, norm_qkv_rope, reference_norm_gate_up,
+                                          reference_norm_qkv_rope)
+    from grpo.rollout import SamplingParams
+
+    layer = model.get_decoder().layers[0]
+    at, mlp = layer.self_attn, layer.mlp
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    n, slots, d = 128, 320, at.head_dim
+    hkv = model.config.num_key_value_heads
+    x = torch.randn(n, model.config.hidden_size, generator=gen, device="cuda", dtype=torch.bfloat16)
+    cos, sin = model.get_decoder().rotary_emb(x, torch.arange(slots, device="cuda")[None])
+    pos = torch.randint(0, slots, (n,), generator=gen, device="cuda")
+    slot = torch.tensor([200], device="cuda")
+    norm = layer.input_layernorm
+    args = (x, norm.weight, norm.variance_epsilon, at.q_proj.weight, at.k_proj.weight, at.v_proj.weight,
+            None, None, None, cos[0], sin[0], pos, slot)
+    caches = [torch.zeros(n, hkv, slots, d, device="cuda", dtype=torch.bfloat16) for _ in range(4)]
+    q = norm_qkv_rope(*args, caches[0], caches[1])
+    ref = reference_norm_qkv_rope(*args, caches[2], caches[3])
+    post = layer.post_attention_layernorm
+    act = norm_gate_up(x, post.weight, post.variance_epsilon, mlp.gate_proj.weight, mlp.up_proj.weight)
+    act_ref = reference_norm_gate_up(x, post.weight, post.variance_epsilon, mlp.gate_proj.weight, mlp.up_proj.weight)
+    rel = lambda a, b: float((a.float() - b.float()).abs().max() / b.float().abs().max())  # noqa: E731
+    g = SamplingParams(max_new_tokens=64, temperature=0.0)
+    tokens = []
+    for fused in (True, False):
+        eng = EngineSampler(model, tok, max_batch=128, fused=fused)
+        tokens.append(eng.generate(prompt_ids, 1, g).completion_ids)
+        eng.release()
+    width = min(t.shape[1] for t in tokens)
+    same = tokens[0][:, :width] == tokens[1][:, :width]
+    return {"check": "fused decode", "q_maxrel": round(rel(q, ref), 4),
+            "k_maxrel": round(rel(caches[0], caches[2]), 4), "v_maxrel": round(rel(caches[1], caches[3]), 4),
+            "gate_up_maxrel": round(rel(act, act_ref), 4),
+            "greedy_rows_identical_fused_vs_unfused": int(same.all(1).sum()), "rows": len(prompt_ids),
             "greedy_mean_agreeing_prefix": round(float(same.long().cumprod(1).sum(1).float().mean()), 1)}
 
 

@@ -27,6 +27,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from grpo.engine.fused_decode import norm_qkv_rope
+
 
 @dataclass
 class PrefillContext:
@@ -43,7 +45,9 @@ class PrefillContext:
 @dataclass
 class DecodeContext:
     """positions [N] long, cos/sin [N, 1, 1, D], slot [1] long (cache slot written this step, the same
-    for every row), mask [N, 1, 1, length] additive over cache slots, length: slots attended."""
+    for every row), mask [N, 1, 1, length] additive over cache slots, length: slots attended;
+    cos_table/sin_table [slots, D]: the tables cos/sin were gathered from (the fused kernels gather
+    themselves)."""
 
     positions: torch.Tensor
     cos: torch.Tensor
@@ -51,6 +55,8 @@ class DecodeContext:
     slot: torch.Tensor
     mask: torch.Tensor
     length: int
+    cos_table: torch.Tensor | None = None
+    sin_table: torch.Tensor | None = None
 
 
 class LayerAttention(Protocol):
@@ -129,6 +135,29 @@ class GQAAttention:
         out = self.ops.decode_attention(q, kc[:, :, : ctx.length], vc[:, :, : ctx.length], ctx.mask[:, 0, 0],
                                         self.scale)
         return _linear(out.reshape(n, 1, -1), self.m.o_proj, self.ops)
+
+    def fusable(self) -> bool:
+        """Whether `decode_fused` serves this layer: no q/k norms, q/k/v weights contiguous, biases on
+        all three or none, head_dim a power of two >= 32 (tensor-core tiles of D/2 columns)."""
+        m, w = self.m, self.ops.w
+        biases = [getattr(p, "bias", None) is not None for p in (m.q_proj, m.k_proj, m.v_proj)]
+        d = self.head_dim
+        return (self.q_norm is None and all(w(p.weight).is_contiguous() for p in (m.q_proj, m.k_proj, m.v_proj))
+                and len(set(biases)) == 1 and d >= 32 and d & (d - 1) == 0)
+
+    def decode_fused(self, x: torch.Tensor, norm, ctx: DecodeContext) -> torch.Tensor:
+        """x [N, H] the un-normed residual stream; norm the layer's input RMSNorm. One Triton kernel
+        (grpo.engine.fused_decode.norm_qkv_rope) normalises, projects, rotates and writes this step's
+        K/V into the cache; then decode attention. Returns the attention output [N, Hq·D] before o_proj."""
+        n = x.shape[0]
+        w, m = self.ops.w, self.m
+        q = norm_qkv_rope(x, w(norm.weight), _eps(norm), w(m.q_proj.weight), w(m.k_proj.weight),
+                          w(m.v_proj.weight), w(m.q_proj.bias), w(m.k_proj.bias), w(m.v_proj.bias),
+                          ctx.cos_table, ctx.sin_table, ctx.positions, ctx.slot, self.k_cache, self.v_cache)
+        kc, vc = self.k_cache[:n, :, : ctx.length], self.v_cache[:n, :, : ctx.length]
+        out = self.ops.decode_attention(q.view(n, self.n_kv, self.rep, self.head_dim), kc, vc,
+                                        ctx.mask[:, 0, 0], self.scale)
+        return out.reshape(n, -1)
 
 
 class MLALatentAttention:
