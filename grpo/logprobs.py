@@ -16,13 +16,25 @@ for every completion. The maths is unchanged — each completion token is condit
 context — and gradients from all G completions flow into the one shared prompt computation (their sum,
 as in the padded layout). It needs an attention implementation that takes a custom 4D mask (sdpa) and a
 model without our MLA/MoE adapters (routing replay is recorded per row); otherwise the padded layout is used.
+
+The block mask comes from segment ids (prompt -1, completion of row r: r, padding -2; `_may_attend`) in
+one of two forms (`attention=`): "dense", a boolean [U, 1, L, L] tensor through SDPA, which then runs
+its masked (non-flash) kernel over every L x L score; or "flex", a FlexAttention BlockMask
+(`torch.nn.attention.flex_attention`) whose kernel skips the 128 x 128 tiles no query may see (tiles
+that are all sibling completions, above the diagonal, or padding) and applies the rule elementwise on
+the partly visible ones. For "flex" the layout is padded to a multiple of 128 columns, so compiled
+kernels meet few distinct widths. "auto" (the default) is "flex" on CUDA, "dense" elsewhere.
 """
 from __future__ import annotations
 
+import functools
+import importlib
 from dataclasses import dataclass
 
 import torch
 from torch.utils.checkpoint import checkpoint
+
+FLEX_BLOCK = 128  # FlexAttention's default (sparse) block size: BlockMask tiles are FLEX_BLOCK x FLEX_BLOCK
 
 
 @dataclass
@@ -91,16 +103,45 @@ def _chunk_entropy(hidden: torch.Tensor, lm_head: torch.nn.Module, temperature: 
 class SharedLayout:
     """Distinct prompts packed once each, followed by their completions' real tokens.
 
-    input_ids / position_ids: [U, L]; attention: [U, 1, L, L] bool (True = may attend);
-    src_seq / src_pos: [K] where the hidden state predicting each real completion token sits, in the
-    row-major order of `completion_mask > 0`.
+    input_ids / position_ids / segments: [U, L]; segments: -1 a prompt token, r a token of row r's
+    completion, -2 padding; src_seq / src_pos: [K] where the hidden state predicting each real completion
+    token sits, in the row-major order of `completion_mask > 0`.
     """
 
     input_ids: torch.Tensor
     position_ids: torch.Tensor
-    attention: torch.Tensor
+    segments: torch.Tensor
     src_seq: torch.Tensor
     src_pos: torch.Tensor
+
+    def dense_mask(self) -> torch.Tensor:
+        """[U, 1, L, L] bool, True where a query may attend a key (`_may_attend` at every pair)."""
+        seg = self.segments
+        col = torch.arange(seg.shape[1], device=seg.device)
+        return _may_attend(seg[:, :, None], seg[:, None, :], col[:, None], col[None, :])[:, None]
+
+    def block_mask(self):
+        """The same rule as a FlexAttention BlockMask over [U, 1, L, L] (`create_block_mask` evaluates
+        `_may_attend` as mask_mod to classify each 128 x 128 tile as empty, full or partial); built once per
+        layout, shared by every layer. On CUDA through torch.compile (eager builds the whole L x L mask)."""
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        seg = self.segments
+
+        def mask_mod(b, h, q, k):
+            return _may_attend(seg[b, q], seg[b, k], q, k)
+
+        build = _compiled(create_block_mask) if seg.is_cuda else create_block_mask
+        u, width = seg.shape
+        return build(mask_mod, u, None, width, width, device=seg.device)
+
+
+def _may_attend(seg_q, seg_k, q, k):
+    """Whether the query at column q (segment seg_q) may attend the key at column k (segment seg_k), for
+    broadcastable tensors: causal, and the key is a prompt token or in the query's own completion; a
+    padding query sees only itself (its softmax stays finite). Both mask forms evaluate this."""
+    own = (seg_k == -1) | ((seg_q == seg_k) & (seg_q >= 0))
+    return ((q >= k) & own) | ((q == k) & (seg_q == -2))
 
 
 def _can_share(model) -> bool:
@@ -110,9 +151,10 @@ def _can_share(model) -> bool:
             and not getattr(cfg, "adapter", None))
 
 
-def shared_layout(batch: PackedBatch, min_saving: float = 0.1) -> SharedLayout | None:
-    """The shared-prompt layout of `batch`, or None when no prompt repeats, a completion mask is not a
-    prefix of ones, or it would save less than `min_saving` of the padded layout's tokens."""
+def shared_layout(batch: PackedBatch, min_saving: float = 0.1, multiple: int = 1) -> SharedLayout | None:
+    """The shared-prompt layout of `batch`, its width padded up to a multiple of `multiple`, or None when
+    no prompt repeats, a completion mask is not a prefix of ones, or it would save less than `min_saving`
+    of the padded layout's tokens (counting the width padding)."""
     p = batch.prompt_width
     am = batch.attention_mask[:, :p].bool()
     lens = batch.completion_mask.sum(dim=1).long()
@@ -126,7 +168,7 @@ def shared_layout(batch: PackedBatch, min_saving: float = 0.1) -> SharedLayout |
     if len(groups) == n:
         return None
     seq_lens = [len(k) + int(lens[rows].sum()) for k, rows in groups.items()]
-    width = max(seq_lens)
+    width = -(-max(seq_lens) // multiple) * multiple
     if len(groups) * width > (1.0 - min_saving) * batch.input_ids.numel():
         return None
     dev = batch.input_ids.device
@@ -160,21 +202,80 @@ def shared_layout(batch: PackedBatch, min_saving: float = 0.1) -> SharedLayout |
         src_pos[offset] = lp - 1  # the prompt's last state predicts the first completion token
         src_pos[offset + 1:offset + k] = torch.arange(col, col + k - 1)
         offset += k
-    q = seg[:, :, None]
-    kk = seg[:, None, :]
-    causal = torch.ones((width, width), dtype=torch.bool, device=dev).tril()
-    allowed = causal[None] & ((kk == -1) | ((q == kk) & (q >= 0)))
-    allowed |= torch.eye(width, dtype=torch.bool, device=dev)[None] & (q == -2)  # pad rows see themselves
-    return SharedLayout(ids, pos, allowed[:, None], src_seq.to(dev), src_pos.to(dev))
+    return SharedLayout(ids, pos, seg, src_seq.to(dev), src_pos.to(dev))
 
 
-def _completion_states(model, batch: PackedBatch, real: torch.Tensor, share: bool) -> torch.Tensor:
+@functools.cache
+def _compiled(fn):
+    """torch.compile(fn), made once per function so its compiled graphs are kept and reused."""
+    return torch.compile(fn)
+
+
+def _flex_available() -> bool:
+    try:
+        importlib.import_module("torch.nn.attention.flex_attention")
+    except ImportError:
+        return False
+    return True
+
+
+def _route_block_masks_to_flex() -> None:
+    """Make transformers' "sdpa" attention run FlexAttention for a BlockMask mask (idempotent).
+
+    HF attention layers look their attention function up at every forward, by `config._attn_implementation`,
+    in transformers' AttentionInterface; a 4-D BlockMask given as `attention_mask` reaches them unchanged
+    (masking_utils `_preprocess_mask_arguments` returns 4-D masks as they are; transformers 5.17 and 5.23).
+    So the global "sdpa" entry is replaced once by `_sdpa_or_flex` around it: a BlockMask, which only the
+    shared-layout call passes, goes to FlexAttention and every other mask to the wrapped function with the
+    same arguments. Nothing of a model changes (config, modules, graphs compiled for tensor masks), it holds
+    through compiled layers, DDP wrappers and gradient checkpointing, and the rollout engine never calls HF
+    attention. A switch of `config._attn_implementation` around the forward would not hold: gradient
+    checkpointing re-runs the layers in backward, after the switch is undone, and sdpa gets the BlockMask."""
+    from transformers import AttentionInterface
+
+    sdpa = AttentionInterface()["sdpa"]  # a fresh instance has no local entries: the global one
+    if not getattr(sdpa, "routes_block_masks_to_flex", False):
+        AttentionInterface.register("sdpa", _sdpa_or_flex(sdpa))
+
+
+def _sdpa_or_flex(sdpa):
+    """An HF attention function: FlexAttention when the mask is a BlockMask, else `sdpa` unchanged."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    def attention(module, query, key, value, attention_mask, *args, **kwargs):
+        if not isinstance(attention_mask, BlockMask):
+            return sdpa(module, query, key, value, attention_mask, *args, **kwargs)
+        if kwargs.get("dropout", 0.0) > 0 or kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None:
+            raise ValueError("the FlexAttention shared layout has no attention dropout, logit softcap or sinks")
+        return _flex_attention(query, key, value, attention_mask, kwargs.get("scaling")), None
+
+    attention.routes_block_masks_to_flex = True
+    return attention
+
+
+def _flex_attention(query, key, value, block_mask, scale) -> torch.Tensor:
+    """FlexAttention of q [B, Hq, L, d] over k, v [B, Hkv, L, d] -> [B, L, Hq, d] (HF's output layout),
+    grouped-query heads by `enable_gqa` (K/V not repeated). On CUDA a fused Triton kernel: traced into
+    the layer's graph inside a compiled layer, else through one torch.compile of flex_attention; on CPU
+    the unfused eager reference."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    inline = torch.compiler.is_compiling() or not query.is_cuda
+    flex = flex_attention if inline else _compiled(flex_attention)
+    out = flex(query, key, value, block_mask=block_mask, scale=scale, enable_gqa=query.shape[1] != key.shape[1])
+    return out.transpose(1, 2).contiguous()
+
+
+def _completion_states(model, batch: PackedBatch, real: torch.Tensor, share: bool, flex: bool) -> torch.Tensor:
     """Final hidden states [K, D] that predict the real completion tokens (row-major order)."""
     # Through the model's own forward (so DDP/FSDP wrappers see it and sync gradients), keeping logits for
     # one position only; the completion logits are then made chunk by chunk from the final hidden states.
-    layout = shared_layout(batch) if share and _can_share(model) else None
+    layout = shared_layout(batch, multiple=FLEX_BLOCK if flex else 1) if share and _can_share(model) else None
     if layout is not None:
-        out = model(input_ids=layout.input_ids, attention_mask=layout.attention, position_ids=layout.position_ids,
+        if flex:
+            _route_block_masks_to_flex()
+        mask = layout.block_mask() if flex else layout.dense_mask()
+        out = model(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids,
                     use_cache=False, logits_to_keep=1, output_hidden_states=True)
         return out.hidden_states[-1][layout.src_seq, layout.src_pos]
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
@@ -184,12 +285,19 @@ def _completion_states(model, batch: PackedBatch, real: torch.Tensor, share: boo
 
 
 def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_tokens: int = 1024,
-                   with_entropy: bool = False, share_prompts: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                   with_entropy: bool = False, share_prompts: bool = True,
+                   attention: str = "auto") -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs [N, T] float32 of the completion tokens, 0 where the mask is 0 (and entropy [N, T]
-    without grad if asked). `share_prompts`: compute each repeated prompt once (see the module docstring)."""
+    without grad if asked). `share_prompts`: compute each repeated prompt once; `attention`: "auto",
+    "dense" or "flex", the shared layout's mask form (see the module docstring; the padded layout always
+    runs the model's own attention). Torch refuses FlexAttention backward on CPU (no CPU kernel for it)."""
+    if attention not in ("auto", "dense", "flex"):
+        raise ValueError(f"attention must be 'auto', 'dense' or 'flex', got {attention!r}")
+    if attention == "auto":
+        attention = "flex" if batch.input_ids.is_cuda and _flex_available() else "dense"
     lm_head = getattr(model, "module", model).get_output_embeddings()
     real = batch.completion_mask > 0  # [N, T]
-    h = _completion_states(model, batch, real, share_prompts)  # [K, D]: real tokens only
+    h = _completion_states(model, batch, real, share_prompts, attention == "flex")  # [K, D]: real tokens only
     y = batch.completion_ids[real]  # [K]
     grad = torch.is_grad_enabled() and h.requires_grad
     logps, ents = [], []

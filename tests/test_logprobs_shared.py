@@ -24,7 +24,7 @@ def test_layout_packs_each_prompt_once_with_block_mask():
     lay = shared_layout(b)
     assert lay is not None and lay.input_ids.shape[0] == 2
     assert lay.input_ids.shape[1] == 5 + 7 + 3 + 5  # longest: prompt 0 + its completions' real tokens
-    att = lay.attention[0, 0]
+    att = lay.dense_mask()[0, 0]
     # the second completion of prompt 0 starts at column 12: it sees the prompt and itself, not completion 1
     assert att[12, :5].all() and not att[12, 5:12].any() and att[12, 12]
     assert int(b.completion_mask.sum()) == lay.src_seq.numel()
