@@ -164,9 +164,13 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     cfg = ours_config(args, gpu, "/tmp/grpo_bench_ours")
     model = build_model(config, sd, ours_dtype(args, gpu), device)
     state = train.setup(cfg, model=model, tokenizer=tok)
+    if args.keep_cache is not None:
+        state.sampler.keep_cache = args.keep_cache
     state.sampler = FixedLength(state.sampler)
     if not args.share_prompts:
         train.token_logprobs = functools.partial(train.token_logprobs, share_prompts=False)
+    if args.update_attention != "auto":
+        train.token_logprobs = functools.partial(train.token_logprobs, attention=args.update_attention)
     if args.logprob_chunk:
         train.token_logprobs = functools.partial(train.token_logprobs, chunk_tokens=args.logprob_chunk)
     if args.compile_logprobs:
@@ -540,6 +544,10 @@ def main(argv=None):
                    help="tokens per log-prob head chunk in the update (grpo.logprobs default: 1024)")
     p.add_argument("--compile-model", action=argparse.BooleanOptionalAction, default=None,
                    help="ours with model.compile=true (compiled layers; default on GPU)")
+    p.add_argument("--keep-cache", action=argparse.BooleanOptionalAction, default=None,
+                   help="engine: keep the KV cache and graphs through the update (default: the sampler's own)")
+    p.add_argument("--update-attention", choices=("auto", "rows", "dense", "flex"), default="auto",
+                   help="shared-prompt layout attention in the update (grpo.logprobs.token_logprobs)")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--engine-only", action="store_true",

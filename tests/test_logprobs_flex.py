@@ -92,10 +92,10 @@ def test_flex_through_compiled_attention_no_recompile(tok, cpu_flex_backward):
     assert counters["stats"]["unique_graphs"] >= 1  # the attention did go through dynamo
 
 
-def test_auto_is_dense_on_cpu_and_tensor_masks_keep_sdpa(tok):
+def test_auto_never_picks_flex_and_tensor_masks_keep_sdpa(tok):
     model = tiny_model(tok)
     b = _batch()
-    lp, ent, g = _logprobs_and_grads(model, b)  # "auto" on CPU: dense, whose backward torch runs on CPU
+    lp, ent, g = _logprobs_and_grads(model, b)  # "auto": rows (whole groups) or dense, never flex
     _route_block_masks_to_flex()
     routed = AttentionInterface()["sdpa"]
     _route_block_masks_to_flex()

@@ -1,0 +1,96 @@
+"""The regular shared-prompt layout (RowsLayout, attention="rows"/"auto") gives the padded layout's and the
+dense-mask layout's log-probs, entropy and gradients (fp32, CPU), and is refused where it does not apply."""
+import copy
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from grpo.logprobs import pack, rows_layout, token_logprobs
+from grpo.testing import tiny_model
+
+
+def _batch(shift=0, rows_per_prompt=(6, 6)):
+    """Two prompts of different lengths (left padding inside the layout), ragged completions, one empty."""
+    g = torch.Generator().manual_seed(shift)
+    a, b = rows_per_prompt
+    rows = [[5, 6, 7, 8, 9]] * a + [[10, 11, 12]] * b
+    n = a + b
+    comp = torch.randint(13, 40, (n, 60), generator=g)
+    lens = (torch.tensor([60, 7, 33, 1, 45, 0, 20, 60, 9, 38, 11, 25, 30, 3])[:n] - shift).clamp(min=0)
+    mask = (torch.arange(60)[None] < lens[:, None]).long()
+    return pack(rows, comp * mask, mask, pad_id=0)
+
+
+def _logprobs_and_grads(model, batch, **kw):
+    model.zero_grad(set_to_none=True)
+    lp, ent = token_logprobs(model, batch, temperature=0.7, with_entropy=True, **kw)
+    (lp * torch.linspace(0.5, 1.5, lp.numel()).view_as(lp)).sum().backward()
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    return lp.detach(), ent, grads
+
+
+def test_rows_layout_shape_plan_and_sources():
+    b = _batch()
+    lay = rows_layout(b)
+    u, g, t, pw = 2, 6, 60, 5
+    assert lay.input_ids.shape == (u, pw + g * t) and lay.plan.shape == (u * g, 1, t, pw + t)
+    assert lay.plan.dtype == torch.uint8
+    # prompt 1 ([10, 11, 12]) is left-padded by 2: its rows never see those keys; own keys causally
+    assert (lay.plan[g:, 0, :, :2] == 0).all() and (lay.plan[g:, 0, :, 2:pw] == 1).all()
+    assert torch.equal(lay.plan[0, 0, :, pw:], torch.ones(t, t, dtype=torch.uint8).tril())
+    assert lay.position_ids[1, pw:pw + 3].tolist() == [3, 4, 5]  # after a 3-token prompt
+    # the first completion token of every row is predicted by its prompt's last column
+    assert lay.src_pos[0] == pw - 1 and lay.src_seq[0] == 0
+    assert lay.src_seq.numel() == int(b.completion_mask.sum())
+
+
+@pytest.mark.parametrize("grad_ckpt", [False, True])
+def test_rows_equals_padded_and_dense_logprobs_entropy_and_grads(tok, grad_ckpt):
+    model = tiny_model(tok)
+    if grad_ckpt:  # layers re-run in backward: the plan must reach the attention there too
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    b = _batch()
+    assert rows_layout(b) is not None
+    padded = _logprobs_and_grads(model, b, share_prompts=False)
+    dense = _logprobs_and_grads(model, b, attention="dense")
+    for kw in ({"attention": "rows"}, {}):  # "auto" takes the rows layout when it applies
+        rows = _logprobs_and_grads(model, b, **kw)
+        for ref in (dense, padded):
+            assert torch.allclose(rows[0], ref[0], atol=1e-5), (rows[0] - ref[0]).abs().max()
+            assert torch.allclose(rows[1], ref[1], atol=1e-5)
+            assert torch.allclose(rows[2], ref[2], atol=1e-5, rtol=1e-4), (rows[2] - ref[2]).abs().max()
+        assert (rows[0][b.completion_mask == 0] == 0).all()
+
+
+def test_rows_not_used_for_unequal_groups_and_auto_falls_back(tok):
+    b = _batch(rows_per_prompt=(6, 8))  # 6 and 8 rows per prompt: not a regular layout
+    assert rows_layout(b) is None
+    model = tiny_model(tok)
+    padded = _logprobs_and_grads(model, b, share_prompts=False)
+    for kw in ({}, {"attention": "rows"}):  # auto: the dense shared layout; rows: the padded layout
+        out = _logprobs_and_grads(model, b, **kw)
+        assert torch.allclose(out[0], padded[0], atol=1e-5)
+        assert torch.allclose(out[2], padded[2], atol=1e-5, rtol=1e-4)
+    unique = pack([[5, 6], [7, 8]], torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long), pad_id=0)
+    assert rows_layout(unique) is None  # no prompt repeats
+
+
+def test_rows_through_compiled_attention_no_recompile(tok):
+    """Attention layers compiled as compile_blocks does (dynamic shapes; backend aot_eager to stay fast on
+    CPU): same maths, and a second micro-batch with other completion lengths (other T) reuses the graphs."""
+    eager = tiny_model(tok)
+    compiled = copy.deepcopy(eager)
+    for layer in compiled.get_decoder().layers:
+        layer.self_attn.compile(dynamic=True, backend="aot_eager")
+    torch._dynamo.reset()
+    counters.clear()
+    for shift in (0, 3, 5):
+        b = _batch(shift)
+        ref = _logprobs_and_grads(eager, b, attention="dense")
+        with torch._dynamo.config.patch(error_on_recompile=shift > 3):
+            out = _logprobs_and_grads(compiled, b, attention="rows")
+        assert torch.allclose(out[0], ref[0], atol=1e-5)
+        assert torch.allclose(out[2], ref[2], atol=1e-5, rtol=1e-4)
+    assert counters["stats"]["unique_graphs"] >= 1
