@@ -30,10 +30,13 @@ Three forms of the shared layout (`attention=`):
   masked kernel over every L x L score.
 - "flex": the same segments as a FlexAttention BlockMask (`torch.nn.attention.flex_attention`) whose kernel
   skips the 128 x 128 tiles no query may see; the layout is padded to a multiple of 128 columns.
-"auto" (the default) is "rows" where it applies, else "dense". On an H100 (std-step, compiled layers,
-2026-11-24) the update took 0.38-0.45 s with "rows" against 0.46-0.50 s with "dense" in the same run
+"auto" (the default) is "rows" on CUDA where it applies, else "dense". On an H100 (std-step, compiled
+layers, 2026-11-24) the update took 0.38-0.45 s with "rows" against 0.46-0.50 s with "dense" in the same run
 (`python -m grpo.bench --skip-trl --update-attention rows|dense`); "flex" was slower than "dense" there
-(forward + backward 0.384 vs 0.357 s, `python scripts/flex_update_check.py`).
+(forward + backward 0.384 vs 0.357 s, `python scripts/flex_update_check.py`). On the 2-core CPU, a
+quickstart-sized micro-batch (2 prompts x 8 completions of 30-48 tokens, SmolLM2 shapes) took 1.87 + 4.76 s
+(forward + backward) with "rows" against 1.66 + 4.43 s with "dense": there the attention is cheap and
+padding every completion to the longest costs more than the dense mask saves.
 """
 from __future__ import annotations
 
@@ -97,19 +100,19 @@ def pack(prompt_ids: list[list[int]], completion_ids: torch.Tensor, completion_m
 
 
 def _chunk_logprobs(hidden: torch.Tensor, lm_head: torch.nn.Module, targets: torch.Tensor, temperature: float,
-                    with_entropy: bool = False):
-    """hidden [k, D], targets [k] -> (log-probs [k] float32, entropy [k] float32 without grad, or None);
-    holds one [k, V] float32 logits block, from which both are taken (one LM-head GEMM per chunk)."""
+                    entropy: list | None = None):
+    """hidden [k, D], targets [k] -> log-probs [k] float32; holds one [k, V] float32 logits block. With
+    `entropy` (an empty list), also appends the entropy [k] (no grad) taken from the same logits (one LM-head
+    GEMM per chunk); a filled list is left alone, so the recomputation that activation checkpointing runs
+    in backward does not compute it again (it saves no tensors for backward, so recomputation matches)."""
     logits = lm_head(hidden).float()
     if temperature != 1.0:
         logits.div_(temperature)  # in place: neither the cast nor the division needs its output in backward
     lse = torch.logsumexp(logits, dim=-1)
-    logp = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
-    ent = None
-    if with_entropy:  # H = lse - Σ softmax · logits
+    if entropy is not None and not entropy:  # H = lse - Σ softmax · logits
         with torch.no_grad():
-            ent = lse.detach() - (torch.softmax(logits.detach(), dim=-1) * logits.detach()).sum(dim=-1)
-    return logp, ent
+            entropy.append(lse - (torch.softmax(logits, dim=-1) * logits).sum(dim=-1))
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
 
 
 @dataclass
@@ -398,7 +401,9 @@ def _completion_states(model, batch: PackedBatch, real: torch.Tensor, share: boo
     # Through the model's own forward (so DDP/FSDP wrappers see it and sync gradients), keeping logits for
     # one position only; the completion logits are then made chunk by chunk from the final hidden states.
     share = share and _can_share(model)
-    layout = rows_layout(batch) if share and attention in ("auto", "rows") else None
+    if attention == "auto":  # measured: rows wins on an H100, dense on the CPU (module docstring)
+        attention = "rows" if batch.input_ids.is_cuda else "dense"
+    layout = rows_layout(batch) if share and attention == "rows" else None
     if layout is None and share and attention != "rows":
         flex = attention == "flex"
         layout = shared_layout(batch, multiple=FLEX_BLOCK if flex else 1)
@@ -439,13 +444,13 @@ def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_to
     logps, ents = [], []
     for s in range(0, h.shape[0], chunk_tokens):
         hc, yc = h[s:s + chunk_tokens], y[s:s + chunk_tokens]
+        ent_box = [] if with_entropy else None
         if grad:  # the chunk's logits are recomputed in backward, never kept
-            lp, en = checkpoint(_chunk_logprobs, hc, lm_head, yc, temperature, with_entropy, use_reentrant=False)
+            logps.append(checkpoint(_chunk_logprobs, hc, lm_head, yc, temperature, ent_box, use_reentrant=False))
         else:
-            lp, en = _chunk_logprobs(hc, lm_head, yc, temperature, with_entropy)
-        logps.append(lp)
+            logps.append(_chunk_logprobs(hc, lm_head, yc, temperature, ent_box))
         if with_entropy:
-            ents.append(en)
+            ents.append(ent_box[0])
     flat = torch.cat(logps) if logps else h.new_zeros(0, dtype=torch.float32)
     logp = flat.new_zeros(real.shape).masked_scatter(real, flat)
     ent = None

@@ -19,7 +19,7 @@ import random
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -370,8 +370,11 @@ def _logprobs_no_grad(model, batch: PackedBatch, micro: list[torch.Tensor], temp
     return out
 
 
-def policy_update(state: TrainState, rollout: RolloutBatch, advantages: torch.Tensor) -> dict[str, float]:
-    """mu optimizer steps on one rollout batch; returns averaged diagnostics."""
+def policy_update(state: TrainState, rollout: RolloutBatch,
+                  advantages: torch.Tensor | Callable[[], torch.Tensor]) -> dict[str, float]:
+    """mu optimizer steps on one rollout batch; returns averaged diagnostics. `advantages` [N], or a function
+    that returns them: it is called once, when the first micro-batch's loss needs them (its forward pass is
+    queued by then, so scoring on the CPU overlaps it)."""
     cfg, acc, model = state.cfg, state.accelerator, state.model
     a = cfg.algorithm
     pad = state.tokenizer.pad_token_id
@@ -385,10 +388,16 @@ def policy_update(state: TrainState, rollout: RolloutBatch, advantages: torch.Te
     old = _logprobs_no_grad(model, batch, micro, temp, acc, replay) if a.num_iterations > 1 else None
     # the reference routes on its own (its own router and bias; the deepcopy has its own routing state)
     ref = _logprobs_no_grad(state.ref_model, batch, micro, temp, acc) if state.ref_model is not None else None
-    norm = {"global_seqs": int(acc.reduce(torch.tensor(len(advantages), device=acc.device), "sum").item()),
+    norm = {"global_seqs": int(acc.reduce(torch.tensor(len(rollout.group), device=acc.device), "sum").item()),
             "global_tokens": float(acc.reduce(mask.sum().to(acc.device), "sum").item()),
             "num_micro_batches": len(micro), "max_completion_length": cfg.sampling.max_new_tokens}
-    adv = advantages.to(acc.device)
+    resolved: list[torch.Tensor] = []
+
+    def adv() -> torch.Tensor:
+        if not resolved:
+            resolved.append((advantages() if callable(advantages) else advantages).to(acc.device))
+        return resolved[0]
+
     agg: dict[str, list[float]] = {}
     for it in range(a.num_iterations):
         for idx in micro:
@@ -409,9 +418,10 @@ def policy_update(state: TrainState, rollout: RolloutBatch, advantages: torch.Te
     return out
 
 
-def _micro_step(state: TrainState, sub: PackedBatch, didx: torch.Tensor, it: int, old, ref, adv: torch.Tensor,
-                norm: dict, agg: dict[str, list[float]]) -> None:
-    """Forward + backward of one micro-batch (rows `didx`); appends its diagnostics to `agg`."""
+def _micro_step(state: TrainState, sub: PackedBatch, didx: torch.Tensor, it: int, old, ref,
+                adv: Callable[[], torch.Tensor], norm: dict, agg: dict[str, list[float]]) -> None:
+    """Forward + backward of one micro-batch (rows `didx`); appends its diagnostics to `agg`. `adv()` gives
+    the advantages [N] on the device; it is called after the forward pass is queued."""
     a, acc, model = state.cfg.algorithm, state.accelerator, state.model
     scale = acc.num_processes  # DDP averages gradients over processes; the normalisers are global sums
     t = sub.completion_ids.shape[1]
@@ -421,7 +431,7 @@ def _micro_step(state: TrainState, sub: PackedBatch, didx: torch.Tensor, it: int
     logp = logp.float()
     old_lp = old[didx, :t] if old is not None else logp.detach()
     ref_lp = ref[didx, :t] if ref is not None else None
-    per_tok, st = per_token_loss(logp, old_lp, adv[didx], sub.completion_mask, a.clip_eps_low,
+    per_tok, st = per_token_loss(logp, old_lp, adv()[didx], sub.completion_mask, a.clip_eps_low,
                                  a.clip_eps_high, a.kl_coef, ref_lp)
     loss = normalize_loss(per_tok, sub.completion_mask, a.loss_type, **norm) * scale
     if not loss.requires_grad:  # no loss tokens in this micro-batch (e.g. all masked as truncated):
@@ -487,28 +497,42 @@ def reward_stats(table: RewardTable, totals: torch.Tensor) -> dict[str, float]:
 
 
 def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, list[dict]]:
-    """One GRPO step on `examples` (this process's prompts). Returns stats and completion rows."""
+    """One GRPO step on `examples` (this process's prompts). Returns stats and completion rows.
+
+    Scoring runs inside the update, after the first micro-batch's forward pass has been queued on the device
+    (`policy_update` asks for the advantages when its first loss needs them), so on a GPU the CPU-side
+    verifiers overlap that forward; nothing is applied to the weights before the rewards are checked."""
     cfg = state.cfg
     t0 = time.perf_counter()
     chats, rollout = sample(state, examples)
     gen_s = time.perf_counter() - t0
-    try:
-        table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix)
-    except RewardError as e:
-        raise RewardError(f"step {state.step + 1}: {e}") from e
-    reward_s = time.perf_counter() - t0 - gen_s
-    totals = torch.tensor(table.totals(), dtype=torch.float32)
     acc = state.accelerator
-    # gathered before any check, so every process sees the same rewards and stops together (a process that
-    # raised alone would leave the others waiting in the next collective)
-    g_tot = acc.gather(totals.to(acc.device)).float().cpu()
-    if not torch.isfinite(g_tot).all():
-        raise FloatingPointError(f"step {state.step + 1}: non-finite rewards {g_tot.tolist()}")
-    batch_std = g_tot.std() if len(g_tot) > 1 else torch.tensor(0.0)  # scale_rewards=batch: the global batch
-    adv = group_advantages(totals, rollout.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps, batch_std)
+    scored: dict[str, Any] = {}
+
+    def advantages() -> torch.Tensor:
+        if "adv" not in scored:
+            t_r = time.perf_counter()
+            try:
+                table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix)
+            except RewardError as e:
+                raise RewardError(f"step {state.step + 1}: {e}") from e
+            totals = torch.tensor(table.totals(), dtype=torch.float32)
+            # gathered before any check, so every process sees the same rewards and stops together (a process
+            # that raised alone would leave the others waiting in the next collective)
+            g_tot = acc.gather(totals.to(acc.device)).float().cpu()
+            if not torch.isfinite(g_tot).all():
+                raise FloatingPointError(f"step {state.step + 1}: non-finite rewards {g_tot.tolist()}")
+            batch_std = g_tot.std() if len(g_tot) > 1 else torch.tensor(0.0)  # scale_rewards=batch: global batch
+            adv = group_advantages(totals, rollout.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps,
+                                   batch_std)
+            scored.update(table=table, totals=totals, g_tot=g_tot, adv=adv, seconds=time.perf_counter() - t_r)
+        return scored["adv"]
+
     t_upd = time.perf_counter()
-    upd = policy_update(state, rollout, adv)
-    update_s = time.perf_counter() - t_upd  # includes the device sync of the logged floats
+    upd = policy_update(state, rollout, advantages)
+    adv = advantages()  # already computed by the update's first loss
+    table, totals, g_tot, reward_s = scored["table"], scored["totals"], scored["g_tot"], scored["seconds"]
+    update_s = time.perf_counter() - t_upd - reward_s  # includes the device sync of the logged floats
     if not math.isfinite(upd["loss"]):  # the gradient norm was checked where it is known (_optimizer_step)
         raise FloatingPointError(f"step {state.step + 1}: non-finite loss ({upd['loss']}) or gradient norm "
                                  f"({upd['grad_norm']}); stopping before any checkpoint is written")

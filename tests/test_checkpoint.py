@@ -97,16 +97,23 @@ def _nan_cfg(tmp_path, rewards):
 
 
 def test_nan_loss_stops_naming_the_step_and_writes_no_checkpoint(tmp_path, tok, monkeypatch):
+    import grpo.train as train_mod
     from rewards import registry
     from grpo.train import train
 
     model = tiny_model(tok)
     steps = {"n": 0}
     monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    sample = train_mod.sample
 
-    @registry.register_reward("count_steps")   # scored once per step, between sampling and the update
-    def count_steps(completions, **kw):
+    def counting_sample(*a, **k):  # one sampling call per step, before its update
         steps["n"] += 1
+        return sample(*a, **k)
+
+    monkeypatch.setattr(train_mod, "sample", counting_sample)
+
+    @registry.register_reward("count_steps")
+    def count_steps(completions, **kw):
         return [float(i % 2) for i in range(len(completions))]
 
     def poison(module, args, output):  # NaN logits in the update forward of step 2 only (not while sampling)

@@ -55,7 +55,7 @@ def test_rows_equals_padded_and_dense_logprobs_entropy_and_grads(tok, grad_ckpt)
     assert rows_layout(b) is not None
     padded = _logprobs_and_grads(model, b, share_prompts=False)
     dense = _logprobs_and_grads(model, b, attention="dense")
-    for kw in ({"attention": "rows"}, {}):  # "auto" takes the rows layout when it applies
+    for kw in ({"attention": "rows"},):
         rows = _logprobs_and_grads(model, b, **kw)
         for ref in (dense, padded):
             assert torch.allclose(rows[0], ref[0], atol=1e-5), (rows[0] - ref[0]).abs().max()
@@ -69,7 +69,7 @@ def test_rows_not_used_for_unequal_groups_and_auto_falls_back(tok):
     assert rows_layout(b) is None
     model = tiny_model(tok)
     padded = _logprobs_and_grads(model, b, share_prompts=False)
-    for kw in ({}, {"attention": "rows"}):  # auto: the dense shared layout; rows: the padded layout
+    for kw in ({}, {"attention": "rows"}):  # auto (CPU): the dense shared layout; rows: the padded layout
         out = _logprobs_and_grads(model, b, **kw)
         assert torch.allclose(out[0], padded[0], atol=1e-5)
         assert torch.allclose(out[2], padded[2], atol=1e-5, rtol=1e-4)

@@ -121,3 +121,22 @@ def test_deepspeed_style_clip_returning_none(tmp_path, tok, reported):
     stats, _ = train_step(state, next_prompts(state))
     assert stats.step == 1
     assert (stats.grad_norm == 0.5) if reported == 0.5 else (stats.grad_norm != stats.grad_norm)
+
+
+def test_scoring_runs_after_the_first_forward_is_queued(tmp_path, tok, monkeypatch):
+    """train_step asks for rewards only when the first micro-batch's loss needs them, so on a GPU the
+    CPU-side verifiers overlap that forward pass; each step scores exactly once, and the logged reward and
+    update times stay separate."""
+    import grpo.train as train_mod
+
+    order = []
+    score, logprobs = train_mod.score_rollout, train_mod.token_logprobs
+    monkeypatch.setattr(train_mod, "score_rollout", lambda *a, **k: order.append("score") or score(*a, **k))
+    monkeypatch.setattr(train_mod, "token_logprobs", lambda *a, **k: order.append("forward") or logprobs(*a, **k))
+    cfg = tiny_cfg(tmp_path, **{"optim.steps": 2, "optim.micro_batch_size": 16})  # 32 rows: 2 micro-batches
+    state = setup(cfg, model=tiny_model(tok), tokenizer=tok)
+    for _ in range(2):
+        order.clear()
+        stats, _ = train_mod.train_step(state, next_prompts(state))
+        assert order == ["forward", "score", "forward"], order
+        assert stats.reward_seconds > 0 and stats.update_seconds > 0
