@@ -173,10 +173,9 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
         train.token_logprobs = functools.partial(train.token_logprobs, attention=args.update_attention)
     if args.logprob_chunk:
         train.token_logprobs = functools.partial(train.token_logprobs, chunk_tokens=args.logprob_chunk)
-    if args.compile_logprobs:
-        import grpo.logprobs as lp
-
-        lp._chunk_logprobs = torch.compile(lp._chunk_logprobs, dynamic=True)
+    if args.compile_logprobs is not None:  # default: the trainer's (compiled with the layers, model.compile)
+        forced, plain = args.compile_logprobs, train.token_logprobs
+        train.token_logprobs = lambda *a, **k: plain(*a, **{**k, "compile_head": forced})
     examples = [Example(id=str(i), task="arithmetic", prompt=q, answer=a) for i, (q, a) in enumerate(rows)]
     if gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -539,7 +538,8 @@ def main(argv=None):
     p.add_argument("--master-fp32", action="store_true", help="ours with fp32 weights + bf16 autocast (recipes' default)")
     p.add_argument("--share-prompts", action=argparse.BooleanOptionalAction, default=True,
                    help="update forward: each repeated prompt once (grpo.logprobs shared layout) or padded rows")
-    p.add_argument("--compile-logprobs", action="store_true", help="torch.compile the chunked log-prob head")
+    p.add_argument("--compile-logprobs", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the chunked log-prob head (default: when the layers are compiled)")
     p.add_argument("--logprob-chunk", type=int, default=None,
                    help="tokens per log-prob head chunk in the update (grpo.logprobs default: 1024)")
     p.add_argument("--compile-model", action=argparse.BooleanOptionalAction, default=None,

@@ -360,12 +360,12 @@ def _micro_batches(lengths: torch.Tensor, size: int, groups: torch.Tensor | None
 
 @torch.no_grad()
 def _logprobs_no_grad(model, batch: PackedBatch, micro: list[torch.Tensor], temperature: float, acc,
-                      replay=lambda rows: contextlib.nullcontext()) -> torch.Tensor:
+                      replay=lambda rows: contextlib.nullcontext(), compile_head: bool = False) -> torch.Tensor:
     out = torch.zeros(batch.completion_ids.shape, device=acc.device)
     for idx in micro:
         sub = batch.rows(idx).to(acc.device)
         with acc.autocast(), replay(idx):
-            lp, _ = token_logprobs(model, sub, temperature)
+            lp, _ = token_logprobs(model, sub, temperature, compile_head=compile_head)
         out[idx.to(acc.device), :lp.shape[1]] = lp.float()
     return out
 
@@ -385,9 +385,11 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
     micro = _micro_batches(mask.sum(dim=1), cfg.optim.micro_batch_size, rollout.group)
     temp = cfg.sampling.temperature
     replay = _replayer(state, rollout.routes)  # MoE routing replay: the rollout's experts, rows by rows
-    old = _logprobs_no_grad(model, batch, micro, temp, acc, replay) if a.num_iterations > 1 else None
+    compiled = cfg.model.compile
+    old = _logprobs_no_grad(model, batch, micro, temp, acc, replay, compiled) if a.num_iterations > 1 else None
     # the reference routes on its own (its own router and bias; the deepcopy has its own routing state)
-    ref = _logprobs_no_grad(state.ref_model, batch, micro, temp, acc) if state.ref_model is not None else None
+    ref = (_logprobs_no_grad(state.ref_model, batch, micro, temp, acc, compile_head=compiled)
+           if state.ref_model is not None else None)
     norm = {"global_seqs": int(acc.reduce(torch.tensor(len(rollout.group), device=acc.device), "sum").item()),
             "global_tokens": float(acc.reduce(mask.sum().to(acc.device), "sum").item()),
             "num_micro_batches": len(micro), "max_completion_length": cfg.sampling.max_new_tokens}
@@ -426,7 +428,8 @@ def _micro_step(state: TrainState, sub: PackedBatch, didx: torch.Tensor, it: int
     scale = acc.num_processes  # DDP averages gradients over processes; the normalisers are global sums
     t = sub.completion_ids.shape[1]
     with acc.autocast():
-        logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0))
+        logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0),
+                                   compile_head=state.cfg.model.compile)
     aux = _aux_loss(state, norm["num_micro_batches"])
     logp = logp.float()
     old_lp = old[didx, :t] if old is not None else logp.detach()
