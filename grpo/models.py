@@ -173,23 +173,33 @@ def load_for_inference(model_cfg, model=None, tokenizer=None):
 
 
 def compile_blocks(model) -> int:
-    """`torch.compile` (dynamic shapes) each decoder layer's attention, MLP and norms, and the final norm,
-    in place (`nn.Module.compile`: parameter names, state dicts and the engine's weight reads are
-    unchanged). For the training forward/backward on CUDA: an eager HF layer runs ~40 elementwise kernels
-    (fp32 RMSNorm, RoPE, SwiGLU, their backward) that inductor fuses; on an H100 std-step update they were
-    ~230 ms of ~490 ms of kernel time (`python -m grpo.bench --torch-profile`). Modules of our MLA/MoE
-    adapters are left eager (their routing statistics would break the graphs). Returns how many modules
+    """`torch.compile` (dynamic shapes) each decoder layer, and the final norm, in place (`nn.Module.compile`:
+    parameter names, state dicts and the engine's weight reads are unchanged). For the training
+    forward/backward on CUDA: an eager HF layer runs ~40 elementwise kernels (fp32 RMSNorm, RoPE, SwiGLU,
+    their backward) that inductor fuses (~230 of ~490 ms of H100 std-step update kernel time,
+    `python -m grpo.bench --torch-profile`), and one compiled call per layer instead of four (attention,
+    MLP, two norms) cuts the host-side cost of launching them, which bounds the update once its kernels are
+    fast. Gradient checkpointing stays outside (HF's checkpointing layer calls the compiled module). A layer
+    holding modules of our MLA/MoE adapters is not compiled whole: its transformers submodules are, and the
+    adapter modules stay eager (their routing statistics would break the graphs). Returns how many modules
     were compiled."""
     base = getattr(model, "get_decoder", lambda: None)()
     layers = getattr(base, "layers", None)
     if layers is None:
         raise ValueError(f"model.compile: {type(model).__name__} has no decoder layers to compile")
-    count = 0
+
+    def from_transformers(m) -> bool:
+        return type(m).__module__.startswith("transformers.")
+
     mods = [getattr(base, "norm", None)]
     for layer in layers:
-        mods += [getattr(layer, n, None) for n in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")]
+        if from_transformers(layer) and not any(type(m).__module__.startswith("grpo.") for m in layer.modules()):
+            mods.append(layer)
+        else:
+            mods += [getattr(layer, n, None) for n in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")]
+    count = 0
     for m in mods:
-        if m is not None and type(m).__module__.startswith("transformers."):
+        if m is not None and from_transformers(m):
             m.compile(dynamic=True)
             count += 1
     return count

@@ -307,3 +307,17 @@ def test_reference_copy_routes_on_its_own_state():
         model(ids, attention_mask=mask)
     assert rec[0].num_rows == 2
     assert moe_layers(ref)[0].state is not moe_layers(model)[0].state
+
+
+def test_compile_blocks_leaves_adapter_modules_eager():
+    """model.compile on a MoE-converted model: layers holding DeepSeekMoE are not compiled whole; their
+    attention and norms are, the MoE module is not (its routing statistics would break the graphs)."""
+    from grpo.models import compile_blocks
+
+    moe = apply_adapters(tiny_model(), {"moe": {"num_experts": 4, "top_k": 2, "num_shared": 1}})
+    n = len(moe.get_decoder().layers)
+    assert compile_blocks(moe) == 3 * n + 1  # attention + 2 norms per layer, and the final norm
+    for layer in moe.get_decoder().layers:
+        assert getattr(layer, "_compiled_call_impl", None) is None
+        assert getattr(layer.mlp, "_compiled_call_impl", None) is None
+        assert layer.self_attn._compiled_call_impl is not None
