@@ -7,31 +7,17 @@ RoPE (compiled) + two cache writes; RMSNorm + gate/up projections + SiLU·up (co
 Each figure is the mean of 30 calls replayed in a CUDA graph (as the engine runs them), in µs.
 """
 import itertools
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).parent))
+from decode_attn_tune import time_us  # noqa: E402 - the same CUDA-graph timing as the attention tuner
+
 from grpo.engine.fused_decode import norm_gate_up, norm_qkv_rope
 from grpo.engine.ops import add_rms_norm, rms_norm, rope_qk, swiglu
-
-
-def time_us(fn, reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(30):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (reps * 30)
 
 
 def main():
