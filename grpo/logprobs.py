@@ -24,7 +24,7 @@ Three forms of the shared layout (`attention=`):
   each completion's T queries over [its prompt's keys | its own keys], so the scores computed are those of
   the padded layout without its G-fold prompt repeats. It is carried to the attention as a uint8 "plan"
   mask [U·G, 1, T, P + T] (HF's own masks are bool or float) through a wrapper of transformers' "sdpa"
-  attention entry (`_route_block_masks_to_flex`).
+  attention entry (`_route_layout_masks`).
 - "dense": each prompt once followed by the real tokens of its completions, under a boolean [U, 1, L, L]
   mask from segment ids (prompt -1, completion of row r: r, padding -2; `_may_attend`), through SDPA's
   masked kernel over every L x L score.
@@ -351,26 +351,27 @@ def _flex_available() -> bool:
     return True
 
 
-def _route_block_masks_to_flex() -> None:
-    """Make transformers' "sdpa" attention run FlexAttention for a BlockMask mask (idempotent).
+def _route_layout_masks() -> None:
+    """Make transformers' "sdpa" attention serve the shared layouts' masks (idempotent): a BlockMask goes to
+    FlexAttention, a uint8 RowsLayout plan to `_rows_attention`, any other mask to SDPA unchanged.
 
     HF attention layers look their attention function up at every forward, by `config._attn_implementation`,
     in transformers' AttentionInterface; a 4-D BlockMask given as `attention_mask` reaches them unchanged
     (masking_utils `_preprocess_mask_arguments` returns 4-D masks as they are; transformers 5.17 and 5.23).
-    So the global "sdpa" entry is replaced once by `_sdpa_or_flex` around it: a BlockMask, which only the
-    shared-layout call passes, goes to FlexAttention and every other mask to the wrapped function with the
-    same arguments. Nothing of a model changes (config, modules, graphs compiled for tensor masks), it holds
+    So the global "sdpa" entry is replaced once by `_sdpa_with_layouts` around it: the two layout masks, which
+    only the shared-layout calls pass, go to their attention and every other mask to the wrapped function
+    with the same arguments. Nothing of a model changes (config, modules, graphs compiled for tensor masks), it holds
     through compiled layers, DDP wrappers and gradient checkpointing, and the rollout engine never calls HF
     attention. A switch of `config._attn_implementation` around the forward would not hold: gradient
     checkpointing re-runs the layers in backward, after the switch is undone, and sdpa gets the BlockMask."""
     from transformers import AttentionInterface
 
     sdpa = AttentionInterface()["sdpa"]  # a fresh instance has no local entries: the global one
-    if not getattr(sdpa, "routes_block_masks_to_flex", False):
-        AttentionInterface.register("sdpa", _sdpa_or_flex(sdpa))
+    if not getattr(sdpa, "routes_layout_masks", False):
+        AttentionInterface.register("sdpa", _sdpa_with_layouts(sdpa))
 
 
-def _sdpa_or_flex(sdpa):
+def _sdpa_with_layouts(sdpa):
     """An HF attention function: FlexAttention when the mask is a BlockMask, `_rows_attention` when it is a
     uint8 RowsLayout plan (HF's own masks are bool or float), else `sdpa` unchanged."""
     from torch.nn.attention.flex_attention import BlockMask
@@ -385,7 +386,7 @@ def _sdpa_or_flex(sdpa):
             return _rows_attention(query, key, value, attention_mask, kwargs.get("scaling")), None
         return _flex_attention(query, key, value, attention_mask, kwargs.get("scaling")), None
 
-    attention.routes_block_masks_to_flex = True
+    attention.routes_layout_masks = True
     return attention
 
 
@@ -415,10 +416,10 @@ def _completion_states(model, batch: PackedBatch, real: torch.Tensor, share: boo
         layout = shared_layout(batch, multiple=FLEX_BLOCK if flex else 1)
     if layout is not None:
         if isinstance(layout, RowsLayout):
-            _route_block_masks_to_flex()
+            _route_layout_masks()
             mask = layout.plan
         elif attention == "flex":
-            _route_block_masks_to_flex()
+            _route_layout_masks()
             mask = layout.block_mask()
         else:
             mask = layout.dense_mask()

@@ -9,7 +9,7 @@ from torch.nn.attention.flex_attention import create_mask
 from torch._dynamo.utils import counters
 from transformers import AttentionInterface
 
-from grpo.logprobs import FLEX_BLOCK, _route_block_masks_to_flex, pack, shared_layout, token_logprobs
+from grpo.logprobs import FLEX_BLOCK, _route_layout_masks, pack, shared_layout, token_logprobs
 from grpo.testing import tiny_model
 
 
@@ -96,9 +96,9 @@ def test_auto_never_picks_flex_and_tensor_masks_keep_sdpa(tok):
     model = tiny_model(tok)
     b = _batch()
     lp, ent, g = _logprobs_and_grads(model, b)  # "auto": rows (whole groups) or dense, never flex
-    _route_block_masks_to_flex()
+    _route_layout_masks()
     routed = AttentionInterface()["sdpa"]
-    _route_block_masks_to_flex()
+    _route_layout_masks()
     assert AttentionInterface()["sdpa"] is routed  # wrapped once
     for kw in ({}, {"share_prompts": False}):  # a tensor mask goes to the wrapped sdpa
         lp2, _, g2 = _logprobs_and_grads(model, b, **kw)
