@@ -30,10 +30,12 @@ Three forms of the shared layout (`attention=`):
   masked kernel over every L x L score.
 - "flex": the same segments as a FlexAttention BlockMask (`torch.nn.attention.flex_attention`) whose kernel
   skips the 128 x 128 tiles no query may see; the layout is padded to a multiple of 128 columns.
-"auto" (the default) is "rows" on CUDA where it applies, else "dense". On an H100 (std-step, compiled
-layers, 2026-11-24) the update took 0.38-0.45 s with "rows" against 0.46-0.50 s with "dense" in the same run
-(`python -m grpo.bench --skip-trl --update-attention rows|dense`); "flex" was slower than "dense" there
-(forward + backward 0.384 vs 0.357 s, `python scripts/flex_update_check.py`). On the 2-core CPU, a
+"auto" (the default) is "rows" on CUDA (where it does not apply, e.g. groups of unequal size in a
+micro-batch, the padded layout is used, as for an explicit "rows") and "dense" elsewhere. On an H100
+(std-step, compiled layers, 2026-11-24) the update took 0.38-0.45 s with "rows" against 0.46-0.50 s with
+"dense" in the same run (`python -m grpo.bench --skip-trl --update-attention rows|dense`); "flex" was
+slower than "dense" there (forward + backward 0.384 vs 0.357 s, `python scripts/flex_update_check.py`).
+On the 2-core CPU, a
 quickstart-sized micro-batch (2 prompts x 8 completions of 30-48 tokens, SmolLM2 shapes) took 1.87 + 4.76 s
 (forward + backward) with "rows" against 1.66 + 4.43 s with "dense": there the attention is cheap and
 padding every completion to the longest costs more than the dense mask saves.
@@ -45,6 +47,7 @@ import importlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 FLEX_BLOCK = 128  # FlexAttention's default (sparse) block size: BlockMask tiles are FLEX_BLOCK x FLEX_BLOCK
@@ -167,34 +170,61 @@ def _can_share(model) -> bool:
             and not getattr(cfg, "adapter", None))
 
 
+def _prompt_groups(batch: PackedBatch) -> tuple[PackedBatch, torch.Tensor, dict[tuple, list[int]]] | None:
+    """What both shared layouts start from: the batch on the host (the layouts are built there and moved
+    once), completion lengths [N], and the rows grouped by their prompt's tokens (first-seen order); or
+    None when a completion mask is not a prefix of ones."""
+    p = batch.prompt_width
+    cpu = batch.to("cpu")
+    am = cpu.attention_mask[:, :p].bool()
+    lens = cpu.completion_mask.sum(dim=1).long()
+    n, t = cpu.completion_mask.shape
+    if not torch.equal(cpu.completion_mask > 0, torch.arange(t)[None] < lens[:, None]):
+        return None
+    groups: dict[tuple, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(tuple(cpu.input_ids[i, :p][am[i]].tolist()), []).append(i)
+    return cpu, lens, groups
+
+
+def _source_positions(lens: torch.Tensor, where: dict[int, tuple[int, int, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """src_seq / src_pos [K] of a shared layout, in the row-major order of the real completion tokens.
+    where[r] = (sequence, first column of row r's completion, column of its prompt's last token): that
+    last prompt state predicts the first completion token, each completion state the next one."""
+    src_seq = torch.zeros(int(lens.sum()), dtype=torch.long)
+    src_pos = torch.zeros(int(lens.sum()), dtype=torch.long)
+    offset = 0
+    for r in range(len(lens)):
+        k = int(lens[r])
+        if k == 0:
+            continue
+        s, col, last = where[r]
+        src_seq[offset:offset + k] = s
+        src_pos[offset] = last
+        src_pos[offset + 1:offset + k] = torch.arange(col, col + k - 1)
+        offset += k
+    return src_seq, src_pos
+
+
 def shared_layout(batch: PackedBatch, min_saving: float = 0.1, multiple: int = 1) -> SharedLayout | None:
     """The shared-prompt layout of `batch`, its width padded up to a multiple of `multiple`, or None when
     no prompt repeats, a completion mask is not a prefix of ones, or it would save less than `min_saving`
     of the padded layout's tokens (counting the width padding)."""
-    p = batch.prompt_width
-    am = batch.attention_mask[:, :p].bool()
-    lens = batch.completion_mask.sum(dim=1).long()
-    n, t = batch.completion_mask.shape
-    if not torch.equal(batch.completion_mask > 0, torch.arange(t, device=lens.device)[None] < lens[:, None]):
+    found = _prompt_groups(batch)
+    if found is None:
         return None
-    keys = [tuple(batch.input_ids[i, :p][am[i]].tolist()) for i in range(n)]
-    groups: dict[tuple, list[int]] = {}
-    for i, k in enumerate(keys):
-        groups.setdefault(k, []).append(i)
-    if len(groups) == n:
+    cpu, lens, groups = found
+    if len(groups) == len(lens):
         return None
     seq_lens = [len(k) + int(lens[rows].sum()) for k, rows in groups.items()]
     width = -(-max(seq_lens) // multiple) * multiple
     if len(groups) * width > (1.0 - min_saving) * batch.input_ids.numel():
         return None
-    dev = batch.input_ids.device
     u = len(groups)
-    ids = torch.zeros((u, width), dtype=torch.long, device=dev)
-    pos = torch.zeros((u, width), dtype=torch.long, device=dev)
-    seg = torch.full((u, width), -1, dtype=torch.long, device=dev)  # -1 prompt, r = completion of row r, -2 pad
-    src_seq = torch.zeros(int(lens.sum()), dtype=torch.long)
-    src_pos = torch.zeros(int(lens.sum()), dtype=torch.long)
-    where = {}  # row -> (sequence, first column of its completion)
+    ids = torch.zeros((u, width), dtype=torch.long)
+    pos = torch.zeros((u, width), dtype=torch.long)
+    seg = torch.full((u, width), -1, dtype=torch.long)  # -1 prompt, r = completion of row r, -2 pad
+    where = {}
     for g, (key, rows) in enumerate(groups.items()):
         lp = len(key)
         ids[g, :lp] = torch.tensor(key, dtype=torch.long)
@@ -202,23 +232,15 @@ def shared_layout(batch: PackedBatch, min_saving: float = 0.1, multiple: int = 1
         col = lp
         for r in rows:
             k = int(lens[r])
-            ids[g, col:col + k] = batch.completion_ids[r, :k]
+            ids[g, col:col + k] = cpu.completion_ids[r, :k]
             pos[g, col:col + k] = torch.arange(lp, lp + k)
             seg[g, col:col + k] = r
-            where[r] = (g, col, lp)
+            where[r] = (g, col, lp - 1)
             col += k
         seg[g, col:] = -2
-    offset = 0
-    for r in range(n):  # row-major order of the real completion tokens
-        k = int(lens[r])
-        if k == 0:
-            continue
-        g, col, lp = where[r]
-        src_seq[offset:offset + k] = g
-        src_pos[offset] = lp - 1  # the prompt's last state predicts the first completion token
-        src_pos[offset + 1:offset + k] = torch.arange(col, col + k - 1)
-        offset += k
-    return SharedLayout(ids, pos, seg, src_seq.to(dev), src_pos.to(dev))
+    dev = batch.input_ids.device
+    src_seq, src_pos = _source_positions(lens, where)
+    return SharedLayout(ids.to(dev), pos.to(dev), seg.to(dev), src_seq.to(dev), src_pos.to(dev))
 
 
 @dataclass
@@ -240,30 +262,23 @@ def rows_layout(batch: PackedBatch, min_saving: float = 0.0) -> RowsLayout | Non
     prompt has the same number G >= 2 of rows, a completion mask is not a prefix of ones, or it would save
     less than `min_saving` of the padded layout's tokens. It never holds more tokens than the padded
     layout (U·P + N·T against N·(P + T)) and its attention computes a subset of the padded layout's scores."""
-    p = batch.prompt_width
-    cpu = batch.to("cpu")  # one transfer; the layout is built on the host and moved once
-    am = cpu.attention_mask[:, :p].bool()
-    lens = cpu.completion_mask.sum(dim=1).long()
-    n, t_all = cpu.completion_mask.shape
-    if not torch.equal(cpu.completion_mask > 0, torch.arange(t_all)[None] < lens[:, None]):
+    found = _prompt_groups(batch)
+    if found is None or not found[2]:
         return None
-    groups: dict[tuple, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(tuple(cpu.input_ids[i, :p][am[i]].tolist()), []).append(i)
-    g = n // len(groups)
-    t = int(lens.max()) if n else 0
+    cpu, lens, groups = found
+    g = len(lens) // len(groups)
+    t = int(lens.max())
     if g < 2 or t == 0 or any(len(rows) != g for rows in groups.values()):
         return None
     pw = max(len(k) for k in groups)
     u, width = len(groups), pw + g * t
     if u * width > (1.0 - min_saving) * batch.input_ids.numel():
         return None
-    dev = batch.input_ids.device
     ids = torch.zeros((u, width), dtype=torch.long)
     pos = torch.zeros((u, width), dtype=torch.long)
     plan = torch.zeros((u * g, 1, t, pw + t), dtype=torch.uint8)
     own = torch.ones(t, t, dtype=torch.uint8).tril()
-    where = {}  # row -> (sequence, first column of its completion, prompt length)
+    where = {}
     for s, (key, rows) in enumerate(groups.items()):
         lp = len(key)
         ids[s, pw - lp:pw] = torch.tensor(key, dtype=torch.long)
@@ -274,20 +289,9 @@ def rows_layout(batch: PackedBatch, min_saving: float = 0.0) -> RowsLayout | Non
             pos[s, col:col + t] = torch.arange(lp, lp + t)
             plan[s * g + j, 0, :, pw - lp:pw] = 1
             plan[s * g + j, 0, :, pw:] = own
-            where[r] = (s, col)
-    k_all = int(lens.sum())
-    src_seq = torch.zeros(k_all, dtype=torch.long)
-    src_pos = torch.zeros(k_all, dtype=torch.long)
-    offset = 0
-    for r in range(n):  # row-major order of the real completion tokens
-        k = int(lens[r])
-        if k == 0:
-            continue
-        s, col = where[r]
-        src_seq[offset:offset + k] = s
-        src_pos[offset] = pw - 1  # the prompt's last state predicts the first completion token
-        src_pos[offset + 1:offset + k] = torch.arange(col, col + k - 1)
-        offset += k
+            where[r] = (s, col, pw - 1)
+    dev = batch.input_ids.device
+    src_seq, src_pos = _source_positions(lens, where)
     return RowsLayout(ids.to(dev), pos.to(dev), plan.to(dev), src_seq.to(dev), src_pos.to(dev))
 
 
@@ -407,13 +411,14 @@ def _completion_states(model, batch: PackedBatch, real: torch.Tensor, share: boo
     """Final hidden states [K, D] that predict the real completion tokens (row-major order)."""
     # Through the model's own forward (so DDP/FSDP wrappers see it and sync gradients), keeping logits for
     # one position only; the completion logits are then made chunk by chunk from the final hidden states.
-    share = share and _can_share(model)
     if attention == "auto":  # measured: rows wins on an H100, dense on the CPU (module docstring)
         attention = "rows" if batch.input_ids.is_cuda else "dense"
-    layout = rows_layout(batch) if share and attention == "rows" else None
-    if layout is None and share and attention != "rows":
-        flex = attention == "flex"
-        layout = shared_layout(batch, multiple=FLEX_BLOCK if flex else 1)
+    if not (share and _can_share(model)):
+        layout = None
+    elif attention == "rows":
+        layout = rows_layout(batch)  # None (groups of unequal size, ...): the padded layout below
+    else:
+        layout = shared_layout(batch, multiple=FLEX_BLOCK if attention == "flex" else 1)
     if layout is not None:
         if isinstance(layout, RowsLayout):
             _route_layout_masks()
