@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import gc
 import json
 import os
@@ -167,15 +166,18 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     if args.keep_cache is not None:
         state.sampler.keep_cache = args.keep_cache
     state.sampler = FixedLength(state.sampler)
+    forced = {}  # token_logprobs options the trainer does not expose, forced over its own arguments
     if not args.share_prompts:
-        train.token_logprobs = functools.partial(train.token_logprobs, share_prompts=False)
+        forced["share_prompts"] = False
     if args.update_attention != "auto":
-        train.token_logprobs = functools.partial(train.token_logprobs, attention=args.update_attention)
+        forced["attention"] = args.update_attention
     if args.logprob_chunk:
-        train.token_logprobs = functools.partial(train.token_logprobs, chunk_tokens=args.logprob_chunk)
+        forced["chunk_tokens"] = args.logprob_chunk
     if args.compile_logprobs is not None:  # default: the trainer's (compiled with the layers, model.compile)
-        forced, plain = args.compile_logprobs, train.token_logprobs
-        train.token_logprobs = lambda *a, **k: plain(*a, **{**k, "compile_head": forced})
+        forced["compile_head"] = args.compile_logprobs
+    if forced:
+        plain = train.token_logprobs
+        train.token_logprobs = lambda *a, **k: plain(*a, **{**k, **forced})
     examples = [Example(id=str(i), task="arithmetic", prompt=q, answer=a) for i, (q, a) in enumerate(rows)]
     if gpu:
         torch.cuda.reset_peak_memory_stats()
@@ -413,9 +415,7 @@ def check_engine(model, tok, prompt_ids, gpu: bool) -> dict:
     eng = EngineSampler(model, tok, max_batch=128)
     a = eng.generate(prompt_ids, 1, g)
     b = HFSampler(model, tok).generate(prompt_ids, 1, g)
-    width = min(a.completion_ids.shape[1], b.completion_ids.shape[1])
-    same = (a.completion_ids[:, :width] == b.completion_ids[:, :width])
-    agree_prefix = [int(r.long().cumprod(0).sum()) for r in same]
+    rows_same, prefix = greedy_agreement(a.completion_ids, b.completion_ids)
     s = eng.generate(prompt_ids, 2, SamplingParams(max_new_tokens=64, temperature=1.0, min_new_tokens=64))
     dev = next(model.parameters()).device
     diffs = []
@@ -427,8 +427,9 @@ def check_engine(model, tok, prompt_ids, gpu: bool) -> dict:
             diffs.append((ref - s.logprobs[i]).abs())
     d = torch.cat(diffs)
     eng.release()
-    return {"check": "real model", "greedy_rows_identical": int(same.all(1).sum()), "rows": len(prompt_ids),
-            "greedy_mean_agreeing_prefix": round(sum(agree_prefix) / len(agree_prefix), 1), "greedy_width": width,
+    width = min(a.completion_ids.shape[1], b.completion_ids.shape[1])
+    return {"check": "real model", "greedy_rows_identical": rows_same, "rows": len(prompt_ids),
+            "greedy_mean_agreeing_prefix": prefix, "greedy_width": width,
             "logprob_absdiff_mean": round(float(d.mean()), 5), "logprob_absdiff_max": round(float(d.max()), 4)}
 
 
@@ -458,11 +459,18 @@ def check_decode_kernel(model, tok, prompt_ids) -> dict:
     b = EngineSampler(model, tok, max_batch=128, attention_kernel="sdpa")
     tb = b.generate(prompt_ids, 1, g).completion_ids
     b.release()
-    width = min(ta.shape[1], tb.shape[1])
-    same = ta[:, :width] == tb[:, :width]
+    rows_same, prefix = greedy_agreement(ta, tb)
     return {"check": "triton decode attention", "max_absdiff_vs_fp32_sdpa": round(worst, 5),
-            "greedy_rows_identical_triton_vs_sdpa": int(same.all(1).sum()), "rows": len(prompt_ids),
-            "greedy_mean_agreeing_prefix": round(float(same.long().cumprod(1).sum(1).float().mean()), 1)}
+            "greedy_rows_identical_triton_vs_sdpa": rows_same, "rows": len(prompt_ids),
+            "greedy_mean_agreeing_prefix": prefix}
+
+
+def greedy_agreement(a: torch.Tensor, b: torch.Tensor) -> tuple[int, float]:
+    """Two greedy token tables [rows, T] over their common width: rows identical throughout, and the mean
+    length of the prefix on which they agree (bf16 near-ties make them split late)."""
+    width = min(a.shape[1], b.shape[1])
+    same = a[:, :width] == b[:, :width]
+    return int(same.all(1).sum()), round(float(same.long().cumprod(1).sum(1).float().mean()), 1)
 
 
 def check_fused_decode(model, tok, prompt_ids) -> dict:
@@ -498,13 +506,12 @@ def check_fused_decode(model, tok, prompt_ids) -> dict:
         eng = EngineSampler(model, tok, max_batch=128, fused=fused)
         tokens.append(eng.generate(prompt_ids, 1, g).completion_ids)
         eng.release()
-    width = min(t.shape[1] for t in tokens)
-    same = tokens[0][:, :width] == tokens[1][:, :width]
+    rows_same, prefix = greedy_agreement(*tokens)
     return {"check": "fused decode", "q_maxrel": round(rel(q, ref), 4),
             "k_maxrel": round(rel(caches[0], caches[2]), 4), "v_maxrel": round(rel(caches[1], caches[3]), 4),
             "gate_up_maxrel": round(rel(act, act_ref), 4),
-            "greedy_rows_identical_fused_vs_unfused": int(same.all(1).sum()), "rows": len(prompt_ids),
-            "greedy_mean_agreeing_prefix": round(float(same.long().cumprod(1).sum(1).float().mean()), 1)}
+            "greedy_rows_identical_fused_vs_unfused": rows_same, "rows": len(prompt_ids),
+            "greedy_mean_agreeing_prefix": prefix}
 
 
 # ---------------------------------------------------------------------------------------- main
