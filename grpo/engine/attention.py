@@ -44,14 +44,14 @@ class PrefillContext:
 
 @dataclass
 class DecodeContext:
-    """positions [N] long, cos/sin [N, 1, 1, D], slot [1] long (cache slot written this step, the same
-    for every row), mask [N, 1, 1, length] additive over cache slots, length: slots attended;
-    cos_table/sin_table [slots, D]: the tables cos/sin were gathered from (the fused kernels gather
-    themselves)."""
+    """positions [N] long, cos/sin [N, 1, 1, D] (None on the fused path, whose kernel gathers from the
+    tables itself), slot [1] long (cache slot written this step, the same for every row), mask
+    [N, 1, 1, length] additive over cache slots, length: slots attended; cos_table/sin_table [slots, D]:
+    the tables cos/sin come from."""
 
     positions: torch.Tensor
-    cos: torch.Tensor
-    sin: torch.Tensor
+    cos: torch.Tensor | None
+    sin: torch.Tensor | None
     slot: torch.Tensor
     mask: torch.Tensor
     length: int
