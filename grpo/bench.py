@@ -125,7 +125,7 @@ def ours_config(args, gpu: bool, out_dir: str):
         f"sampling.batch_size={args.prompts * args.group}", f"optim.prompts_per_step={args.prompts}",
         f"optim.steps={args.steps}", "optim.lr=1e-6", f"optim.micro_batch_size={args.micro_batch}",
         f"model.gradient_checkpointing={str(args.grad_ckpt).lower()}", f"algorithm.kl_coef={args.beta}",
-        f"model.compile={str(args.compile_model).lower()}",
+        f"model.compile={str(args.compile_model).lower()}", f"model.cuda_graphs={str(args.update_graphs).lower()}",
         "algorithm.num_iterations=1", "data.template=plain", f"run.output_dir={out_dir}",
         "run.save_completions=false", "run.progress=false", "eval.before=false", "eval.after=false",
         f"run.mixed_precision={'bf16' if gpu else repr('no')}",
@@ -528,7 +528,7 @@ def print_table(results: list[dict], device: str, args) -> None:
         print(f"ratio TRL/ours (s/step): {trl[0]['step_s_median'] / ours[0]['step_s_median']:.2f}x")
 
 
-def main(argv=None):
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gguf-dir", default=None, help="folder holding " + GGUF)
     p.add_argument("--cpu-tiny", action="store_true", help="tiny random Llama on CPU (tokenizer: bundled SmolLM2)")
@@ -551,6 +551,9 @@ def main(argv=None):
                    help="tokens per log-prob head chunk in the update (grpo.logprobs default: 1024)")
     p.add_argument("--compile-model", action=argparse.BooleanOptionalAction, default=None,
                    help="ours with model.compile=true (compiled layers; default on GPU)")
+    p.add_argument("--update-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="ours with model.cuda_graphs=true (update forward/backward replayed from CUDA graphs; "
+                        "default on GPU)")
     p.add_argument("--keep-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="engine: keep the KV cache and graphs through the update (default: the sampler's own)")
     p.add_argument("--update-attention", choices=("auto", "rows", "dense", "flex"), default="auto",
@@ -564,18 +567,29 @@ def main(argv=None):
                    help="one extra step with synchronized phase timers (prefill, decode, rewards, ...)")
     p.add_argument("--torch-profile", action="store_true", help="one extra step under torch.profiler")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "bench.json") if os.environ.get("OUT") else None)
-    args = p.parse_args(argv)
-    gpu = torch.cuda.is_available() and not args.cpu_tiny
-    if not gpu and not args.cpu_tiny and not args.gguf_dir:
-        p.error("no GPU: use --cpu-tiny, or --gguf-dir to run the real model on CPU")
+    return p
+
+
+def fill_defaults(args, gpu: bool) -> None:
+    """The defaults that depend on the device (std-step on a GPU, a short tiny run on the CPU)."""
     args.prompts = args.prompts or (16 if gpu else 4)
     args.tokens = args.tokens or (256 if gpu else 32)
     args.steps = args.steps or (7 if gpu else 4)
     args.trl_steps = args.trl_steps or (5 if gpu else 4)
     args.micro_batch = args.micro_batch or (128 if gpu else 16)
     args.compile_model = gpu if args.compile_model is None else args.compile_model
+    args.update_graphs = gpu if args.update_graphs is None else args.update_graphs
     if args.cpu_tiny:
         args.gguf_dir = None
+
+
+def main(argv=None):
+    p = build_parser()
+    args = p.parse_args(argv)
+    gpu = torch.cuda.is_available() and not args.cpu_tiny
+    if not gpu and not args.cpu_tiny and not args.gguf_dir:
+        p.error("no GPU: use --cpu-tiny, or --gguf-dir to run the real model on CPU")
+    fill_defaults(args, gpu)
     config, sd, tok = load_weights(args)
     device = torch.cuda.get_device_name() if gpu else "cpu"
     rows = arithmetic_rows(args.prompts * max(args.steps, args.trl_steps) + 8)

@@ -30,6 +30,7 @@ class ModelConfig:
     adapter: dict[str, Any] = field(default_factory=dict)  # {"mla": {...}, "moe": {...}}, see grpo.adapters
     gradient_checkpointing: bool = False
     compile: bool = False                 # torch.compile the layers for training (grpo.models.compile_blocks)
+    cuda_graphs: bool = False             # replay the update's forward/backward from CUDA graphs (grpo.graphed)
     trust_remote_code: bool = False
 
 

@@ -257,11 +257,17 @@ class RowsLayout:
     src_pos: torch.Tensor
 
 
-def rows_layout(batch: PackedBatch, min_saving: float = 0.0) -> RowsLayout | None:
+def rows_layout(batch: PackedBatch, min_saving: float = 0.0,
+                multiple: tuple[int, int] | None = None) -> RowsLayout | None:
     """The regular shared-prompt layout of `batch`, or None when prompts do not repeat, not every distinct
     prompt has the same number G >= 2 of rows, a completion mask is not a prefix of ones, or it would save
     less than `min_saving` of the padded layout's tokens. It never holds more tokens than the padded
-    layout (U·P + N·T against N·(P + T)) and its attention computes a subset of the padded layout's scores."""
+    layout (U·P + N·T against N·(P + T)) and its attention computes a subset of the padded layout's scores.
+
+    `multiple` = (p, t): round the prompt width P up to a multiple of p and the completion width T up to a
+    multiple of t (padding, as any row's own padding, is masked), and list every one of the N·T completion
+    positions in src_seq / src_pos (row-major, padding included) instead of the real tokens only: a layout
+    whose shapes depend only on (U, G, P, T), as CUDA graphs need (grpo.graphed)."""
     found = _prompt_groups(batch)
     if found is None or not found[2]:
         return None
@@ -271,9 +277,14 @@ def rows_layout(batch: PackedBatch, min_saving: float = 0.0) -> RowsLayout | Non
     if g < 2 or t == 0 or any(len(rows) != g for rows in groups.values()):
         return None
     pw = max(len(k) for k in groups)
+    if multiple is not None:
+        pw, t = -(-pw // multiple[0]) * multiple[0], -(-t // multiple[1]) * multiple[1]
     u, width = len(groups), pw + g * t
-    if u * width > (1.0 - min_saving) * batch.input_ids.numel():
+    if multiple is None and u * width > (1.0 - min_saving) * batch.input_ids.numel():
         return None
+    comp = cpu.completion_ids
+    if comp.shape[1] < t:
+        comp = torch.cat([comp, comp.new_zeros(comp.shape[0], t - comp.shape[1])], dim=1)
     ids = torch.zeros((u, width), dtype=torch.long)
     pos = torch.zeros((u, width), dtype=torch.long)
     plan = torch.zeros((u * g, 1, t, pw + t), dtype=torch.uint8)
@@ -285,13 +296,13 @@ def rows_layout(batch: PackedBatch, min_saving: float = 0.0) -> RowsLayout | Non
         pos[s, pw - lp:pw] = torch.arange(lp)
         for j, r in enumerate(rows):
             col = pw + j * t
-            ids[s, col:col + t] = cpu.completion_ids[r, :t]
+            ids[s, col:col + t] = comp[r, :t]
             pos[s, col:col + t] = torch.arange(lp, lp + t)
             plan[s * g + j, 0, :, pw - lp:pw] = 1
             plan[s * g + j, 0, :, pw:] = own
             where[r] = (s, col, pw - 1)
     dev = batch.input_ids.device
-    src_seq, src_pos = _source_positions(lens, where)
+    src_seq, src_pos = _source_positions(lens if multiple is None else torch.full_like(lens, t), where)
     return RowsLayout(ids.to(dev), pos.to(dev), plan.to(dev), src_seq.to(dev), src_pos.to(dev))
 
 
@@ -455,7 +466,19 @@ def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_to
     lm_head = getattr(model, "module", model).get_output_embeddings()
     real = batch.completion_mask > 0  # [N, T]
     h = _completion_states(model, batch, real, share_prompts, attention)  # [K, D]: real tokens only
-    y = batch.completion_ids[real]  # [K]
+    flat, flat_ent = head_logprobs(h, batch.completion_ids[real], lm_head, temperature, chunk_tokens,
+                                   with_entropy, compile_head)
+    logp = flat.new_zeros(real.shape).masked_scatter(real, flat)
+    ent = None if flat_ent is None else flat_ent.new_zeros(real.shape).masked_scatter(real, flat_ent)
+    return logp, ent
+
+
+def head_logprobs(h: torch.Tensor, y: torch.Tensor, lm_head: torch.nn.Module, temperature: float,
+                  chunk_tokens: int = 1024, with_entropy: bool = False,
+                  compile_head: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs [K] float32 of targets y [K] under the LM head applied to final hidden states h [K, D],
+    `chunk_tokens` rows at a time (each chunk under activation checkpointing when h needs gradients, so its
+    [chunk, V] logits are recomputed in backward instead of kept); and the entropies [K] (no grad) if asked."""
     grad = torch.is_grad_enabled() and h.requires_grad
     head = _compiled_head() if compile_head else _chunk_logprobs
     logps, ents = [], []
@@ -469,9 +492,6 @@ def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_to
         if with_entropy:
             ents.append(ent_box[0])
     flat = torch.cat(logps) if logps else h.new_zeros(0, dtype=torch.float32)
-    logp = flat.new_zeros(real.shape).masked_scatter(real, flat)
-    ent = None
-    if with_entropy:
-        flat_ent = torch.cat(ents) if ents else flat.detach()
-        ent = flat_ent.new_zeros(real.shape).masked_scatter(real, flat_ent)
-    return logp, ent
+    if not with_entropy:
+        return flat, None
+    return flat, (torch.cat(ents) if ents else flat.detach())

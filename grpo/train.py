@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -57,6 +58,7 @@ class TrainState:
     cursor: int = 0                       # position in the current epoch's order
     epoch: int = 0
     order: list[int] = field(default_factory=list)
+    update_graphs: Any = None             # grpo.graphed.GraphedLogprobs when model.cuda_graphs applies
 
 
 @dataclass
@@ -255,6 +257,14 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     writer = RunWriter(cfg.run.output_dir, enabled=acc.is_main_process, accelerator=acc)
     state = TrainState(cfg, acc, model, ref, tokenizer, optimizer, scheduler, sampler, rewards, train, held, writer)
     state.order = _epoch_order(len(train), cfg.run.seed, 0)
+    if cfg.model.cuda_graphs:
+        from grpo.graphed import GraphedLogprobs
+
+        why = GraphedLogprobs.usable(model, acc.num_processes)
+        if why is None:
+            state.update_graphs = GraphedLogprobs(model, cfg.sampling.temperature, compile_head=cfg.model.compile)
+        else:
+            warnings.warn(f"model.cuda_graphs: the update runs without CUDA graphs: {why}")
     return state
 
 
@@ -428,8 +438,12 @@ def _micro_step(state: TrainState, sub: PackedBatch, didx: torch.Tensor, it: int
     scale = acc.num_processes  # DDP averages gradients over processes; the normalisers are global sums
     t = sub.completion_ids.shape[1]
     with acc.autocast():
-        logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0),
-                                   compile_head=state.cfg.model.compile)
+        graphed = state.update_graphs(sub) if state.update_graphs is not None else None
+        if graphed is not None:  # entropies come with the graphs' outputs; logged for the first iteration
+            logp, ent = graphed[0], (graphed[1] if it == 0 else None)
+        else:
+            logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0),
+                                       compile_head=state.cfg.model.compile)
     aux = _aux_loss(state, norm["num_micro_batches"])
     logp = logp.float()
     old_lp = old[didx, :t] if old is not None else logp.detach()
@@ -463,7 +477,8 @@ def _optimizer_step(state: TrainState, agg: dict[str, list[float]], num_micro: i
         _check_finite_grad_norm(state, agg, num_micro, float(grad_norm), "before the optimizer step")
     state.optimizer.step()
     state.scheduler.step()
-    state.optimizer.zero_grad(set_to_none=True)
+    # the update's CUDA graphs add into the .grad tensors they were captured with: zero those in place
+    state.optimizer.zero_grad(set_to_none=state.update_graphs is None)
     adapted = _adapted(state)
     if adapted is not None:
         from grpo.adapters import after_optimizer_step

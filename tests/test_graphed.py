@@ -1,0 +1,109 @@
+"""grpo.graphed: the static-shape rows layout it captures gives token_logprobs' log-probs, entropies and
+gradients (fp32, CPU, no graphs needed), and on a CUDA device the replayed graphs match eager mode and
+accumulate gradients over micro-batches. The trainer falls back to eager mode (with a warning) where
+graphs do not apply."""
+import pytest
+import torch
+
+from grpo.graphed import GraphedLogprobs
+from grpo.logprobs import pack, rows_layout, token_logprobs
+from grpo.testing import tiny_model
+
+
+def _batch(device="cpu", seed=0):
+    """Two prompts (lengths 5 and 3) x 6 ragged completions (one empty) of at most 21 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    rows = [[5, 6, 7, 8, 9]] * 6 + [[10, 11, 12]] * 6
+    comp = torch.randint(13, 40, (12, 21), generator=g)
+    lens = torch.tensor([21, 7, 13, 1, 15, 0, 20, 21, 9, 18, 11, 5])
+    mask = (torch.arange(21)[None] < lens[:, None]).long()
+    return pack(rows, comp * mask, mask, pad_id=0).to(device)
+
+
+def _weights(lp):
+    return torch.linspace(0.5, 1.5, lp.numel(), device=lp.device).view_as(lp)
+
+
+def _grads(model):
+    return torch.cat([p.grad.flatten().clone() for p in model.parameters() if p.grad is not None])
+
+
+def test_static_layout_shapes():
+    b = _batch()
+    lay = rows_layout(b, multiple=(8, 16))
+    assert lay.input_ids.shape == (2, 8 + 6 * 32)  # P 5 -> 8, T 21 -> 32
+    assert lay.plan.shape == (12, 1, 32, 8 + 32)
+    assert lay.src_seq.shape == lay.src_pos.shape == (12 * 32,)  # every position, padding included
+    plain = rows_layout(b)
+    assert plain.src_seq.shape == (int(b.completion_mask.sum()),)
+
+
+def test_static_layout_forward_matches_token_logprobs(tok):
+    """What the graphs record (GraphedLogprobs._forward over rows_layout(multiple=...)), run eagerly: the
+    same log-probs, entropies and gradients as token_logprobs at the real tokens."""
+    torch.manual_seed(0)
+    model = tiny_model(tok)
+    b = _batch()
+    model.zero_grad(set_to_none=True)
+    ref, ref_ent = token_logprobs(model, b, temperature=0.7, with_entropy=True, attention="dense")
+    (ref * _weights(ref)).sum().backward()
+    ref_g = _grads(model)
+
+    model.zero_grad(set_to_none=True)
+    g = GraphedLogprobs(model, 0.7, compile_head=False, multiple=(8, 16), chunk_tokens=64)
+    lay = rows_layout(b, multiple=(8, 16))
+    n, t_used = b.completion_ids.shape
+    t = lay.plan.shape[2]
+    targets = torch.zeros((n, t), dtype=torch.long)
+    targets[:, :t_used] = b.completion_ids
+    flat, flat_ent = g._forward(lay.input_ids, lay.position_ids, lay.plan, lay.src_seq, lay.src_pos, targets.flatten())
+    real = b.completion_mask > 0
+    lp = torch.where(real, flat.view(n, t)[:, :t_used], 0.0)
+    ent = torch.where(real, flat_ent.view(n, t)[:, :t_used], 0.0)
+    (lp * _weights(lp)).sum().backward()
+    assert torch.allclose(lp, ref, atol=1e-5)
+    assert torch.allclose(ent, ref_ent, atol=1e-5)
+    assert torch.allclose(_grads(model), ref_g, atol=1e-5, rtol=1e-4)
+
+
+def test_usable_says_why_not():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    if not torch.cuda.is_available():
+        assert "CUDA" in GraphedLogprobs.usable(model, 1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_graphs_match_eager_and_accumulate(tok):
+    torch.manual_seed(0)
+    model = tiny_model(tok).cuda()
+    b = _batch("cuda")
+    model.zero_grad(set_to_none=True)
+    ref, ref_ent = token_logprobs(model, b, temperature=0.7, with_entropy=True, attention="rows")
+    (ref * _weights(ref)).sum().backward()
+    ref_g = _grads(model)
+    model.zero_grad(set_to_none=True)
+    g = GraphedLogprobs(model, 0.7, compile_head=False, multiple=(8, 16), chunk_tokens=64)
+    for k in (1, 2):  # capture + replay, then a second replay that must add the same gradients
+        lp, ent = g(b)
+        (lp * _weights(lp)).sum().backward()
+        assert torch.allclose(lp, ref, atol=1e-4)
+        assert torch.allclose(ent, ref_ent, atol=1e-4)
+        assert torch.allclose(_grads(model), k * ref_g, atol=1e-4, rtol=1e-3)
+    assert len(g.graphs) == 1
+
+
+def test_trainer_falls_back_without_cuda(tmp_path, tok):
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU fallback")
+    from grpo.config import load_config
+    from grpo.train import setup
+
+    cfg = load_config(None, ["model.cuda_graphs=true", f"run.output_dir={tmp_path}", "optim.steps=1",
+                             "run.mixed_precision='no'", "run.progress=false",
+                             "eval.before=false", "eval.after=false"])
+    with pytest.warns(UserWarning, match="without CUDA graphs"):
+        state = setup(cfg, model=tiny_model(tok), tokenizer=tok)
+    assert state.update_graphs is None
