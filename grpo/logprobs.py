@@ -282,28 +282,39 @@ def rows_layout(batch: PackedBatch, min_saving: float = 0.0,
     u, width = len(groups), pw + g * t
     if multiple is None and u * width > (1.0 - min_saving) * batch.input_ids.numel():
         return None
-    comp = cpu.completion_ids
+    members = torch.tensor(list(groups.values()), dtype=torch.long)  # [U, G] row ids, first-seen order
+    first, rows = members[:, 0], members.flatten()
+    # prompts: the last k columns of the batch's left-padded prompt part hold every real prompt token
+    k = min(batch.prompt_width, pw)
+    cols = slice(batch.prompt_width - k, batch.prompt_width)
+    valid = torch.zeros((u, pw), dtype=torch.bool)
+    valid[:, pw - k:] = cpu.attention_mask[first, cols].bool()
+    p_ids = torch.zeros((u, pw), dtype=torch.long)
+    p_ids[:, pw - k:] = torch.where(valid[:, pw - k:], cpu.input_ids[first, cols], 0)
+    p_pos = torch.zeros((u, pw), dtype=torch.long)
+    p_pos[:, pw - k:] = torch.where(valid[:, pw - k:], cpu.position_ids[first, cols], 0)
+    comp = cpu.completion_ids[rows, :t]  # [U·G, <=t] in layout order
     if comp.shape[1] < t:
         comp = torch.cat([comp, comp.new_zeros(comp.shape[0], t - comp.shape[1])], dim=1)
-    ids = torch.zeros((u, width), dtype=torch.long)
-    pos = torch.zeros((u, width), dtype=torch.long)
-    plan = torch.zeros((u * g, 1, t, pw + t), dtype=torch.uint8)
-    own = torch.ones(t, t, dtype=torch.uint8).tril()
-    where = {}
-    for s, (key, rows) in enumerate(groups.items()):
-        lp = len(key)
-        ids[s, pw - lp:pw] = torch.tensor(key, dtype=torch.long)
-        pos[s, pw - lp:pw] = torch.arange(lp)
-        for j, r in enumerate(rows):
-            col = pw + j * t
-            ids[s, col:col + t] = comp[r, :t]
-            pos[s, col:col + t] = torch.arange(lp, lp + t)
-            plan[s * g + j, 0, :, pw - lp:pw] = 1
-            plan[s * g + j, 0, :, pw:] = own
-            where[r] = (s, col, pw - 1)
+    c_pos = valid.sum(dim=1)[:, None, None] + torch.arange(t)  # [U, 1, t]: positions go on after the prompt
+    ids = torch.cat([p_ids, comp.view(u, g * t)], dim=1)
+    pos = torch.cat([p_pos, c_pos.expand(u, g, t).reshape(u, g * t)], dim=1)
+    # sources, row-major over the batch's rows: the prompt's last state, then the row's own states
+    seq_of, j_of = torch.empty(len(lens), dtype=torch.long), torch.empty(len(lens), dtype=torch.long)
+    seq_of[rows] = torch.arange(u).repeat_interleave(g)
+    j_of[rows] = torch.arange(g).repeat(u)
+    src_pos = (pw + j_of * t - 1)[:, None] + torch.arange(t)  # [N, t]
+    src_pos[:, 0] = pw - 1
+    src_seq = seq_of[:, None].expand(-1, t)
+    if multiple is None:  # the real tokens only
+        real = torch.arange(t) < lens[:, None]
+        src_seq, src_pos = src_seq[real], src_pos[real]
     dev = batch.input_ids.device
-    src_seq, src_pos = _source_positions(lens if multiple is None else torch.full_like(lens, t), where)
-    return RowsLayout(ids.to(dev), pos.to(dev), plan.to(dev), src_seq.to(dev), src_pos.to(dev))
+    # plan [U·G, 1, t, P + t] built on the device: each row sees its prompt's real tokens, then itself causally
+    v = valid.to(dev, torch.uint8)[:, None].expand(u, g, pw).reshape(u * g, 1, 1, pw).expand(-1, -1, t, -1)
+    own = torch.ones(t, t, dtype=torch.uint8, device=dev).tril().expand(u * g, 1, t, t)
+    plan = torch.cat([v, own], dim=-1)
+    return RowsLayout(ids.to(dev), pos.to(dev), plan, src_seq.reshape(-1).to(dev), src_pos.reshape(-1).to(dev))
 
 
 def _rows_attention(query, key, value, plan, scale) -> torch.Tensor:

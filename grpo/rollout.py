@@ -7,6 +7,7 @@ branches on the backend; the fast static-cache engine (grpo/engine) implements t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
@@ -37,7 +38,7 @@ class RolloutBatch:
     logprobs:        [N, T] float32 log-prob of each sampled token under the sampling distribution
                      (logits / temperature, before top-p/top-k), 0 where mask is 0; None if the
                      backend does not provide them
-    texts:           N decoded completions (special tokens removed)
+    texts:           N decoded completions (special tokens removed): a list, or LazyTexts
     group:           [N] long, prompt index of each row
     truncated:       [N] bool, True where the row hit max_new_tokens without emitting EOS
     routes:          MoE experts chosen while sampling (`grpo.adapters.RecordedRoutes`, rows in this
@@ -48,7 +49,7 @@ class RolloutBatch:
     completion_ids: torch.Tensor
     completion_mask: torch.Tensor
     logprobs: torch.Tensor | None
-    texts: list[str]
+    texts: Sequence[str]
     group: torch.Tensor
     truncated: torch.Tensor
     routes: Any = None
@@ -56,6 +57,36 @@ class RolloutBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.completion_mask.sum().item())
+
+
+class LazyTexts(Sequence):
+    """The decoded completions of token rows, decoded on first use: a sampler can return before the
+    tokenizer runs, so the trainer queues the update's forward pass first and decodes (for the verifiers)
+    while the device computes it."""
+
+    def __init__(self, tokenizer, ids: torch.Tensor, mask: torch.Tensor):
+        self._args: tuple | None = (tokenizer, ids, mask)
+        self._texts: list[str] = []
+
+    def _decoded(self) -> list[str]:
+        if self._args is not None:
+            tok, ids, mask = self._args
+            self._texts = tok.batch_decode([r[m.bool()].tolist() for r, m in zip(ids, mask)],
+                                           skip_special_tokens=True)
+            self._args = None
+        return self._texts
+
+    def __getitem__(self, i):
+        return self._decoded()[i]
+
+    def __len__(self) -> int:
+        return len(self._decoded())
+
+    def __eq__(self, other) -> bool:
+        return list(self._decoded()) == list(other)
+
+    def __repr__(self) -> str:
+        return repr(self._decoded())
 
 
 class Sampler(Protocol):

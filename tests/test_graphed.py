@@ -77,22 +77,33 @@ def test_usable_says_why_not():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_graphs_match_eager_and_accumulate(tok):
+    """bf16, as the trainer runs on a GPU (fp32 SDPA picks the memory-efficient kernel, whose forward was
+    seen failing capture on an H100); the reference is the same static layout run eagerly."""
     torch.manual_seed(0)
-    model = tiny_model(tok).cuda()
+    model = tiny_model(tok).cuda().to(torch.bfloat16)
     b = _batch("cuda")
-    model.zero_grad(set_to_none=True)
-    ref, ref_ent = token_logprobs(model, b, temperature=0.7, with_entropy=True, attention="rows")
-    (ref * _weights(ref)).sum().backward()
-    ref_g = _grads(model)
-    model.zero_grad(set_to_none=True)
     g = GraphedLogprobs(model, 0.7, compile_head=False, multiple=(8, 16), chunk_tokens=64)
+    lay = rows_layout(b, multiple=(8, 16))
+    n, t_used = b.completion_ids.shape
+    t = lay.plan.shape[2]
+    targets = torch.zeros((n, t), dtype=torch.long, device="cuda")
+    targets[:, :t_used] = b.completion_ids
+    model.zero_grad(set_to_none=True)
+    flat, flat_ent = g._forward(lay.input_ids, lay.position_ids, lay.plan, lay.src_seq, lay.src_pos, targets.flatten())
+    real = b.completion_mask > 0
+    ref = torch.where(real, flat.view(n, t)[:, :t_used], 0.0)
+    ref_ent = torch.where(real, flat_ent.view(n, t)[:, :t_used], 0.0).detach()
+    (ref * _weights(ref)).sum().backward()
+    ref, ref_g = ref.detach(), _grads(model).float()
+    model.zero_grad(set_to_none=True)
     for k in (1, 2):  # capture + replay, then a second replay that must add the same gradients
         lp, ent = g(b)
         (lp * _weights(lp)).sum().backward()
-        assert torch.allclose(lp, ref, atol=1e-4)
-        assert torch.allclose(ent, ref_ent, atol=1e-4)
-        assert torch.allclose(_grads(model), k * ref_g, atol=1e-4, rtol=1e-3)
-    assert len(g.graphs) == 1
+        assert torch.allclose(lp, ref, atol=1e-3)
+        assert torch.allclose(ent, ref_ent, atol=1e-3)
+        got = _grads(model).float()
+        assert (got - k * ref_g).norm() <= 0.02 * k * ref_g.norm()
+    assert len(g.graphs) == 1 and not g.disabled
 
 
 def test_trainer_falls_back_without_cuda(tmp_path, tok):

@@ -27,7 +27,7 @@ from grpo.engine.attention import DecodeContext, GQAAttention, PrefillContext, a
 from grpo.engine.decode_attention import triton_available
 from grpo.engine.fused_decode import norm_gate_up
 from grpo.engine.ops import Ops
-from grpo.rollout import RolloutBatch, SamplingParams, _pad_right, finish_rows
+from grpo.rollout import LazyTexts, RolloutBatch, SamplingParams, _pad_right, finish_rows
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
@@ -256,8 +256,7 @@ class EngineSampler:
         logp = torch.cat([_pad_right(c[2], width, 0.0) for c in chunks])
         truncated = torch.cat([c[3] for c in chunks])
         rows = [p for p in prompt_ids for _ in range(group_size)]
-        texts = self.tokenizer.batch_decode([r[m.bool()].tolist() for r, m in zip(ids, mask)],
-                                            skip_special_tokens=True)
+        texts = LazyTexts(self.tokenizer, ids, mask)  # decoded when the verifiers first read them
         group = torch.arange(len(prompt_ids)).repeat_interleave(group_size)
         return RolloutBatch(prompt_ids=rows, completion_ids=ids, completion_mask=mask, logprobs=logp,
                             texts=texts, group=group, truncated=truncated)
