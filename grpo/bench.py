@@ -160,6 +160,7 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     from data.records import Example
 
     device = "cuda" if gpu else "cpu"
+    threads = torch.get_num_threads()
     cfg = ours_config(args, gpu, "/tmp/grpo_bench_ours")
     model = build_model(config, sd, ours_dtype(args, gpu), device)
     state = train.setup(cfg, model=model, tokenizer=tok)
@@ -201,6 +202,7 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     sampler_name = type(state.sampler.inner).__name__
     del state, model
     free_memory(gpu)
+    torch.set_num_threads(threads)  # the trainer sets 1 on CUDA; TRL runs with torch's default, as the anchor
     master = ", fp32 master" if args.master_fp32 and gpu else ""
     return {"impl": f"ours ({sampler_name}{master})", "step_s_median": round(med, 4),
             "step_s_all": [round(t, 4) for t in times],

@@ -115,7 +115,7 @@ class RunConfig:
     save_completions: bool = True
     trackers: list[str] = field(default_factory=list)   # tensorboard | wandb | trackio (if installed)
     mixed_precision: str = "auto"         # auto: bf16 autocast on GPU and bf16-capable CPUs (AMX), else fp32 | bf16 | no
-    torch_threads: int = 0                # 0: torch's default
+    torch_threads: int = 0                # 0: 1 when training on CUDA (grpo.train.setup), else torch's default
     progress: bool = True
 
 

@@ -208,13 +208,20 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     rewards = load_rewards(cfg.rewards)
     train, held = load_datasets(cfg)
     check_reward_columns(rewards, train)
-    if cfg.run.torch_threads:
-        torch.set_num_threads(cfg.run.torch_threads)
     # On CPU, denormal floats (tiny Adam moments, far-tail softmax terms) take a slow microcode path:
     # the quickstart's backward once stalled for minutes in an elementwise kernel. Flush them to zero.
     torch.set_flush_denormal(True)
     _seed_everything(cfg.run.seed)
     acc = make_accelerator(cfg)
+    if cfg.run.torch_threads:
+        torch.set_num_threads(cfg.run.torch_threads)
+    elif acc.device.type == "cuda":
+        # On a GPU the host only builds small tensors and runs the verifiers, and torch's default (a thread
+        # per core) made both slower: on the H100 std-step one traced step took 0.596 s with 1 thread and
+        # 0.691 s with 16 (rewards 0.039 vs 0.093 s; scripts/step_trace.py, STEP_TRACE_THREADS=1,
+        # 2026-11-24). Likely cause: OpenMP workers spinning after each parallel region, taking the cores
+        # the verifiers' helper process and the tokenizer need.
+        torch.set_num_threads(1)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.name)
     if model is None:

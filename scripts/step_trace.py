@@ -117,6 +117,9 @@ def main() -> None:
     model = bench.build_model(config, sd, bench.ours_dtype(b, gpu), dev)
     state = train.setup(cfg, model=model, tokenizer=tok)
     state.sampler = bench.FixedLength(state.sampler)
+    if os.environ.get("STEP_TRACE_THREADS"):  # e.g. 1: no intra-op CPU threads for the host-side tensor work
+        torch.set_num_threads(int(os.environ["STEP_TRACE_THREADS"]))
+    print(f"torch CPU threads: {torch.get_num_threads()}", flush=True)
     for s in range(args.warm):
         t = time.perf_counter()
         train.train_step(state, examples[s * b.prompts:(s + 1) * b.prompts])
