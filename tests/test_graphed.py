@@ -77,10 +77,14 @@ def test_usable_says_why_not():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_graphs_match_eager_and_accumulate(tok):
-    """bf16, as the trainer runs on a GPU (fp32 SDPA picks the memory-efficient kernel, whose forward was
-    seen failing capture on an H100); the reference is the same static layout run eagerly."""
+    """bf16 with compiled layers, as the trainer runs on a GPU (model.compile + model.cuda_graphs; the
+    capture of this tiny model with uncompiled layers was seen failing on an H100, cause not found, and
+    then runs eagerly); the reference is the same static layout run eagerly."""
+    from grpo.models import compile_blocks
+
     torch.manual_seed(0)
     model = tiny_model(tok).cuda().to(torch.bfloat16)
+    compile_blocks(model)
     b = _batch("cuda")
     g = GraphedLogprobs(model, 0.7, compile_head=False, multiple=(8, 16), chunk_tokens=64)
     lay = rows_layout(b, multiple=(8, 16))

@@ -110,6 +110,9 @@ class Decoder:
         return F.linear(h, self.ops.w(self.lm_head.weight), self.ops.w(getattr(self.lm_head, "bias", None)))
 
 
+PREFILL_BUCKET = 8  # prompt widths are rounded up to a multiple of this when the prefill is graphed
+
+
 class _Workspace:
     """Static buffers for one batch shape (rows, cache slots, max_new_tokens), and its CUDA graphs."""
 
@@ -133,6 +136,7 @@ class _Workspace:
         self.out_logp = torch.zeros((rows, max_new), dtype=torch.float32, device=dev)
         self.mask = torch.full((rows, slots), float("-inf"), dtype=dtype, device=dev)  # [N, S] additive
         self.graphs: dict = {}
+        self.inputs: dict = {}  # static input buffers of the prefill graphs, by key
         self.pool = None
 
 
@@ -174,6 +178,7 @@ class EngineSampler:
         self.device = next(model.parameters()).device
         on_cuda = self.device.type == "cuda"
         self.cuda_graphs = on_cuda if cuda_graphs == "auto" else bool(cuda_graphs)
+        self.prefill_graphs = self.cuda_graphs  # turned off alone if a prefill capture fails
         if self.cuda_graphs and not on_cuda:
             raise ValueError("cuda_graphs=True needs the model on a CUDA device")
         self.compile = on_cuda if compile == "auto" else bool(compile)
@@ -275,11 +280,12 @@ class EngineSampler:
         if min(len(p) for p in prompts) == 0:
             raise ValueError("empty prompt")
         p0 = max(len(p) for p in prompts)
+        if self.prefill_graphs:  # one prefill graph per prompt-width bucket (more left padding, masked)
+            p0 = -(-p0 // PREFILL_BUCKET) * PREFILL_BUCKET
         t_max = params.max_new_tokens
         ws = self._workspace(len(prompts) * g, p0 + t_max, t_max)
         t0 = self._clock()
-        logits = self._prefill(ws, prompts, g, p0)
-        self._uncompiled_on_error(self._commit, ws, logits.repeat_interleave(g, 0), params)
+        self._prefill(ws, prompts, g, p0, params)
         t1 = self._clock()
         can_stop = params.min_new_tokens < t_max
         produced = 1
@@ -302,28 +308,46 @@ class EngineSampler:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _prefill(self, ws: _Workspace, prompts: list[list[int]], g: int, p0: int) -> torch.Tensor:
-        """Run the B prompts once, fill the cache of all B*G rows and reset the decode state.
-        Returns next-token logits [B, V]."""
-        dev = ws.tok.device
+    def _prefill(self, ws: _Workspace, prompts: list[list[int]], g: int, p0: int, params: SamplingParams) -> None:
+        """Run the B prompts once, fill the cache of all B*G rows, reset the decode state and draw every
+        row's first token. The prompts are left-padded to p0 on the host; the rest (`_prefill_step`) is
+        replayed from a CUDA graph per (B, p0, G, sampling parameters) when graphs are on."""
         b = len(prompts)
         ids = torch.full((b, p0), self.pad_id, dtype=torch.long)
         valid = torch.zeros((b, p0), dtype=torch.bool)
         for i, p in enumerate(prompts):  # left padding: every prompt ends at slot p0 - 1
             ids[i, p0 - len(p):] = torch.tensor(p)
             valid[i, p0 - len(p):] = True
-        ids, valid = ids.to(dev), valid.to(dev)
+        key = ("prefill", b, p0, g, params.temperature, params.top_k, params.top_p, params.min_new_tokens)
+        if key not in ws.inputs:  # static inputs of this shape
+            ws.inputs[key] = (torch.empty((b, p0), dtype=torch.long, device=ws.tok.device),
+                              torch.empty((b, p0), dtype=torch.bool, device=ws.tok.device))
+        s_ids, s_valid = ws.inputs[key]
+        s_ids.copy_(ids, non_blocking=True)
+        s_valid.copy_(valid, non_blocking=True)
+        if not self.prefill_graphs:
+            self._uncompiled_on_error(self._prefill_step, ws, s_ids, s_valid, g, params)
+            return
+        if not self._replay_or_capture(ws, key, self._prefill_step, ws, s_ids, s_valid, g, params,
+                                       what="the prefill"):
+            self.prefill_graphs = False  # the eager run inside did this call's work
+
+    def _prefill_step(self, ws: _Workspace, ids: torch.Tensor, valid: torch.Tensor, g: int,
+                      params: SamplingParams) -> None:
+        """Device part of `_prefill` (fixed shapes, no host sync: graph-safe)."""
+        b, p0 = ids.shape
+        dev = ids.device
         positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
         causal = torch.ones(p0, p0, dtype=torch.bool, device=dev).tril()
         allowed = (causal[None] & valid[:, None, :]) | torch.eye(p0, dtype=torch.bool, device=dev)[None]
-        neg = torch.tensor(float("-inf"), dtype=ws.mask.dtype, device=dev)
-        mask = torch.where(allowed, torch.zeros((), dtype=ws.mask.dtype, device=dev), neg)[:, None]
+        # (no torch.tensor(scalar, device=...) here: that is a host-to-device copy, refused during capture)
+        mask = torch.zeros(allowed.shape, dtype=ws.mask.dtype, device=dev).masked_fill_(~allowed, float("-inf"))
         ctx = PrefillContext(positions=positions, cos=ws.cos_table[positions][:, :, None],
-                             sin=ws.sin_table[positions][:, :, None], mask=mask, group_size=g)
+                             sin=ws.sin_table[positions][:, :, None], mask=mask[:, None], group_size=g)
         h = self.decoder.hidden(ids, ctx, decode=False, ops=self.ops.plain())
         logits = self.decoder.logits(h[:, -1])
 
-        rows_valid = valid.repeat_interleave(g, 0)
+        rows_valid = valid[:, None].expand(b, g, p0).reshape(b * g, p0)
         ws.mask.fill_(float("-inf"))
         ws.mask[:, :p0].masked_fill_(rows_valid, 0.0)
         ws.pos.copy_(rows_valid.sum(-1))
@@ -332,7 +356,7 @@ class EngineSampler:
         ws.done.zero_()
         ws.out_tok.fill_(self.pad_id)
         ws.out_logp.zero_()
-        return logits
+        self._commit(ws, logits[:, None].expand(b, g, logits.shape[-1]).reshape(b * g, -1), params)
 
     def _commit(self, ws: _Workspace, logits: torch.Tensor, params: SamplingParams) -> None:
         """Draw the next token of every row from logits [N, V] and record it (graph-safe)."""
@@ -379,28 +403,36 @@ class EngineSampler:
             return fn(*args)
 
     def _run_step(self, ws: _Workspace, length: int, params: SamplingParams) -> None:
-        if not self.cuda_graphs:
-            self._step(ws, length, params)
-            return
         key = (length, params.temperature, params.top_k, params.top_p, params.min_new_tokens)
+        if not self._replay_or_capture(ws, key, self._step, ws, length, params, what="the decode step"):
+            self.cuda_graphs = False
+
+    def _replay_or_capture(self, ws: _Workspace, key: tuple, fn, *args, what: str) -> bool:
+        """fn(*args) (graph-safe: fixed shapes, static buffers), replayed from the CUDA graph recorded for
+        `key` when graphs are on. False when the capture failed (fn has run eagerly: this call's work is
+        done; the caller turns those graphs off)."""
+        if not self.cuda_graphs:
+            self._uncompiled_on_error(fn, *args)
+            return True
         graph = ws.graphs.get(key)
         if graph is not None:
             graph.replay()
-            return
-        # first time at this shape: run it eagerly on a side stream (this step's real work; also warms
+            return True
+        # first time at this shape: run it eagerly on a side stream (this call's real work; also warms
         # up cuBLAS and compiles the fused ops), then record it; recording does not execute it
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._uncompiled_on_error(self._step, ws, length, params)
+            self._uncompiled_on_error(fn, *args)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, pool=ws.pool):
-                self._step(ws, length, params)
+                fn(*args)
         except RuntimeError as e:  # keep working without graphs rather than fail a training run
-            warnings.warn(f"CUDA graph capture failed ({e}); decoding without graphs")
-            self.cuda_graphs = False
-            return
+            warnings.warn(f"CUDA graph capture of {what} failed ({str(e).splitlines()[0]}); running it without "
+                          "graphs")
+            return False
         ws.pool = graph.pool()
         ws.graphs[key] = graph
+        return True
