@@ -92,16 +92,27 @@ def trainer_inputs(data: dict):
 
 def profile(paths: list[str], reps: int, top: int, values_out: str | None, check: str | None) -> int:
     from grpo.scoring import score_rollout
-    from rewards.math import POOL, _verify_cached, verify
+    from rewards import math as rmath
+    from rewards.math import POOL, _verify_cached
+
+    def fresh_helpers():
+        """As many running helpers as a batch's checks use at once (PARALLEL_CHECKS; 1 before it existed),
+        each fresh: sympy imported, nothing of these batches cached."""
+        POOL.close()
+        n = getattr(rmath, "PARALLEL_CHECKS", 1)
+        pairs = [("1", f"x + {i}") for i in range(n)]
+        if n > 1:
+            rmath._verify_parallel(pairs, 30.0)
+        else:
+            rmath.verify(*pairs[0])
+        _verify_cached.cache_clear()
 
     batches = [trainer_inputs(json.loads(Path(p).read_text())) for p in paths]
 
     def call(inputs):
         """One scoring call as in a new training step: no verdict cached, a sympy helper already running
         but with empty sympy caches (a fresh one, warmed up outside the timing)."""
-        POOL.close()
-        verify("1", "x")
-        _verify_cached.cache_clear()
+        fresh_helpers()
         t0 = time.perf_counter()
         table = score_rollout(*inputs)
         return time.perf_counter() - t0, table
@@ -118,9 +129,7 @@ def profile(paths: list[str], reps: int, top: int, values_out: str | None, check
     print(f"all {len(flat)} calls: median {statistics.median(flat) * 1e3:.1f} ms, max {max(flat) * 1e3:.1f} ms")
     prof = cProfile.Profile()
     for b in batches:
-        POOL.close()
-        verify("1", "x")
-        _verify_cached.cache_clear()
+        fresh_helpers()
         prof.enable()
         score_rollout(*b)
         prof.disable()

@@ -107,23 +107,28 @@ def test_rewards_do_not_import_torch_or_grpo():
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_loading_the_accuracy_reward_prestarts_one_sympy_helper_that_scoring_then_uses():
-    """load_rewards calls a reward's warm_up: the math verifier starts its helper process while the model
-    loads; the first symbolic check reuses that process (fresh interpreter: a fresh helper pool)."""
+def test_loading_the_accuracy_reward_prestarts_sympy_helpers_that_scoring_then_uses():
+    """load_rewards calls a reward's warm_up: the math verifier starts PARALLEL_CHECKS helper processes
+    while the model loads (once); symbolic checks reuse them, one batch's checks side by side, with the
+    verdicts of one-by-one `verify` (fresh interpreter: a fresh helper pool)."""
     import subprocess
     import sys
 
     code = (
         "from rewards.registry import RewardSpec, load_rewards\n"
         "from rewards.math.bounded import POOL\n"
-        "from rewards.math import verify\n"
-        "assert POOL.idle == []\n"
+        "from rewards.math import PARALLEL_CHECKS, accuracy_reward, verify\n"
+        "assert POOL.idle == [] and PARALLEL_CHECKS > 1\n"
         "load_rewards([RewardSpec('accuracy')])\n"
         "load_rewards([RewardSpec('accuracy')])\n"
-        "assert len(POOL.idle) == 1, POOL.idle\n"
-        "pid = POOL.idle[0].proc.pid\n"
+        "assert len(POOL.idle) == PARALLEL_CHECKS, POOL.idle\n"
+        "pids = {h.proc.pid for h in POOL.idle}\n"
         "assert verify('5', '3+2') and not verify('5', 'x+2')\n"
-        "assert [h.proc.pid for h in POOL.idle] == [pid]\n"
+        "preds = ['3+2', 'x+2', '10/2', '2*3', '(1+1)*2+1', 'sqrt(25)', 'y', '4+1']\n"
+        "comps = [[{'role': 'assistant', 'content': 'so \\\\boxed{' + p + '}'}] for p in preds]\n"
+        "got = accuracy_reward(None, comps, answer=['5'] * len(preds))\n"
+        "assert got == [1.0 if verify('5', p) else 0.0 for p in preds] == [1, 0, 1, 0, 1, 1, 0, 1], got\n"
+        "assert {h.proc.pid for h in POOL.idle} == pids\n"
         "POOL.close()\n"
         "print('ok')\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -110,14 +110,15 @@ class HelperPool:
                 self.idle.append(helper)
             return result
 
-    def prestart(self) -> None:
-        """Start one helper now if none exists, without waiting: it imports sympy (~0.7 s) in its own process
-        while the caller goes on loading the model, instead of on the first scoring call."""
+    def prestart(self, n: int = 1) -> None:
+        """Start helpers now (up to n idle ones, once), without waiting: each imports sympy (~0.7 s) in its
+        own process while the caller goes on loading the model, instead of on the first scoring call."""
         with self.lock:
             if self.pid != os.getpid():
                 self.idle, self.pid = [], os.getpid()
-            if not self.idle and not getattr(self, "_prestarted", False):
-                self.idle.append(_Helper())
+            if not getattr(self, "_prestarted", False):
+                while len(self.idle) < n:
+                    self.idle.append(_Helper())
                 self._prestarted = True
 
     def close(self) -> None:
