@@ -77,9 +77,10 @@ def test_usable_says_why_not():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 def test_graphs_match_eager_and_accumulate(tok):
-    """bf16 with compiled layers, as the trainer runs on a GPU (model.compile + model.cuda_graphs; the
-    capture of this tiny model with uncompiled layers was seen failing on an H100, cause not found, and
-    then runs eagerly); the reference is the same static layout run eagerly."""
+    """bf16 with compiled layers, as the trainer runs on a GPU (model.compile + model.cuda_graphs); the
+    reference is the same static layout run eagerly. Its autograd graph must be gone before the capture:
+    a live graph's AccumulateGrad nodes belong to the default stream and break the backward's capture
+    (seen on an H100 when this test kept `flat` alive)."""
     from grpo.models import compile_blocks
 
     torch.manual_seed(0)
@@ -99,6 +100,7 @@ def test_graphs_match_eager_and_accumulate(tok):
     ref_ent = torch.where(real, flat_ent.view(n, t)[:, :t_used], 0.0).detach()
     (ref * _weights(ref)).sum().backward()
     ref, ref_g = ref.detach(), _grads(model).float()
+    del flat, flat_ent  # drop the eager autograd graph (see the docstring)
     model.zero_grad(set_to_none=True)
     for k in (1, 2):  # capture + replay, then a second replay that must add the same gradients
         lp, ent = g(b)
