@@ -33,7 +33,7 @@ import warnings
 
 import torch
 
-from grpo.logprobs import PackedBatch, _can_share, _route_layout_masks, head_logprobs, rows_layout
+from grpo.logprobs import PackedBatch, _can_share, _route_layout_masks, head_logprobs, layout_states, rows_layout
 
 
 def _uncached_autocast():
@@ -99,9 +99,7 @@ class GraphedLogprobs:
         return None
 
     def _forward(self, ids, pos, plan, src_seq, src_pos, targets):
-        out = self.model(input_ids=ids, attention_mask=plan, position_ids=pos, use_cache=False, logits_to_keep=1,
-                         output_hidden_states=True)
-        h = out.hidden_states[-1][src_seq, src_pos]
+        h = layout_states(self.model, ids, pos, plan, src_seq, src_pos)
         lm_head = self.model.get_output_embeddings()
         return head_logprobs(h, targets, lm_head, self.temperature, self.chunk_tokens, True, self.compile_head)
 

@@ -325,7 +325,6 @@ def _rows_attention(query, key, value, plan, scale) -> torch.Tensor:
     the prompts attend causally among themselves ([U, Hq, P, P]); each completion's T queries attend to
     its own keys gathered next to its prompt's keys ([U·G, Hq, T, P + T], the prompt K/V copied to the G
     rows). Per layer that is U·G·T·(P + T) scores instead of U·(P + G·T)², ~6x fewer at std-step."""
-    import torch.nn.functional as F
 
     rows, _, t, pt = plan.shape
     pw = pt - t
@@ -450,13 +449,20 @@ def _completion_states(model, batch: PackedBatch, real: torch.Tensor, share: boo
             mask = layout.block_mask()
         else:
             mask = layout.dense_mask()
-        out = model(input_ids=layout.input_ids, attention_mask=mask, position_ids=layout.position_ids,
-                    use_cache=False, logits_to_keep=1, output_hidden_states=True)
-        return out.hidden_states[-1][layout.src_seq, layout.src_pos]
+        return layout_states(model, layout.input_ids, layout.position_ids, mask, layout.src_seq, layout.src_pos)
     out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
                 use_cache=False, logits_to_keep=1, output_hidden_states=True)
     p, t = batch.prompt_width, batch.completion_ids.shape[1]
     return out.hidden_states[-1][:, p - 1:p - 1 + t][real]  # state before each completion token
+
+
+def layout_states(model, input_ids, position_ids, mask, src_seq, src_pos) -> torch.Tensor:
+    """Final hidden states [K, D] at (src_seq, src_pos) of a shared layout's forward pass (its `mask`: the
+    dense bool mask, a BlockMask or a rows plan), through the model's own forward with logits kept for one
+    position only (the completion logits are made chunk by chunk from these states)."""
+    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
+                logits_to_keep=1, output_hidden_states=True)
+    return out.hidden_states[-1][src_seq, src_pos]
 
 
 def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_tokens: int = 1024,

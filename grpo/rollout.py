@@ -60,9 +60,9 @@ class RolloutBatch:
 
 
 class LazyTexts(Sequence):
-    """The decoded completions of token rows, decoded on first use: a sampler can return before the
-    tokenizer runs, so the trainer queues the update's forward pass first and decodes (for the verifiers)
-    while the device computes it."""
+    """The decoded completions of token rows (real tokens by `mask`, special tokens removed), decoded on
+    first use: a sampler can return before the tokenizer runs, so the trainer queues the update's forward
+    pass first and decodes (for the verifiers) while the device computes it. Both samplers return it."""
 
     def __init__(self, tokenizer, ids: torch.Tensor, mask: torch.Tensor):
         self._args: tuple | None = (tokenizer, ids, mask)
@@ -141,8 +141,7 @@ class HFSampler:
         ids = torch.cat([_pad_right(c[0], width, self.pad_id) for c in chunks])
         mask = torch.cat([_pad_right(c[1], width, 0) for c in chunks])
         truncated = torch.cat([c[2] for c in chunks])
-        texts = self.tokenizer.batch_decode(
-            [r[m.bool()].tolist() for r, m in zip(ids, mask)], skip_special_tokens=True)
+        texts = LazyTexts(self.tokenizer, ids, mask)
         return RolloutBatch(prompt_ids=rows, completion_ids=ids, completion_mask=mask, logprobs=None,
                             texts=texts, group=group, truncated=truncated)
 

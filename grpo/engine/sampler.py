@@ -325,11 +325,8 @@ class EngineSampler:
         s_ids, s_valid = ws.inputs[key]
         s_ids.copy_(ids, non_blocking=True)
         s_valid.copy_(valid, non_blocking=True)
-        if not self.prefill_graphs:
-            self._uncompiled_on_error(self._prefill_step, ws, s_ids, s_valid, g, params)
-            return
-        if not self._replay_or_capture(ws, key, self._prefill_step, ws, s_ids, s_valid, g, params,
-                                       what="the prefill"):
+        if not self._replay_or_capture(ws, key, self.prefill_graphs, self._prefill_step, ws, s_ids, s_valid, g,
+                                       params, what="the prefill"):
             self.prefill_graphs = False  # the eager run inside did this call's work
 
     def _prefill_step(self, ws: _Workspace, ids: torch.Tensor, valid: torch.Tensor, g: int,
@@ -404,14 +401,15 @@ class EngineSampler:
 
     def _run_step(self, ws: _Workspace, length: int, params: SamplingParams) -> None:
         key = (length, params.temperature, params.top_k, params.top_p, params.min_new_tokens)
-        if not self._replay_or_capture(ws, key, self._step, ws, length, params, what="the decode step"):
+        if not self._replay_or_capture(ws, key, self.cuda_graphs, self._step, ws, length, params,
+                                       what="the decode step"):
             self.cuda_graphs = False
 
-    def _replay_or_capture(self, ws: _Workspace, key: tuple, fn, *args, what: str) -> bool:
+    def _replay_or_capture(self, ws: _Workspace, key: tuple, graphs: bool, fn, *args, what: str) -> bool:
         """fn(*args) (graph-safe: fixed shapes, static buffers), replayed from the CUDA graph recorded for
-        `key` when graphs are on. False when the capture failed (fn has run eagerly: this call's work is
-        done; the caller turns those graphs off)."""
-        if not self.cuda_graphs:
+        `key` when `graphs`, else run eagerly. False when the capture failed (fn has run eagerly: this
+        call's work is done; the caller turns those graphs off)."""
+        if not graphs:
             self._uncompiled_on_error(fn, *args)
             return True
         graph = ws.graphs.get(key)
