@@ -8,6 +8,7 @@ import torch
 from grpo.graphed import GraphedLogprobs
 from grpo.logprobs import pack, rows_layout, token_logprobs
 from grpo.testing import tiny_model
+from logprob_utils import grads, weights
 
 
 def _batch(device="cpu", seed=0):
@@ -18,14 +19,6 @@ def _batch(device="cpu", seed=0):
     lens = torch.tensor([21, 7, 13, 1, 15, 0, 20, 21, 9, 18, 11, 5])
     mask = (torch.arange(21)[None] < lens[:, None]).long()
     return pack(rows, comp * mask, mask, pad_id=0).to(device)
-
-
-def _weights(lp):
-    return torch.linspace(0.5, 1.5, lp.numel(), device=lp.device).view_as(lp)
-
-
-def _grads(model):
-    return torch.cat([p.grad.flatten().clone() for p in model.parameters() if p.grad is not None])
 
 
 def test_static_layout_shapes():
@@ -46,8 +39,8 @@ def test_static_layout_forward_matches_token_logprobs(tok):
     b = _batch()
     model.zero_grad(set_to_none=True)
     ref, ref_ent = token_logprobs(model, b, temperature=0.7, with_entropy=True, attention="dense")
-    (ref * _weights(ref)).sum().backward()
-    ref_g = _grads(model)
+    (ref * weights(ref)).sum().backward()
+    ref_g = grads(model)
 
     model.zero_grad(set_to_none=True)
     g = GraphedLogprobs(model, 0.7, compile_head=False, multiple=(8, 16), chunk_tokens=64)
@@ -60,10 +53,10 @@ def test_static_layout_forward_matches_token_logprobs(tok):
     real = b.completion_mask > 0
     lp = torch.where(real, flat.view(n, t)[:, :t_used], 0.0)
     ent = torch.where(real, flat_ent.view(n, t)[:, :t_used], 0.0)
-    (lp * _weights(lp)).sum().backward()
+    (lp * weights(lp)).sum().backward()
     assert torch.allclose(lp, ref, atol=1e-5)
     assert torch.allclose(ent, ref_ent, atol=1e-5)
-    assert torch.allclose(_grads(model), ref_g, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(grads(model), ref_g, atol=1e-5, rtol=1e-4)
 
 
 def test_usable_says_why_not():
@@ -98,16 +91,16 @@ def test_graphs_match_eager_and_accumulate(tok):
     real = b.completion_mask > 0
     ref = torch.where(real, flat.view(n, t)[:, :t_used], 0.0)
     ref_ent = torch.where(real, flat_ent.view(n, t)[:, :t_used], 0.0).detach()
-    (ref * _weights(ref)).sum().backward()
-    ref, ref_g = ref.detach(), _grads(model).float()
+    (ref * weights(ref)).sum().backward()
+    ref, ref_g = ref.detach(), grads(model).float()
     del flat, flat_ent  # drop the eager autograd graph (see the docstring)
     model.zero_grad(set_to_none=True)
     for k in (1, 2):  # capture + replay, then a second replay that must add the same gradients
         lp, ent = g(b)
-        (lp * _weights(lp)).sum().backward()
+        (lp * weights(lp)).sum().backward()
         assert torch.allclose(lp, ref, atol=1e-3)
         assert torch.allclose(ent, ref_ent, atol=1e-3)
-        got = _grads(model).float()
+        got = grads(model).float()
         assert (got - k * ref_g).norm() <= 0.02 * k * ref_g.norm()
     assert len(g.graphs) == 1 and not g.disabled
 

@@ -1,7 +1,5 @@
 """The shared-prompt layout through FlexAttention (a BlockMask, attention="flex") gives the dense-mask
 form's and the padded layout's log-probs and gradients (fp32, CPU: FlexAttention's eager reference)."""
-import copy
-
 import pytest
 import torch
 import torch.nn.attention.flex_attention as flex_module
@@ -11,6 +9,7 @@ from transformers import AttentionInterface
 
 from grpo.logprobs import FLEX_BLOCK, _route_layout_masks, pack, shared_layout, token_logprobs
 from grpo.testing import tiny_model
+from logprob_utils import compiled_attention_copy, logprobs_and_grads
 
 
 @pytest.fixture
@@ -29,17 +28,6 @@ def _batch(shift=0):
     lens = (torch.tensor([60, 7, 33, 1, 45, 0, 20, 60, 9, 38, 11, 25]) - shift).clamp(min=0)
     mask = (torch.arange(60)[None] < lens[:, None]).long()
     return pack(rows, comp * mask, mask, pad_id=0)
-
-
-def _grads(model):
-    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-
-
-def _logprobs_and_grads(model, batch, **kw):
-    model.zero_grad(set_to_none=True)
-    lp, ent = token_logprobs(model, batch, temperature=0.7, with_entropy=True, **kw)
-    (lp * torch.linspace(0.5, 1.5, lp.numel()).view_as(lp)).sum().backward()
-    return lp.detach(), ent, _grads(model)
 
 
 def test_block_mask_is_the_dense_rule_on_a_padded_width():
@@ -62,9 +50,9 @@ def test_flex_equals_dense_and_padded_logprobs_entropy_and_grads(tok, cpu_flex_b
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     b = _batch()
-    padded = _logprobs_and_grads(model, b, share_prompts=False)
-    dense = _logprobs_and_grads(model, b, attention="dense")
-    flex = _logprobs_and_grads(model, b, attention="flex")
+    padded = logprobs_and_grads(model, b, share_prompts=False)
+    dense = logprobs_and_grads(model, b, attention="dense")
+    flex = logprobs_and_grads(model, b, attention="flex")
     for ref in (dense, padded):
         assert torch.allclose(flex[0], ref[0], atol=1e-5), (flex[0] - ref[0]).abs().max()
         assert torch.allclose(flex[1], ref[1], atol=1e-5)
@@ -77,16 +65,12 @@ def test_flex_through_compiled_attention_no_recompile(tok, cpu_flex_backward):
     CPU FlexAttention kernel is inference-only, and with dynamic shapes its C++ does not build on torch
     2.13): same maths, and a second micro-batch of the same widths, other segments, reuses the graphs."""
     eager = tiny_model(tok)
-    compiled = copy.deepcopy(eager)
-    for layer in compiled.get_decoder().layers:
-        layer.self_attn.compile(dynamic=True, backend="aot_eager")
-    torch._dynamo.reset()
-    counters.clear()
+    compiled = compiled_attention_copy(eager)
     for shift in (0, 1):
         b = _batch(shift)
-        ref = _logprobs_and_grads(eager, b, attention="dense")
+        ref = logprobs_and_grads(eager, b, attention="dense")
         with torch._dynamo.config.patch(error_on_recompile=shift > 0):
-            out = _logprobs_and_grads(compiled, b, attention="flex")
+            out = logprobs_and_grads(compiled, b, attention="flex")
         assert torch.allclose(out[0], ref[0], atol=1e-5)
         assert torch.allclose(out[2], ref[2], atol=1e-5, rtol=1e-4)
     assert counters["stats"]["unique_graphs"] >= 1  # the attention did go through dynamo
@@ -95,13 +79,13 @@ def test_flex_through_compiled_attention_no_recompile(tok, cpu_flex_backward):
 def test_auto_never_picks_flex_and_tensor_masks_keep_sdpa(tok):
     model = tiny_model(tok)
     b = _batch()
-    lp, ent, g = _logprobs_and_grads(model, b)  # "auto": rows (whole groups) or dense, never flex
+    lp, ent, g = logprobs_and_grads(model, b)  # "auto": rows (whole groups) or dense, never flex
     _route_layout_masks()
     routed = AttentionInterface()["sdpa"]
     _route_layout_masks()
     assert AttentionInterface()["sdpa"] is routed  # wrapped once
     for kw in ({}, {"share_prompts": False}):  # a tensor mask goes to the wrapped sdpa
-        lp2, _, g2 = _logprobs_and_grads(model, b, **kw)
+        lp2, _, g2 = logprobs_and_grads(model, b, **kw)
         assert torch.allclose(lp, lp2, atol=1e-5) and torch.allclose(g, g2, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError):
         token_logprobs(model, b, attention="flash")

@@ -1,13 +1,12 @@
 """The regular shared-prompt layout (RowsLayout, attention="rows"/"auto") gives the padded layout's and the
 dense-mask layout's log-probs, entropy and gradients (fp32, CPU), and is refused where it does not apply."""
-import copy
-
 import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from grpo.logprobs import pack, rows_layout, token_logprobs
+from grpo.logprobs import pack, rows_layout
 from grpo.testing import tiny_model
+from logprob_utils import compiled_attention_copy, logprobs_and_grads
 
 
 def _batch(shift=0, rows_per_prompt=(6, 6)):
@@ -20,14 +19,6 @@ def _batch(shift=0, rows_per_prompt=(6, 6)):
     lens = (torch.tensor([60, 7, 33, 1, 45, 0, 20, 60, 9, 38, 11, 25, 30, 3])[:n] - shift).clamp(min=0)
     mask = (torch.arange(60)[None] < lens[:, None]).long()
     return pack(rows, comp * mask, mask, pad_id=0)
-
-
-def _logprobs_and_grads(model, batch, **kw):
-    model.zero_grad(set_to_none=True)
-    lp, ent = token_logprobs(model, batch, temperature=0.7, with_entropy=True, **kw)
-    (lp * torch.linspace(0.5, 1.5, lp.numel()).view_as(lp)).sum().backward()
-    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
-    return lp.detach(), ent, grads
 
 
 def test_rows_layout_shape_plan_and_sources():
@@ -53,10 +44,10 @@ def test_rows_equals_padded_and_dense_logprobs_entropy_and_grads(tok, grad_ckpt)
     model.train()
     b = _batch()
     assert rows_layout(b) is not None
-    padded = _logprobs_and_grads(model, b, share_prompts=False)
-    dense = _logprobs_and_grads(model, b, attention="dense")
+    padded = logprobs_and_grads(model, b, share_prompts=False)
+    dense = logprobs_and_grads(model, b, attention="dense")
     for kw in ({"attention": "rows"},):
-        rows = _logprobs_and_grads(model, b, **kw)
+        rows = logprobs_and_grads(model, b, **kw)
         for ref in (dense, padded):
             assert torch.allclose(rows[0], ref[0], atol=1e-5), (rows[0] - ref[0]).abs().max()
             assert torch.allclose(rows[1], ref[1], atol=1e-5)
@@ -68,9 +59,9 @@ def test_rows_not_used_for_unequal_groups_and_auto_falls_back(tok):
     b = _batch(rows_per_prompt=(6, 8))  # 6 and 8 rows per prompt: not a regular layout
     assert rows_layout(b) is None
     model = tiny_model(tok)
-    padded = _logprobs_and_grads(model, b, share_prompts=False)
+    padded = logprobs_and_grads(model, b, share_prompts=False)
     for kw in ({}, {"attention": "rows"}):  # auto (CPU): the dense shared layout; rows: the padded layout
-        out = _logprobs_and_grads(model, b, **kw)
+        out = logprobs_and_grads(model, b, **kw)
         assert torch.allclose(out[0], padded[0], atol=1e-5)
         assert torch.allclose(out[2], padded[2], atol=1e-5, rtol=1e-4)
     unique = pack([[5, 6], [7, 8]], torch.ones(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long), pad_id=0)
@@ -81,16 +72,12 @@ def test_rows_through_compiled_attention_no_recompile(tok):
     """Attention layers compiled as compile_blocks does (dynamic shapes; backend aot_eager to stay fast on
     CPU): same maths, and a second micro-batch with other completion lengths (other T) reuses the graphs."""
     eager = tiny_model(tok)
-    compiled = copy.deepcopy(eager)
-    for layer in compiled.get_decoder().layers:
-        layer.self_attn.compile(dynamic=True, backend="aot_eager")
-    torch._dynamo.reset()
-    counters.clear()
+    compiled = compiled_attention_copy(eager)
     for shift in (0, 3, 5):
         b = _batch(shift)
-        ref = _logprobs_and_grads(eager, b, attention="dense")
+        ref = logprobs_and_grads(eager, b, attention="dense")
         with torch._dynamo.config.patch(error_on_recompile=shift > 3):
-            out = _logprobs_and_grads(compiled, b, attention="rows")
+            out = logprobs_and_grads(compiled, b, attention="rows")
         assert torch.allclose(out[0], ref[0], atol=1e-5)
         assert torch.allclose(out[2], ref[2], atol=1e-5, rtol=1e-4)
     assert counters["stats"]["unique_graphs"] >= 1

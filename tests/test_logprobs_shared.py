@@ -3,6 +3,7 @@ import torch
 
 from grpo.logprobs import pack, shared_layout, token_logprobs
 from grpo.testing import tiny_model
+from logprob_utils import grads, weights
 
 
 def _batch(seed=0):
@@ -13,10 +14,6 @@ def _batch(seed=0):
     lens = torch.tensor([7, 3, 5, 1, 6, 0])  # ragged, and one row fully masked (a masked truncation)
     mask = (torch.arange(7)[None] < lens[:, None]).long()
     return pack(rows, comp * mask, mask, pad_id=0)
-
-
-def _grads(model):
-    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
 def test_layout_packs_each_prompt_once_with_block_mask():
@@ -40,12 +37,12 @@ def test_shared_equals_padded_logprobs_entropy_and_grads(tok):
     model = tiny_model(tok)
     assert model.config._attn_implementation == "sdpa"
     lp_a, ent_a = token_logprobs(model, b, temperature=0.7, with_entropy=True, share_prompts=False)
-    (lp_a * torch.linspace(0.5, 1.5, lp_a.numel()).view_as(lp_a)).sum().backward()
-    g_a = _grads(model)
+    (lp_a * weights(lp_a)).sum().backward()
+    g_a = grads(model)
     model.zero_grad()
     lp_b, ent_b = token_logprobs(model, b, temperature=0.7, with_entropy=True, share_prompts=True)
-    (lp_b * torch.linspace(0.5, 1.5, lp_b.numel()).view_as(lp_b)).sum().backward()
-    g_b = _grads(model)
+    (lp_b * weights(lp_b)).sum().backward()
+    g_b = grads(model)
     assert torch.allclose(lp_a, lp_b, atol=1e-5), (lp_a - lp_b).abs().max()
     assert torch.allclose(ent_a, ent_b, atol=1e-5)
     assert torch.allclose(g_a, g_b, atol=1e-5, rtol=1e-4), (g_a - g_b).abs().max()
