@@ -7,7 +7,8 @@ How one `generate` call runs, per chunk of at most `max_batch` rows (N = prompts
   3. decode: max_new_tokens - 1 steps of one token for all N rows. Every step writes the same cache
      slot (P + t) for all rows, so the step has fixed shapes and is captured once per attention
      length bucket (multiples of `bucket` slots) as a CUDA graph and replayed; sampling (Gumbel-max),
-     EOS handling and the output writes happen inside the graph, with no host sync per token.
+     EOS handling and the output writes happen inside the graph, with no host sync per token (with the
+     fused decode step, in two launches: grpo.engine.fused_sampling).
   4. rows that emitted EOS keep running but write padding; the loop stops early once every row is
      done (checked every few steps, only when EOS is allowed).
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from grpo.engine.attention import DecodeContext, GQAAttention, PrefillContext, attention_for
 from grpo.engine.decode_attention import triton_available
 from grpo.engine.fused_decode import norm_gate_up
+from grpo.engine.fused_sampling import commit, fused_sampling_available, head_partials
 from grpo.engine.ops import Ops
 from grpo.rollout import LazyTexts, RolloutBatch, SamplingParams, _pad_right, finish_rows
 
@@ -94,8 +96,9 @@ class Decoder:
                 return False
         return True
 
-    def hidden_fused(self, ids: torch.Tensor, ctx: DecodeContext) -> torch.Tensor:
-        """Decode step through grpo.engine.fused_decode: ids [N] -> final-normed hidden states [N, 1, H].
+    def hidden_fused(self, ids: torch.Tensor, ctx: DecodeContext, final_norm: bool = True) -> torch.Tensor:
+        """Decode step through grpo.engine.fused_decode: ids [N] -> final-normed hidden states [N, 1, H]
+        (final_norm=False: the residual stream [N, H] before the final norm, for fused_sampling.head_partials).
         Five launches per layer; the residual adds ride on the o/down GEMMs (in-place addmm)."""
         w, ops = self.ops.w, self.ops
         x = F.embedding(ids, w(self.embed.weight))  # [N, H], the residual stream, updated in place
@@ -104,6 +107,8 @@ class Decoder:
             mlp, post = layer.mlp, layer.post_attention_layernorm
             act = norm_gate_up(x, w(post.weight), _eps(post), w(mlp.gate_proj.weight), w(mlp.up_proj.weight))
             x.addmm_(act, w(mlp.down_proj.weight).t())
+        if not final_norm:
+            return x
         return ops.rms_norm(x, w(self.final_norm.weight), _eps(self.final_norm))[:, None]
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -130,8 +135,11 @@ class _Workspace:
         self.tok = torch.zeros(rows, dtype=torch.long, device=dev)  # input token of the next step
         self.pos = torch.zeros(rows, dtype=torch.long, device=dev)  # its RoPE position
         self.done = torch.zeros(rows, dtype=torch.bool, device=dev)
-        self.slot = torch.zeros(1, dtype=torch.long, device=dev)  # cache slot it is written to
-        self.out_idx = torch.zeros(1, dtype=torch.long, device=dev)  # output column of the next token
+        # cache slot it is written to (self.slot, below) and output column of the next token (self.out_idx)
+        # the fused sampler advances both in one launch: they are views of one tensor
+        self.counters = torch.zeros(2, dtype=torch.long, device=dev)
+        self.slot, self.out_idx = self.counters[0:1], self.counters[1:2]
+        self.seed = torch.zeros(1, dtype=torch.long, device=dev)  # fused sampler's noise key: seed + column
         self.out_tok = torch.full((rows, max_new), pad_id, dtype=torch.long, device=dev)
         self.out_logp = torch.zeros((rows, max_new), dtype=torch.float32, device=dev)
         self.mask = torch.full((rows, slots), float("-inf"), dtype=dtype, device=dev)  # [N, S] additive
@@ -163,12 +171,17 @@ class EngineSampler:
                  keeps one low-precision shadow of each parameter, refreshed in place at every
                  `generate` call (one cast per parameter, ~1 ms for 135M); with bf16 weights it reads
                  the parameters themselves.
+    fused_sampling: end each fused decode step with grpo.engine.fused_sampling (final RMSNorm + LM head +
+                 Gumbel-max draw + the step's bookkeeping in two Triton launches, logits never written).
+                 "auto": whenever the decode step is fused and the LM head has no bias; it serves calls
+                 without top-k / top-p (the others take the unfused path). Same distribution as the
+                 unfused sampler, its own random stream (Triton's Philox, seeded from torch's generator).
     """
 
     def __init__(self, model, tokenizer, max_batch: int = 256, max_seq_len: int = 2048,
                  cuda_graphs: bool | str = "auto", compile: bool | str = "auto", bucket: int = 64,
                  dtype: torch.dtype | str = "auto", keep_cache: bool = True, attention_kernel: str = "auto",
-                 fused: bool | str = "auto"):
+                 fused: bool | str = "auto", fused_sampling: bool | str = "auto"):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -203,6 +216,15 @@ class EngineSampler:
             raise ValueError("fused=True needs triton and a Llama/Qwen2-style model (GQA without q/k norms, "
                              "gated SiLU MLP, no o/gate/up/down bias, head_dim a power of two >= 32)")
         self.fused = bool(fused)
+        head = self.decoder.lm_head
+        head_ok = (self.fused and fused_sampling_available() and getattr(head, "bias", None) is None
+                   and self.ops.w(head.weight).is_contiguous())
+        if fused_sampling not in ("auto", True, False):
+            raise ValueError(f"fused_sampling must be 'auto', True or False, got {fused_sampling!r}")
+        if fused_sampling is True and not head_ok:
+            raise ValueError("fused_sampling=True needs the fused decode step (fused=True) and an LM head "
+                             "without bias")
+        self.fused_sampling = head_ok if fused_sampling == "auto" else bool(fused_sampling)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
@@ -284,6 +306,8 @@ class EngineSampler:
             p0 = -(-p0 // PREFILL_BUCKET) * PREFILL_BUCKET
         t_max = params.max_new_tokens
         ws = self._workspace(len(prompts) * g, p0 + t_max, t_max)
+        if self._fused_head(params):  # its noise key, from torch's generator: seeded runs repeat (drawn
+            ws.seed.fill_(int(torch.randint(0, 2**31 - 1, (1,))))  # only then: other calls' streams unchanged)
         t0 = self._clock()
         self._prefill(ws, prompts, g, p0, params)
         t1 = self._clock()
@@ -347,6 +371,7 @@ class EngineSampler:
         rows_valid = valid[:, None].expand(b, g, p0).reshape(b * g, p0)
         ws.mask.fill_(float("-inf"))
         ws.mask[:, :p0].masked_fill_(rows_valid, 0.0)
+        ws.mask[:, p0].fill_(0.0)  # the first decode step's slot (later ones: opened by the step before)
         ws.pos.copy_(rows_valid.sum(-1))
         ws.slot.fill_(p0)
         ws.out_idx.zero_()
@@ -371,7 +396,9 @@ class EngineSampler:
 
     def _step(self, ws: _Workspace, length: int, params: SamplingParams) -> None:
         """One decode step for all rows at attention length `length` (fixed shapes, graph-safe)."""
-        ws.mask.index_fill_(1, ws.slot, 0.0)
+        fused_head = self._fused_head(params)
+        if not fused_head:  # (the fused sampler opens the next step's slot itself, as the prefill the first)
+            ws.mask.index_fill_(1, ws.slot, 0.0)
         cos = sin = None  # the fused kernel gathers from the tables itself
         if not self.fused:
             cos = ws.cos_table.index_select(0, ws.pos)[:, None, None]  # [N, 1, 1, D]
@@ -379,6 +406,9 @@ class EngineSampler:
         ctx = DecodeContext(positions=ws.pos, cos=cos, sin=sin, slot=ws.slot,
                             mask=ws.mask[:, None, None, :length], length=length,
                             cos_table=ws.cos_table, sin_table=ws.sin_table)
+        if fused_head:
+            self._fused_head_commit(ws, self.decoder.hidden_fused(ws.tok, ctx, final_norm=False), params)
+            return
         if self.fused:
             h = self.decoder.hidden_fused(ws.tok, ctx)
         else:
@@ -386,6 +416,21 @@ class EngineSampler:
         self._commit(ws, self.decoder.logits(h[:, 0]), params)
         ws.pos.add_(1)
         ws.slot.add_(1)
+
+    def _fused_head(self, params: SamplingParams) -> bool:
+        """Whether this call's decode steps end in grpo.engine.fused_sampling (no top-k / top-p there)."""
+        return self.fused_sampling and params.top_k == 0 and params.top_p >= 1.0
+
+    def _fused_head_commit(self, ws: _Workspace, x: torch.Tensor, params: SamplingParams) -> None:
+        """Final norm, LM head, draw and bookkeeping of a decode step from the residual stream x [N, H]
+        (grpo.engine.fused_sampling); then the slot and output column advance together."""
+        d, w = self.decoder, self.ops.w
+        pf, pi = head_partials(x, w(d.final_norm.weight), _eps(d.final_norm), w(d.lm_head.weight),
+                               params.temperature, ws.seed, ws.out_idx, ban=ws.eos_mask,
+                               min_new=params.min_new_tokens)
+        commit(pf, pi, ws.eos_mask, ws.done, ws.tok, ws.pos, ws.mask, ws.out_tok, ws.out_logp, ws.slot,
+               ws.out_idx, self.pad_id)
+        ws.counters.add_(1)
 
     def _uncompiled_on_error(self, fn, *args):
         """Run fn; if the compiled ops fail (no compiler, an inductor bug), retry with plain ops. Safe for
