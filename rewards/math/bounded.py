@@ -29,7 +29,20 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MAX_HELPERS = 4
+
+
+def _default_helpers() -> int:
+    """4 helper processes, up to 8 where there are cores for them (half the CPUs this process may use):
+    a std-step batch needs sympy for ~25 of 128 answers, and on a GPU host those checks are what the
+    update's first forward pass waits on."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 4
+    return max(4, min(8, cpus // 2))
+
+
+MAX_HELPERS = _default_helpers()
 HELPER_MEMORY_BYTES = 2 << 30
 _ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the `rewards` package
 
