@@ -37,11 +37,17 @@ except ImportError:  # pragma: no cover - CPU-only torch builds ship without tri
     triton = None
 
 
-def fused_available() -> bool:
-    return triton is not None
-
-
 if triton is not None:
+
+    @triton.jit
+    def normed_tile(x_ptr, g_ptr, rows, ks, r_ok, k_ok, sx_n, DTYPE: tl.constexpr):
+        """The RMSNorm-folded GEMM's operand for columns `ks` of `rows`: (x ⊙ g) in DTYPE for the dot, and
+        each row's Σ x² over these columns in fp32 (the caller sums them over the hidden dimension and scales
+        its accumulator by rsqrt(Σ x² / H + eps)). Shared by the fused decode and sampling kernels."""
+        x = tl.load(x_ptr + rows[:, None] * sx_n + ks[None, :], mask=r_ok[:, None] & k_ok[None, :],
+                    other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+        return (x * g[None, :]).to(DTYPE), tl.sum(x * x, axis=1)
 
     @triton.jit
     def _norm_qkv_rope_kernel(x_ptr, g_ptr, wq_ptr, wk_ptr, wv_ptr, bq_ptr, bk_ptr, bv_ptr,
@@ -71,11 +77,8 @@ if triton is not None:
         for k0 in range(0, HIDDEN, BLOCK_K):
             ks = k0 + offs_k
             k_ok = ks < HIDDEN
-            x = tl.load(x_ptr + rows[:, None] * sx_n + ks[None, :], mask=r_ok[:, None] & k_ok[None, :],
-                        other=0.0).to(tl.float32)
-            ss += tl.sum(x * x, axis=1)
-            g = tl.load(g_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-            xg = (x * g[None, :]).to(wq_ptr.dtype.element_ty)
+            xg, sq = normed_tile(x_ptr, g_ptr, rows, ks, r_ok, k_ok, sx_n, wq_ptr.dtype.element_ty)
+            ss += sq
             w1 = tl.load(w_base + offs_h[:, None] * HIDDEN + ks[None, :], mask=k_ok[None, :], other=0.0)
             w2 = tl.load(w_base + (offs_h[:, None] + HALF) * HIDDEN + ks[None, :], mask=k_ok[None, :], other=0.0)
             acc1 += tl.dot(xg, tl.trans(w1))
@@ -126,11 +129,8 @@ if triton is not None:
         for k0 in range(0, HIDDEN, BLOCK_K):
             ks = k0 + offs_k
             k_ok = ks < HIDDEN
-            x = tl.load(x_ptr + rows[:, None] * sx_n + ks[None, :], mask=r_ok[:, None] & k_ok[None, :],
-                        other=0.0).to(tl.float32)
-            ss += tl.sum(x * x, axis=1)
-            g = tl.load(g_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-            xg = (x * g[None, :]).to(wg_ptr.dtype.element_ty)
+            xg, sq = normed_tile(x_ptr, g_ptr, rows, ks, r_ok, k_ok, sx_n, wg_ptr.dtype.element_ty)
+            ss += sq
             w_off = cols[:, None] * HIDDEN + ks[None, :]
             w_ok = c_ok[:, None] & k_ok[None, :]
             acc_g += tl.dot(xg, tl.trans(tl.load(wg_ptr + w_off, mask=w_ok, other=0.0)))

@@ -7,8 +7,8 @@ position, slot). At N = 128 rows those launches, not the bytes, are the cost. He
 
 1. `head_partials` (grid: row blocks x vocabulary blocks of BLOCK_V). Each program computes its tile of
    logits z = (RMSNorm(x) · Wᵀ) / T in fp32, never written to memory: RMSNorm is folded into the GEMM as
-   in grpo.engine.fused_decode (RMSNorm(x)·W = r · ((x ⊙ g)·W), r = rsqrt(mean(x²) + eps) per row), and
-   the logits are rounded to the weight dtype before the temperature, as the unfused bf16 head rounds
+   in grpo.engine.fused_decode (`normed_tile`: RMSNorm(x)·W = r · ((x ⊙ g)·W), r = rsqrt(mean(x²) + eps) per
+   row), and the logits are rounded to the weight dtype before the temperature, as the unfused bf16 head rounds
    them. Per (row, block) it writes four floats and an index: the block's max m_b, Σ exp(z − m_b), and
    the block's winner under the Gumbel-max trick: argmax_j (z_j + G_j) with G_j = −log(−log U_j),
    U_j ~ Uniform[0, 1) from Philox-4x32 (`tl.randint4x`: four words per call, keyed by seed + output
@@ -33,18 +33,12 @@ from __future__ import annotations
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # pragma: no cover - CPU-only torch builds ship without triton
-    triton = None
-
-
-def fused_sampling_available() -> bool:
-    return triton is not None
-
+from grpo.engine.fused_decode import triton
 
 if triton is not None:
+    import triton.language as tl
+
+    from grpo.engine.fused_decode import normed_tile
 
     @triton.jit
     def _head_partials_kernel(x_ptr, g_ptr, w_ptr, ban_ptr, seed_ptr, col_ptr, pf_ptr, pi_ptr,
@@ -64,11 +58,8 @@ if triton is not None:
         for k0 in range(0, HIDDEN, BLOCK_K):
             ks = k0 + offs_k
             k_ok = ks < HIDDEN
-            x = tl.load(x_ptr + rows[:, None] * sx_n + ks[None, :], mask=r_ok[:, None] & k_ok[None, :],
-                        other=0.0).to(tl.float32)
-            ss += tl.sum(x * x, axis=1)
-            g = tl.load(g_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
-            xg = (x * g[None, :]).to(w_ptr.dtype.element_ty)
+            xg, sq = normed_tile(x_ptr, g_ptr, rows, ks, r_ok, k_ok, sx_n, w_ptr.dtype.element_ty)
+            ss += sq
             w = tl.load(w_ptr + cols[:, None] * HIDDEN + ks[None, :], mask=c_ok[:, None] & k_ok[None, :], other=0.0)
             acc += tl.dot(xg, tl.trans(w))
         r = tl.rsqrt(ss / HIDDEN + eps)

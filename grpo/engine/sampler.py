@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from grpo.engine.attention import DecodeContext, GQAAttention, PrefillContext, attention_for
 from grpo.engine.decode_attention import triton_available
 from grpo.engine.fused_decode import norm_gate_up
-from grpo.engine.fused_sampling import commit, fused_sampling_available, head_partials
+from grpo.engine.fused_sampling import commit, head_partials
 from grpo.engine.ops import Ops
 from grpo.rollout import LazyTexts, RolloutBatch, SamplingParams, _pad_right, finish_rows
 
@@ -217,7 +217,7 @@ class EngineSampler:
                              "gated SiLU MLP, no o/gate/up/down bias, head_dim a power of two >= 32)")
         self.fused = bool(fused)
         head = self.decoder.lm_head
-        head_ok = (self.fused and fused_sampling_available() and getattr(head, "bias", None) is None
+        head_ok = (self.fused and getattr(head, "bias", None) is None  # (fused implies triton)
                    and self.ops.w(head.weight).is_contiguous())
         if fused_sampling not in ("auto", True, False):
             raise ValueError(f"fused_sampling must be 'auto', True or False, got {fused_sampling!r}")
