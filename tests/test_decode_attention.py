@@ -4,11 +4,8 @@ The kernel runs here on CPU through Triton's interpreter (TRITON_INTERPRET=1, se
 imported, hence the subprocess). Skipped when triton is not installed (CPU-only torch builds ship
 without it); `python -m grpo.bench --engine-only` checks the compiled kernel on a GPU in bf16.
 """
-import os
-import subprocess
-import sys
-
 import pytest
+from interp_utils import run_interpreted
 
 pytest.importorskip("triton")
 
@@ -38,7 +35,4 @@ print("ok", worst)
 
 
 def test_triton_decode_kernel_matches_sdpa_under_interpreter():
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.startswith("ok")
+    assert run_interpreted(SCRIPT).startswith("ok")

@@ -4,11 +4,8 @@ They run on CPU through Triton's interpreter (TRITON_INTERPRET=1 must be set bef
 hence subprocesses). Skipped without triton (CPU-only torch builds); `python -m grpo.bench --engine-only`
 checks the compiled kernels on a GPU in bf16 (greedy tokens and log-probs against HF).
 """
-import os
-import subprocess
-import sys
-
 import pytest
+from interp_utils import ENGINE_SETUP, run_interpreted
 
 pytest.importorskip("triton")
 
@@ -53,28 +50,9 @@ assert worst["torch.float16"] < 8e-3, worst
 print("ok", worst)
 """
 
-ENGINE = r"""
-import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-from grpo.engine import EngineSampler
-from grpo.rollout import SamplingParams
-
-class Tok:
-    pad_token_id, eos_token_id = 0, 2
-    def batch_decode(self, rows, skip_special_tokens=True):
-        return [" ".join(map(str, r)) for r in rows]
-
-prompts = [[1, 5, 9, 14, 3], [1, 7], [1, 20, 21, 22, 23, 24, 25, 26, 27]]
+ENGINE = ENGINE_SETUP + r"""
 for cls in (LlamaConfig, Qwen2Config):  # Qwen2: biases on q/k/v
-    torch.manual_seed(0)
-    cfg = cls(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, head_dim=32, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
-              pad_token_id=0, tie_word_embeddings=True)
-    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3) if p.dim() == 2 else p.add_(0.1 * torch.randn_like(p))
-    model.generation_config.eos_token_id = 2
+    model = tiny_model(cls)
     fused = EngineSampler(model, Tok(), max_batch=6, bucket=8, fused=True, fused_sampling=False)  # same RNG
     plain = EngineSampler(model, Tok(), max_batch=6, bucket=8, fused=False)
     assert fused.fused and not plain.fused
@@ -92,21 +70,14 @@ print("ok")
 """
 
 
-def _run(script: str) -> str:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res.stdout
-
-
 def test_fused_kernels_match_unfused_maths_under_interpreter():
-    assert _run(KERNELS).startswith("ok")
+    assert run_interpreted(KERNELS).startswith("ok")
 
 
 def test_engine_fused_decode_matches_unfused_engine():
     """Same tokens (greedy and sampled with one seed) and log-probs through the fused decode step, for
     Llama and Qwen2 (q/k/v biases); the prefill and the first token are shared code."""
-    assert _run(ENGINE).startswith("ok")
+    assert run_interpreted(ENGINE).startswith("ok")
 
 
 def test_fused_refused_for_models_it_cannot_serve():

@@ -4,11 +4,8 @@ Runs on CPU through Triton's interpreter (TRITON_INTERPRET=1 must be set before 
 subprocesses). Skipped without triton. The draws are seeded, so each check is deterministic; the
 distribution check would fail for a biased sampler (wrong noise, temperature or normaliser).
 """
-import os
-import subprocess
-import sys
-
 import pytest
+from interp_utils import ENGINE_SETUP, run_interpreted
 
 pytest.importorskip("triton")
 
@@ -94,28 +91,8 @@ for temperature in (1.0, 2.0):
 print("ok")
 """
 
-ENGINE = r"""
-import torch
-import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, LlamaConfig
-from grpo.engine import EngineSampler
-from grpo.rollout import SamplingParams
-
-class Tok:
-    pad_token_id, eos_token_id = 0, 2
-    def batch_decode(self, rows, skip_special_tokens=True):
-        return [" ".join(map(str, r)) for r in rows]
-
-prompts = [[1, 5, 9, 14, 3], [1, 7], [1, 20, 21, 22, 23, 24, 25, 26, 27]]
-torch.manual_seed(0)
-cfg = LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=32, max_position_embeddings=256, bos_token_id=1, eos_token_id=2,
-                  pad_token_id=0, tie_word_embeddings=True)
-model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
-with torch.no_grad():
-    for p in model.parameters():
-        p.normal_(0, 0.3) if p.dim() == 2 else p.add_(0.1 * torch.randn_like(p))
-model.generation_config.eos_token_id = 2
+ENGINE = ENGINE_SETUP + r"""
+model = tiny_model()
 fs = EngineSampler(model, Tok(), max_batch=6, bucket=8, fused=True)
 plain = EngineSampler(model, Tok(), max_batch=6, bucket=8, fused=True, fused_sampling=False)
 assert fs.fused_sampling and not plain.fused_sampling
@@ -155,21 +132,14 @@ print("ok", worst)
 """
 
 
-def _run(script: str) -> str:
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res.stdout
-
-
 def test_head_and_commit_kernels_match_unfused_maths():
     """Greedy choice and log-prob, EOS ban before min_new_tokens, done rows, and the bookkeeping writes."""
-    assert _run(KERNELS).startswith("ok")
+    assert run_interpreted(KERNELS).startswith("ok")
 
 
 def test_fused_draws_follow_the_softmax_at_each_temperature():
-    assert _run(DISTRIBUTION).startswith("ok")
+    assert run_interpreted(DISTRIBUTION).startswith("ok")
 
 
 def test_engine_with_fused_sampling_matches_unfused_engine_and_forward_pass():
-    assert _run(ENGINE).startswith("ok")
+    assert run_interpreted(ENGINE).startswith("ok")
