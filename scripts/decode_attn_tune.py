@@ -11,13 +11,15 @@ import torch
 from grpo.engine.decode_attention import _sdpa, triton_decode_attention
 
 
-def time_us(fn, reps: int = 20) -> float:
+def time_us(fn, reps: int = 20, repeat: int = 30, calls: int = 1) -> float:
+    """Mean µs per call: fn() recorded `repeat` times in one CUDA graph, replayed `reps` times; fn itself
+    makes `calls` calls (e.g. one per layer)."""
     for _ in range(3):
         fn()
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        for _ in range(30):
+        for _ in range(repeat):
             fn()
     g.replay()
     torch.cuda.synchronize()
@@ -27,7 +29,7 @@ def time_us(fn, reps: int = 20) -> float:
         g.replay()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (reps * 30)
+    return start.elapsed_time(end) * 1000 / (reps * repeat * calls)
 
 
 def main():

@@ -24,31 +24,21 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode_attn_tune import time_us  # noqa: E402 - the CUDA-graph timing of the other tuning scripts
 from grpo.engine import decode_attention as da  # noqa: E402
 from grpo.engine import fused_sampling as fs  # noqa: E402
 from grpo.engine.ops import rms_norm, sample_tokens  # noqa: E402
 
 
-def graph_us(fn, calls: int, reps: int = 10) -> float:
-    """Mean µs per call of fn() (which makes `calls` calls) replayed from one CUDA graph."""
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    g.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        g.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1000 / (reps * calls)
+def graph_us(fn, calls: int) -> float:
+    """Mean µs per call of fn() (which makes `calls` calls) recorded once in a CUDA graph, replayed 10 times."""
+    return time_us(fn, reps=10, repeat=1, calls=calls)
 
 
-def attention(layers: int = 30):
+def layer_caches(layers: int):
+    """Queries and a K/V cache per layer at std-step shapes ([128 rows, 3 KV heads, 320 slots, 64]) and a
+    mask with 20 slots of left padding: (qs, ks, vs, mask)."""
     n, hkv, rep, d, slots = 128, 3, 3, 64, 320
     dev, dt = "cuda", torch.bfloat16
     qs = [torch.randn(n, hkv, rep, d, device=dev, dtype=dt) for _ in range(layers)]
@@ -56,6 +46,11 @@ def attention(layers: int = 30):
     vs = [torch.randn(n, hkv, slots, d, device=dev, dtype=dt) for _ in range(layers)]
     mask = torch.zeros(n, slots, device=dev, dtype=dt)
     mask[:, :20] = float("-inf")
+    return qs, ks, vs, mask
+
+
+def attention(layers: int = 30):
+    qs, ks, vs, mask = layer_caches(layers)
     print(f"1. decode attention, {layers} layer caches, µs per call", flush=True)
     for length in (64, 192, 320):
         def run(**kw):
@@ -74,16 +69,9 @@ def attention(layers: int = 30):
 
 
 def attention_variants(layers: int = 30):
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from attn_variants import attention as variant
 
-    n, hkv, rep, d, slots = 128, 3, 3, 64, 320
-    dev, dt = "cuda", torch.bfloat16
-    qs = [torch.randn(n, hkv, rep, d, device=dev, dtype=dt) for _ in range(layers)]
-    ks = [torch.randn(n, hkv, slots, d, device=dev, dtype=dt) for _ in range(layers)]
-    vs = [torch.randn(n, hkv, slots, d, device=dev, dtype=dt) for _ in range(layers)]
-    mask = torch.zeros(n, slots, device=dev, dtype=dt)
-    mask[:, :20] = float("-inf")
+    qs, ks, vs, mask = layer_caches(layers)
     print("1b. decode attention variants (scripts/attn_variants.py), µs per call", flush=True)
     for length in (64, 192, 320):
         ref = da.triton_decode_attention(qs[0], ks[0][:, :, :length], vs[0][:, :, :length], mask[:, :length], 0.125)
