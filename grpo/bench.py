@@ -92,6 +92,12 @@ def peak_gib(gpu: bool):
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if gpu else None
 
 
+def reserved_gib(gpu: bool):
+    """Peak memory the caching allocator held (tensors, CUDA graph pools, cached free blocks): what
+    nvidia-smi would show, less the CUDA context."""
+    return round(torch.cuda.max_memory_reserved() / 2**30, 2) if gpu else None
+
+
 def free_memory(gpu: bool):
     gc.collect()
     if gpu:
@@ -193,7 +199,7 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
         gen.append(stats.gen_seconds)
         print(f"  ours step {s + 1}: {times[-1]:.3f} s (sampling {stats.gen_seconds:.3f} s, rewards "
               f"{stats.reward_seconds:.3f} s, update {stats.update_seconds:.3f} s)", flush=True)
-    peak = peak_gib(gpu)
+    peak, reserved = peak_gib(gpu), reserved_gib(gpu)
     profile = profile_ours(state, train, examples[:args.prompts]) if args.profile else None
     if args.torch_profile:
         kernel_table(state, train, examples[:args.prompts], gpu)
@@ -208,7 +214,7 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
             "step_s_all": [round(t, 4) for t in times],
             "gen_tokens_per_s": round(n * args.tokens / med, 1),
             "sampling_tokens_per_s": round(n * args.tokens / median_steady(gen, args.warmup), 1),
-            "peak_gpu_gib": peak, "profile_s": profile}
+            "peak_gpu_gib": peak, "peak_reserved_gib": reserved, "profile_s": profile}
 
 
 def profile_ours(state, train, batch) -> dict:
@@ -317,13 +323,13 @@ def bench_trl(args, config, sd, tok, gpu: bool) -> dict:
     if gpu:
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
-    peak = peak_gib(gpu)
+    peak, reserved = peak_gib(gpu), reserved_gib(gpu)
     med = median_steady(timer.times, args.warmup)
     del trainer, model
     free_memory(gpu)
     return {"impl": f"trl.GRPOTrainer {trl.__version__}", "step_s_median": round(med, 4),
             "step_s_all": [round(t, 4) for t in timer.times], "gen_tokens_per_s": round(n * args.tokens / med, 1),
-            "peak_gpu_gib": peak}
+            "peak_gpu_gib": peak, "peak_reserved_gib": reserved}
 
 
 # --------------------------------------------------------------------------- engine-only section
@@ -521,9 +527,10 @@ def check_fused_decode(model, tok, prompt_ids) -> dict:
 def print_table(results: list[dict], device: str, args) -> None:
     print(f"\nstd-step on {device}: {args.prompts} prompts x G={args.group}, {args.tokens} new tokens, "
           f"beta={args.beta}, {time.strftime('%Y-%m-%d')}")
-    print("| impl | median s/step | gen tok/s | peak GiB |\n|---|---|---|---|")
+    print("| impl | median s/step | gen tok/s | peak GiB | peak reserved GiB |\n|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['impl']} | {r['step_s_median']:.3f} | {r['gen_tokens_per_s']:,.0f} | {r['peak_gpu_gib']} |")
+        print(f"| {r['impl']} | {r['step_s_median']:.3f} | {r['gen_tokens_per_s']:,.0f} | {r['peak_gpu_gib']} | "
+              f"{r.get('peak_reserved_gib')} |")
     ours = [r for r in results if r["impl"].startswith("ours")]
     trl = [r for r in results if r["impl"].startswith("trl")]
     if ours and trl:

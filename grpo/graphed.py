@@ -33,7 +33,8 @@ import warnings
 
 import torch
 
-from grpo.logprobs import PackedBatch, _can_share, _route_layout_masks, head_logprobs, layout_states, rows_layout
+from grpo.cuda_streams import graph_stream
+from grpo.logprobs import PackedBatch, _can_share, _route_layout_masks, head_logprobs, rows_layout
 
 
 def _uncached_autocast():
@@ -42,6 +43,63 @@ def _uncached_autocast():
     if not torch.is_autocast_enabled("cuda"):
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.get_autocast_dtype("cuda"), cache_enabled=False)
+
+
+class _IntoArena(torch.autograd.Function):
+    """Copy a layer's input hidden states into a slice of the scratch arena and hand the slice on in their
+    place (gradient: identity). The copy runs inside the Function, so the arena (the engine's KV cache)
+    gets no autograd history of its own."""
+
+    @staticmethod
+    def forward(ctx, hidden, slot):
+        slot.copy_(hidden)
+        return slot.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+@contextlib.contextmanager
+def checkpoints_in(layers, arena: torch.Tensor | None):
+    """Gradient checkpointing whose saved layer inputs live in `arena`, a flat buffer whose contents are
+    dead during the update (the rollout engine's KV cache, `EngineSampler.scratch`): each checkpointed layer
+    gets its input copied into the next free slice (while slices of its size and dtype are left) and
+    checkpoints that copy instead, so the input itself is freed. Non-reentrant checkpointing keeps its
+    inputs and recomputes from them in backward: those are now arena slices, written once per forward. At
+    std-step the 30 layer inputs were 30 x 37 MiB of the update's peak; the 900 MiB KV cache holds 24 of
+    them (`python scripts/mem_probe.py`, H100). Layers without checkpointing on are left alone."""
+    wrapped = [layer for layer in layers
+               if getattr(layer, "gradient_checkpointing", False) and hasattr(layer, "_gradient_checkpointing_func")]
+    if arena is None or not wrapped:
+        yield
+        return
+    used = [0]
+    originals = [layer.__dict__.get("_gradient_checkpointing_func") for layer in wrapped]
+
+    def into_arena(checkpoint_fn):
+        def run(fn, hidden, *args, **kwargs):
+            if (torch.is_tensor(hidden) and hidden.dtype == arena.dtype and hidden.device == arena.device
+                    and used[0] + hidden.numel() <= arena.numel()):
+                # a tensor of its own over the slice (not a view): writes to other slices must not bump its
+                # version counter, which checkpointing checks in backward
+                slot = torch.empty(0, dtype=arena.dtype, device=arena.device).set_(
+                    arena.untyped_storage(), arena.storage_offset() + used[0], hidden.shape)
+                hidden = _IntoArena.apply(hidden, slot)
+                used[0] += hidden.numel()
+            return checkpoint_fn(fn, hidden, *args, **kwargs)
+        return run
+
+    for layer in wrapped:
+        layer._gradient_checkpointing_func = into_arena(layer._gradient_checkpointing_func)
+    try:
+        yield
+    finally:
+        for layer, orig in zip(wrapped, originals):
+            if orig is None:
+                del layer._gradient_checkpointing_func
+            else:
+                layer._gradient_checkpointing_func = orig
 
 
 class _Replay(torch.autograd.Function):
@@ -65,6 +123,12 @@ class _Replay(torch.autograd.Function):
         return None, None
 
 
+def _same_buffer(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
+    if a is None or b is None:
+        return a is b
+    return a.data_ptr() == b.data_ptr() and a.numel() == b.numel()
+
+
 class _Graphs:
     """The captured pair for one shape and its static tensors."""
 
@@ -76,8 +140,10 @@ class GraphedLogprobs:
     """CUDA-graphed `token_logprobs` (rows layout, all completion positions) with its backward."""
 
     def __init__(self, model, temperature: float, compile_head: bool, multiple: tuple[int, int] = (32, 64),
-                 chunk_tokens: int = 1024, max_graphs: int = 6, warmup: int = 2):
+                 chunk_tokens: int = 1024, max_graphs: int = 6, warmup: int = 2, scratch=None):
         self.model, self.temperature, self.compile_head = model, temperature, compile_head
+        self.scratch = scratch  # () -> flat buffer dead during the update, or None (see checkpoints_in)
+        self.arena: torch.Tensor | None = None  # the scratch buffer the graphs were captured with
         self.multiple, self.chunk_tokens, self.max_graphs, self.warmup = multiple, chunk_tokens, max_graphs, warmup
         self.graphs: dict[tuple, _Graphs] = {}
         self.pool = None
@@ -99,7 +165,11 @@ class GraphedLogprobs:
         return None
 
     def _forward(self, ids, pos, plan, src_seq, src_pos, targets):
-        h = layout_states(self.model, ids, pos, plan, src_seq, src_pos)
+        decoder = self.model.get_decoder()
+        with checkpoints_in(getattr(decoder, "layers", []), self.arena):
+            # the decoder alone: the final (normed) states, without keeping every layer's output alive
+            h = decoder(input_ids=ids, attention_mask=plan, position_ids=pos, use_cache=False).last_hidden_state
+        h = h[src_seq, src_pos]
         lm_head = self.model.get_output_embeddings()
         return head_logprobs(h, targets, lm_head, self.temperature, self.chunk_tokens, True, self.compile_head)
 
@@ -111,7 +181,7 @@ class GraphedLogprobs:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         self.grad_ptrs = [p.grad.data_ptr() for p in self.params]
-        side = torch.cuda.Stream()
+        side = graph_stream(self.params[0].device)  # shared: one cuBLAS workspace for all captures
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), _uncached_autocast():  # warm-up: compiles, autotunes; touches no .grad
             for _ in range(self.warmup):
@@ -121,26 +191,28 @@ class GraphedLogprobs:
         torch.cuda.current_stream().wait_stream(side)
         torch.cuda.synchronize()
         fwd, bwd = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
-        with torch.cuda.graph(fwd, pool=self.pool), _uncached_autocast():
+        with torch.cuda.graph(fwd, pool=self.pool, stream=side), _uncached_autocast():
             logp, ent = self._forward(**inputs)
         self.pool = fwd.pool()
         grad_out = torch.zeros_like(logp)
-        with torch.cuda.graph(bwd, pool=self.pool):
+        with torch.cuda.graph(bwd, pool=self.pool, stream=side):
             torch.autograd.backward(logp, grad_out)
         return _Graphs(inputs, logp.detach(), ent, grad_out, fwd, bwd)
 
     def __call__(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(log-probs [N, T], entropies [N, T]) of `batch`'s completions, 0 where the mask is 0, through the
-        graphs; None when the rows layout does not apply (or graphs were given up): run eagerly then."""
+        """(log-probs [N, T], entropies [N, T]) on the model's device of `batch`'s completions (`batch` on the
+        host or the device), 0 where the mask is 0, through the graphs; None when the rows layout does not apply (or graphs were given up): run eagerly then."""
         if self.disabled:
             return None
-        layout = rows_layout(batch, multiple=self.multiple)
+        dev = self.anchor.device  # `batch` may be on the host: the layout is built there and moved once
+        layout = rows_layout(batch, multiple=self.multiple, device=dev)
         if layout is None:
             return None
         n, t_used = batch.completion_ids.shape
         t = layout.plan.shape[2]
-        targets = torch.zeros((n, t), dtype=torch.long, device=batch.completion_ids.device)
-        targets[:, :t_used] = batch.completion_ids
+        real = batch.completion_mask.to(dev) > 0  # before the replay: a host-to-device copy waits for the stream
+        targets = torch.zeros((n, t), dtype=torch.long, device=dev)
+        targets[:, :t_used] = batch.completion_ids.to(dev)
         fresh = {"ids": layout.input_ids, "pos": layout.position_ids, "plan": layout.plan,
                  "src_seq": layout.src_seq, "src_pos": layout.src_pos, "targets": targets.flatten()}
         key = (tuple(layout.input_ids.shape), t)
@@ -149,6 +221,11 @@ class GraphedLogprobs:
                           "(set to None?); capturing them again")
             self.graphs.clear()
             self.pool = None
+        arena = self.scratch() if self.scratch is not None else None
+        if not _same_buffer(arena, self.arena):  # the engine re-allocated its cache (another batch shape):
+            self.graphs.clear()  # the graphs would write checkpoints into freed memory; capture anew
+            self.pool = None
+            self.arena = arena
         graphs = self.graphs.get(key)
         if graphs is None:
             if len(self.graphs) >= self.max_graphs:
@@ -165,7 +242,6 @@ class GraphedLogprobs:
             for k, v in fresh.items():
                 graphs.inputs[k].copy_(v)
         logp, ent = _Replay.apply(self.anchor, graphs)
-        real = batch.completion_mask > 0
         logp = logp.view(n, t)[:, :t_used]
         ent = ent.view(n, t)[:, :t_used]
         return torch.where(real, logp, 0.0), torch.where(real, ent, 0.0)

@@ -47,6 +47,9 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--gguf-dir", required=True)
     p.add_argument("--reps", type=int, default=8)
+    p.add_argument("--arena", action=argparse.BooleanOptionalAction, default=True,
+                   help="graphed side: gradient checkpoints in a scratch buffer the size of std-step's KV cache "
+                        "(30 layers x K, V [128, 3, 320, 64] bf16), filled with junk first (grpo.graphed.checkpoints_in)")
     args = p.parse_args()
     b = bench.build_parser().parse_args(["--gguf-dir", args.gguf_dir])
     bench.fill_defaults(b, gpu=True)
@@ -58,7 +61,10 @@ def main() -> None:
     vocab = config.vocab_size
     batch = batch_of(0, 16, 8, 256, 40, 90, vocab)
     adv = torch.randn(128, device="cuda")
-    graphed = GraphedLogprobs(model, 1.0, compile_head=True)
+    arena = None
+    if args.arena:
+        arena = torch.empty(30 * 2 * 128 * 3 * 320 * 64, dtype=torch.bfloat16, device="cuda").uniform_(-8, 8)
+    graphed = GraphedLogprobs(model, 1.0, compile_head=True, scratch=lambda: arena)
 
     def eager():
         logp, ent = token_logprobs(model, batch, 1.0, with_entropy=True, compile_head=True, attention="rows")

@@ -166,3 +166,22 @@ def test_token_logprobs_chunked_matches_full_logits_and_grads():
     assert torch.allclose(ent, ref_ent, atol=1e-4)
     for n, p in model.named_parameters():
         assert torch.allclose(got[n], p.grad, atol=1e-5), n
+
+
+def test_kv_cache_is_one_scratch_buffer_and_scribbles_on_it_change_nothing():
+    """GQA caches are slices of one flat buffer (`scratch`), which the policy update may overwrite between
+    calls (grpo.graphed keeps gradient checkpoints there): filling it with finite junk changes no token."""
+    model = tiny_model()
+    eng = EngineSampler(model, TinyTokenizer(), max_batch=8)
+    assert eng.scratch() is None
+    params = SamplingParams(max_new_tokens=12, temperature=0.0)
+    first = eng.generate(PROMPTS, 2, params).completion_ids
+    buf = eng.scratch()
+    assert buf is not None and buf.dim() == 1
+    caches = [t for a in eng.decoder.attn for t in (a.k_cache, a.v_cache)]
+    assert buf.numel() == sum(t.numel() for t in caches)
+    assert all(t.untyped_storage().data_ptr() == buf.untyped_storage().data_ptr() for t in caches)
+    buf.uniform_(-1e4, 1e4)
+    assert torch.equal(eng.generate(PROMPTS, 2, params).completion_ids, first)
+    eng.release()
+    assert eng.scratch() is None

@@ -59,6 +59,43 @@ def test_static_layout_forward_matches_token_logprobs(tok):
     assert torch.allclose(grads(model), ref_g, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("arena_layers", [2, 1])  # room for every layer input, or for the first only
+def test_checkpoints_in_an_arena_give_the_same_gradients(tok, arena_layers):
+    """Gradient checkpointing whose saved layer inputs are copied into a scratch buffer (the engine's KV cache
+    on a GPU) gives exactly the log-probs and gradients of ordinary checkpointing; the buffer holds the
+    first layers' inputs afterwards and gets no autograd history; without room a layer checkpoints as usual."""
+    torch.manual_seed(0)
+    model = tiny_model(tok)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    b = _batch()
+    lay = rows_layout(b, multiple=(8, 16))
+    n, t_used = b.completion_ids.shape
+    t = lay.plan.shape[2]
+    targets = torch.zeros((n, t), dtype=torch.long)
+    targets[:, :t_used] = b.completion_ids
+    args = (lay.input_ids, lay.position_ids, lay.plan, lay.src_seq, lay.src_pos, targets.flatten())
+    per_layer = lay.input_ids.numel() * model.config.hidden_size
+    before = [layer._gradient_checkpointing_func for layer in model.model.layers]
+    results = []
+    for arena in (None, torch.full((arena_layers * per_layer + 7,), float("nan"))):
+        model.zero_grad(set_to_none=True)
+        g = GraphedLogprobs(model, 1.0, compile_head=False, multiple=(8, 16), chunk_tokens=64,
+                            scratch=(lambda a=arena: a))
+        g.arena = arena
+        lp, _ = g._forward(*args)
+        (lp * weights(lp)).sum().backward()
+        results.append((lp.detach(), grads(model)))
+        if arena is not None:
+            assert arena.grad_fn is None and not arena.requires_grad
+            embedded = model.get_input_embeddings()(lay.input_ids).detach().flatten()
+            assert torch.equal(arena[:per_layer], embedded)  # layer 0's input, written by the forward
+            assert torch.isnan(arena[arena_layers * per_layer:]).all()  # the tail too short for a layer
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+    assert [layer._gradient_checkpointing_func for layer in model.model.layers] == before  # unwrapped again
+
+
 def test_usable_says_why_not():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -86,11 +86,20 @@ class GQAAttention:
         self.k_norm = getattr(module, "k_norm", None)
         self.k_cache = self.v_cache = None
 
-    def allocate(self, rows: int, length: int) -> None:
+    def kv_numel(self, rows: int, length: int) -> int:
+        """Elements of this layer's K and V caches together."""
+        return 2 * rows * self.n_kv * length * self.head_dim
+
+    def allocate(self, rows: int, length: int, storage: torch.Tensor | None = None) -> None:
+        """K and V caches [rows, n_kv, length, head_dim]: new zeroed tensors, or the two halves of `storage`
+        (a flat buffer of `kv_numel` elements in the engine's dtype, as the workspace hands out)."""
         w = self.ops.w(self.m.q_proj.weight)
         shape = (rows, self.n_kv, length, self.head_dim)
-        self.k_cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
-        self.v_cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
+        if storage is None:
+            self.k_cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
+            self.v_cache = torch.zeros(shape, dtype=w.dtype, device=w.device)
+        else:
+            self.k_cache, self.v_cache = storage.view(2, *shape).unbind(0)
 
     def release(self) -> None:
         self.k_cache = self.v_cache = None

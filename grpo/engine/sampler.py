@@ -24,6 +24,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from grpo.cuda_streams import graph_stream
 from grpo.engine.attention import DecodeContext, GQAAttention, PrefillContext, attention_for
 from grpo.engine.decode_attention import triton_available
 from grpo.engine.fused_decode import norm_gate_up
@@ -125,8 +126,15 @@ class _Workspace:
         w = decoder.ops.w(decoder.embed.weight)
         dev, dtype = w.device, w.dtype
         self.rows, self.slots, self.max_new, self.pad_id = rows, slots, max_new, pad_id
-        for a in decoder.attn:
-            a.allocate(rows, slots)
+        self.kv = None  # GQA layers: every K/V cache is a slice of this one flat buffer (EngineSampler.scratch)
+        if decoder.attn and all(isinstance(a, GQAAttention) for a in decoder.attn):
+            sizes = [a.kv_numel(rows, slots) for a in decoder.attn]
+            self.kv = torch.zeros(sum(sizes), dtype=dtype, device=dev)
+            for a, part in zip(decoder.attn, self.kv.split(sizes)):
+                a.allocate(rows, slots, part)
+        else:
+            for a in decoder.attn:
+                a.allocate(rows, slots)
         cos, sin = decoder.rotary(torch.empty(0, dtype=dtype, device=dev),
                                   torch.arange(slots, device=dev)[None])
         self.cos_table, self.sin_table = cos[0], sin[0]  # [slots, D]
@@ -232,6 +240,14 @@ class EngineSampler:
         self._ws: _Workspace | None = None
         self.profile = False  # when True, each call synchronizes and adds its phase times to .timings
         self.timings: dict[str, float] = {}
+
+    def scratch(self) -> torch.Tensor | None:
+        """The KV cache as one flat buffer (None before the first call, after `release`, or for caches that
+        are not all GQA). What it holds is dead between `generate` calls: a call writes every slot it attends to
+        unmasked (prompt by the prefill, then one slot per step), so the policy update may use it as scratch
+        (`grpo.graphed` keeps its gradient checkpoints there). Write finite values only: the masked slots a
+        call reads keep them, and the decode attention multiplies their values by a zero weight."""
+        return None if self._ws is None else self._ws.kv
 
     def release(self) -> None:
         """Free the KV cache and the graphs (the next call allocates and captures again)."""
@@ -463,14 +479,14 @@ class EngineSampler:
             return True
         # first time at this shape: run it eagerly on a side stream (this call's real work; also warms
         # up cuBLAS and compiles the fused ops), then record it; recording does not execute it
-        side = torch.cuda.Stream()
+        side = graph_stream(self.device)  # one stream for all warm-ups and captures: one cuBLAS workspace
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self._uncompiled_on_error(fn, *args)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, pool=ws.pool):
+            with torch.cuda.graph(graph, pool=ws.pool, stream=side):
                 fn(*args)
         except RuntimeError as e:  # keep working without graphs rather than fail a training run
             warnings.warn(f"CUDA graph capture of {what} failed ({str(e).splitlines()[0]}); running it without "
