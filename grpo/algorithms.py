@@ -77,7 +77,8 @@ def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LossStats:
-    """Per-micro-batch diagnostics (token means over the mask)."""
+    """Per-micro-batch diagnostics (token means over the mask); floats, or 0-dim tensors from
+    `per_token_loss(as_tensors=True)`."""
 
     clip_low: float      # share of tokens with A < 0 and rho < 1 - eps_low (lower clip active)
     clip_high: float     # share of tokens with A > 0 and rho > 1 + eps_high (upper clip active)
@@ -87,8 +88,11 @@ class LossStats:
 
 def per_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                    clip_eps_low: float = 0.2, clip_eps_high: float = 0.2, kl_coef: float = 0.0,
-                   ref_logp: torch.Tensor | None = None) -> tuple[torch.Tensor, LossStats]:
-    """Clipped surrogate (+ k3 KL) per token. logp, old_logp, ref_logp, mask: [N, T]; advantages: [N]."""
+                   ref_logp: torch.Tensor | None = None,
+                   as_tensors: bool = False) -> tuple[torch.Tensor, LossStats]:
+    """Clipped surrogate (+ k3 KL) per token. logp, old_logp, ref_logp, mask: [N, T]; advantages: [N].
+    `as_tensors`: the stats as 0-dim tensors on logp's device (no host sync; the trainer reads them once
+    per step) instead of floats."""
     adv = advantages.unsqueeze(1)
     ratio = torch.exp(logp - old_logp)
     clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
@@ -104,8 +108,8 @@ def per_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
         n = m.sum().clamp(min=1)
         low = ((ratio < 1 - clip_eps_low) & (adv < 0)).float()
         high = ((ratio > 1 + clip_eps_high) & (adv > 0)).float()
-        stats = LossStats(clip_low=float((low * m).sum() / n), clip_high=float((high * m).sum() / n),
-                          ratio_mean=float((ratio * m).sum() / n), kl=float((kl * m).sum() / n))
+        parts = [(low * m).sum() / n, (high * m).sum() / n, (ratio * m).sum() / n, (kl * m).sum() / n]
+        stats = LossStats(*(parts if as_tensors else [float(x) for x in parts]))
     return loss, stats
 
 

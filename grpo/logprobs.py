@@ -77,7 +77,11 @@ class PackedBatch:
                            self.completion_ids.to(device), self.completion_mask.to(device), self.prompt_width)
 
     def rows(self, idx) -> "PackedBatch":
-        """Sub-batch of rows, trimmed to the columns those rows use (no padding waste)."""
+        """Sub-batch of rows, trimmed to the columns those rows use (no padding waste); views, not copies,
+        when `idx` is every row in order (one micro-batch)."""
+        n = self.input_ids.shape[0]
+        if len(idx) == n and torch.equal(torch.as_tensor(idx, device="cpu"), torch.arange(n)):
+            idx = slice(None)
         am = self.attention_mask[idx]
         cm = self.completion_mask[idx]
         p_used = int(am[:, :self.prompt_width].sum(dim=1).max().item())
@@ -90,12 +94,14 @@ class PackedBatch:
 def pack(prompt_ids: list[list[int]], completion_ids: torch.Tensor, completion_mask: torch.Tensor,
          pad_id: int) -> PackedBatch:
     n, t = completion_ids.shape
-    p = max(len(x) for x in prompt_ids)
+    lens = torch.tensor([len(x) for x in prompt_ids], dtype=torch.long)
+    p = int(lens.max())
     ids = torch.full((n, p + t), pad_id, dtype=torch.long)
     am = torch.zeros((n, p + t), dtype=torch.long)
-    for i, row in enumerate(prompt_ids):
-        ids[i, p - len(row):p] = torch.tensor(row, dtype=torch.long)
-        am[i, p - len(row):p] = 1
+    real = torch.arange(p) >= (p - lens)[:, None]  # [N, P]: left padding, each prompt at the right edge
+    am[:, :p] = real.long()
+    # row-major order of the mask's True cells is the rows' tokens one after another (no per-row copies)
+    ids[:, :p][real] = torch.tensor([tok for row in prompt_ids for tok in row], dtype=torch.long)
     ids[:, p:] = completion_ids
     am[:, p:] = completion_mask.long()
     pos = (am.cumsum(dim=1) - 1).clamp(min=0)
@@ -182,8 +188,8 @@ def _prompt_groups(batch: PackedBatch) -> tuple[PackedBatch, torch.Tensor, dict[
     if not torch.equal(cpu.completion_mask > 0, torch.arange(t)[None] < lens[:, None]):
         return None
     groups: dict[tuple, list[int]] = {}
-    for i in range(n):
-        groups.setdefault(tuple(cpu.input_ids[i, :p][am[i]].tolist()), []).append(i)
+    for i, row in enumerate(torch.where(am, cpu.input_ids[:, :p], -1).tolist()):  # one tolist, not one per row
+        groups.setdefault(tuple(x for x in row if x != -1), []).append(i)
     return cpu, lens, groups
 
 
@@ -257,8 +263,8 @@ class RowsLayout:
     src_pos: torch.Tensor
 
 
-def rows_layout(batch: PackedBatch, min_saving: float = 0.0,
-                multiple: tuple[int, int] | None = None) -> RowsLayout | None:
+def rows_layout(batch: PackedBatch, min_saving: float = 0.0, multiple: tuple[int, int] | None = None,
+                device: torch.device | str | None = None) -> RowsLayout | None:
     """The regular shared-prompt layout of `batch`, or None when prompts do not repeat, not every distinct
     prompt has the same number G >= 2 of rows, a completion mask is not a prefix of ones, or it would save
     less than `min_saving` of the padded layout's tokens. It never holds more tokens than the padded
@@ -267,7 +273,8 @@ def rows_layout(batch: PackedBatch, min_saving: float = 0.0,
     `multiple` = (p, t): round the prompt width P up to a multiple of p and the completion width T up to a
     multiple of t (padding, as any row's own padding, is masked), and list every one of the N·T completion
     positions in src_seq / src_pos (row-major, padding included) instead of the real tokens only: a layout
-    whose shapes depend only on (U, G, P, T), as CUDA graphs need (grpo.graphed)."""
+    whose shapes depend only on (U, G, P, T), as CUDA graphs need (grpo.graphed). The layout is built on
+    the host and returned on `device` (default: the batch's), its plan made there."""
     found = _prompt_groups(batch)
     if found is None or not found[2]:
         return None
@@ -309,7 +316,7 @@ def rows_layout(batch: PackedBatch, min_saving: float = 0.0,
     if multiple is None:  # the real tokens only
         real = torch.arange(t) < lens[:, None]
         src_seq, src_pos = src_seq[real], src_pos[real]
-    dev = batch.input_ids.device
+    dev = batch.input_ids.device if device is None else torch.device(device)
     # plan [U·G, 1, t, P + t] built on the device: each row sees its prompt's real tokens, then itself causally
     v = valid.to(dev, torch.uint8)[:, None].expand(u, g, pw).reshape(u * g, 1, 1, pw).expand(-1, -1, t, -1)
     own = torch.ones(t, t, dtype=torch.uint8, device=dev).tril().expand(u * g, 1, t, t)

@@ -6,6 +6,7 @@ branches on the backend; the fast static-cache engine (grpo/engine) implements t
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -59,28 +60,80 @@ class RolloutBatch:
         return int(self.completion_mask.sum().item())
 
 
+def real_token_rows(ids: torch.Tensor, mask: torch.Tensor) -> list[list[int]]:
+    """The real tokens of each row (`mask` > 0) as lists: one `tolist` of the whole table when every mask
+    row is a prefix of ones (as samplers return them), else row by row."""
+    m = mask > 0
+    lens = m.sum(dim=1)
+    if bool((m == (torch.arange(m.shape[1]) < lens[:, None])).all()):
+        return [row[:n] for row, n in zip(ids.tolist(), lens.tolist())]
+    return [r[k].tolist() for r, k in zip(ids, m)]
+
+
+def rust_batch_decode(tokenizer):
+    """The Rust `tokenizers` decode_batch behind a transformers fast tokenizer when it gives exactly what
+    `tokenizer.batch_decode(rows, skip_special_tokens=True)` gives (transformers decodes row by row with
+    it, then cleans up spaces only when `clean_up_tokenization_spaces` is set, which transformers 5 ignores
+    for BPE models), else None. It is ~1.6x faster (no per-row Python) and releases the GIL, so it can
+    run on a thread while the trainer queues the update (std-step, 128 x 256 tokens, 2-core CPU: 5.2 ms
+    against 8.0 ms, and a busy main thread is not slowed)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    if backend is None or not hasattr(backend, "decode_batch"):
+        return None
+    decode = getattr(type(tokenizer), "_decode", None)
+    base = next((c for c in type(tokenizer).__mro__ if c.__name__ in ("TokenizersBackend", "PreTrainedTokenizerFast")),
+                None)
+    if base is None or decode is not base.__dict__.get("_decode"):
+        return None  # a subclass decodes in its own way
+    if getattr(tokenizer, "clean_up_tokenization_spaces", False):
+        bpe_skip = getattr(tokenizer, "clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output", None)
+        if bpe_skip is None or bpe_skip or type(backend.model).__name__ != "BPE":
+            return None  # the clean-up would run
+    return lambda rows: backend.decode_batch(rows, skip_special_tokens=True)
+
+
+_DETOKENIZER = None  # (pid, executor): one background thread for LazyTexts' Rust decoding, per process
+
+
+def _detokenizer():
+    global _DETOKENIZER
+    if _DETOKENIZER is None or _DETOKENIZER[0] != os.getpid():  # a forked child starts its own thread
+        from concurrent.futures import ThreadPoolExecutor
+
+        _DETOKENIZER = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-detokenize"))
+    return _DETOKENIZER[1]
+
+
 class LazyTexts(Sequence):
-    """The decoded completions of token rows (real tokens by `mask`, special tokens removed), decoded on
-    first use: a sampler can return before the tokenizer runs, so the trainer queues the update's forward
-    pass first and decodes (for the verifiers) while the device computes it. Both samplers return it."""
+    """The decoded completions of token rows (real tokens by `mask`, special tokens removed). A sampler
+    returns it before the texts exist: with a fast tokenizer whose Rust decoder gives batch_decode's
+    exact output (`rust_batch_decode`), decoding starts at once on a background thread, without the GIL,
+    while the trainer queues the update's forward pass; otherwise it decodes on first use, still after
+    the forward is queued. Both samplers return it; `token_rows` are the real tokens it decodes."""
 
     def __init__(self, tokenizer, ids: torch.Tensor, mask: torch.Tensor):
-        self._args: tuple | None = (tokenizer, ids, mask)
-        self._texts: list[str] = []
+        self.token_rows = real_token_rows(ids, mask)
+        self._tok = tokenizer
+        self._texts: list[str] | None = None
+        self._future = None
+        fast = rust_batch_decode(tokenizer)
+        if fast is not None:
+            self._future = _detokenizer().submit(fast, self.token_rows)
 
     def _decoded(self) -> list[str]:
-        if self._args is not None:
-            tok, ids, mask = self._args
-            self._texts = tok.batch_decode([r[m.bool()].tolist() for r, m in zip(ids, mask)],
-                                           skip_special_tokens=True)
-            self._args = None
+        if self._texts is None:
+            if self._future is not None:
+                self._texts = self._future.result()
+            else:
+                self._texts = self._tok.batch_decode(self.token_rows, skip_special_tokens=True)
+            self._future = None
         return self._texts
 
     def __getitem__(self, i):
         return self._decoded()[i]
 
     def __len__(self) -> int:
-        return len(self._decoded())
+        return len(self.token_rows)
 
     def __eq__(self, other) -> bool:
         return list(self._decoded()) == list(other)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from data.records import Example, reward_columns
-from grpo.rollout import RolloutBatch
+from grpo.rollout import RolloutBatch, real_token_rows
 from rewards.registry import LoadedReward, RewardTable, score
 
 
@@ -17,5 +17,7 @@ def score_rollout(rewards: list[LoadedReward], examples: list[Example], chats: l
     row_examples = [examples[g] for g in rows]
     prompts = [chats[g] for g in rows]
     completions = [[{"role": "assistant", "content": assistant_prefix + t}] for t in rollout.texts]
-    ids = [r[m.bool()].tolist() for r, m in zip(rollout.completion_ids, rollout.completion_mask)]
+    ids = getattr(rollout.texts, "token_rows", None)  # LazyTexts has them already
+    if ids is None:
+        ids = real_token_rows(rollout.completion_ids, rollout.completion_mask)
     return score(rewards, prompts, completions, ids, reward_columns(row_examples))

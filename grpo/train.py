@@ -244,7 +244,7 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     ref = frozen_copy(model) if cfg.algorithm.kl_coef > 0 else None
     if cfg.model.compile:
         compile_blocks(model)
-    fused = torch.cuda.is_available()
+    fused = _fused_optimizer()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
                                   betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
                                   **({"fused": True} if fused else {}))
@@ -269,10 +269,17 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
 
         why = GraphedLogprobs.usable(model, acc.num_processes)
         if why is None:
-            state.update_graphs = GraphedLogprobs(model, cfg.sampling.temperature, compile_head=cfg.model.compile)
+            # gradient checkpoints go to the engine's KV cache while it is idle (EngineSampler.scratch)
+            state.update_graphs = GraphedLogprobs(model, cfg.sampling.temperature, compile_head=cfg.model.compile,
+                                                  scratch=getattr(sampler, "scratch", None))
         else:
             warnings.warn(f"model.cuda_graphs: the update runs without CUDA graphs: {why}")
     return state
+
+
+def _fused_optimizer() -> bool:
+    """Fused AdamW (one multi-tensor kernel per step) on CUDA; torch's default implementation elsewhere."""
+    return torch.cuda.is_available()
 
 
 def _seed_everything(seed: int) -> None:
@@ -407,9 +414,11 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
     # the reference routes on its own (its own router and bias; the deepcopy has its own routing state)
     ref = (_logprobs_no_grad(state.ref_model, batch, micro, temp, acc, compile_head=compiled)
            if state.ref_model is not None else None)
-    norm = {"global_seqs": int(acc.reduce(torch.tensor(len(rollout.group), device=acc.device), "sum").item()),
-            "global_tokens": float(acc.reduce(mask.sum().to(acc.device), "sum").item()),
+    norm = {"global_seqs": len(rollout.group), "global_tokens": float(mask.sum()),
             "num_micro_batches": len(micro), "max_completion_length": cfg.sampling.max_new_tokens}
+    if acc.num_processes > 1:  # sums over processes (one process: the local counts, no device round trip)
+        norm["global_seqs"] = int(acc.reduce(torch.tensor(len(rollout.group), device=acc.device), "sum").item())
+        norm["global_tokens"] = float(acc.reduce(mask.sum().to(acc.device), "sum").item())
     resolved: list[torch.Tensor] = []
 
     def adv() -> torch.Tensor:
@@ -421,8 +430,9 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
     for it in range(a.num_iterations):
         for idx in micro:
             with replay(idx):  # open through backward: gradient checkpointing recomputes the forward there
-                _micro_step(state, batch.rows(idx).to(acc.device), idx.to(acc.device), it, old, ref, adv, norm, agg)
+                _micro_step(state, batch.rows(idx), idx.to(acc.device), it, old, ref, adv, norm, agg)
         grad_norm = _optimizer_step(state, agg, len(micro))
+    _to_host(agg)
     w_all = agg.pop("_w")
     w = max(sum(w_all), 1.0)
     w_iter = max(sum(w_all[:len(micro)]), 1.0)
@@ -437,55 +447,76 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
     return out
 
 
-def _micro_step(state: TrainState, sub: PackedBatch, didx: torch.Tensor, it: int, old, ref,
-                adv: Callable[[], torch.Tensor], norm: dict, agg: dict[str, list[float]]) -> None:
-    """Forward + backward of one micro-batch (rows `didx`); appends its diagnostics to `agg`. `adv()` gives
-    the advantages [N] on the device; it is called after the forward pass is queued."""
+def _micro_step(state: TrainState, rows: PackedBatch, didx: torch.Tensor, it: int, old, ref,
+                adv: Callable[[], torch.Tensor], norm: dict, agg: dict[str, list]) -> None:
+    """Forward + backward of one micro-batch (`rows`, on the host; rows `didx` of the step's batch); appends
+    its diagnostics to `agg` as device tensors (read once per step, `_to_host`: no sync here, so the host
+    queues the optimizer step while the device is still in backward). `adv()` gives the advantages [N] on
+    the device; it is called after the forward pass is queued."""
     a, acc, model = state.cfg.algorithm, state.accelerator, state.model
     scale = acc.num_processes  # DDP averages gradients over processes; the normalisers are global sums
-    t = sub.completion_ids.shape[1]
+    w = float(rows.completion_mask.sum())  # on the host copy
+    t = rows.completion_ids.shape[1]
+    # moved before any forward is queued: a copy from pageable host memory waits for the stream's work
+    mask = rows.completion_mask.to(acc.device)
     with acc.autocast():
-        graphed = state.update_graphs(sub) if state.update_graphs is not None else None
+        # the graphs take the host batch (their layout is built on the host and moved once)
+        graphed = state.update_graphs(rows) if state.update_graphs is not None else None
         if graphed is not None:  # entropies come with the graphs' outputs; logged for the first iteration
             logp, ent = graphed[0], (graphed[1] if it == 0 else None)
         else:
+            sub = rows.to(acc.device)
             logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0),
                                        compile_head=state.cfg.model.compile)
     aux = _aux_loss(state, norm["num_micro_batches"])
     logp = logp.float()
     old_lp = old[didx, :t] if old is not None else logp.detach()
     ref_lp = ref[didx, :t] if ref is not None else None
-    per_tok, st = per_token_loss(logp, old_lp, adv()[didx], sub.completion_mask, a.clip_eps_low,
-                                 a.clip_eps_high, a.kl_coef, ref_lp)
-    loss = normalize_loss(per_tok, sub.completion_mask, a.loss_type, **norm) * scale
+    per_tok, st = per_token_loss(logp, old_lp, adv()[didx], mask, a.clip_eps_low,
+                                 a.clip_eps_high, a.kl_coef, ref_lp, as_tensors=True)
+    loss = normalize_loss(per_tok, mask, a.loss_type, **norm) * scale
     if not loss.requires_grad:  # no loss tokens in this micro-batch (e.g. all masked as truncated):
         # a zero that touches every parameter keeps backward, and DDP's gradient sync, in step
         loss = loss + 0.0 * sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad)
     acc.backward(loss + aux if torch.is_tensor(aux) else loss)
-    w = float(sub.completion_mask.sum())
-    for k, v in (("loss", float(loss.detach()) / scale), ("clip_low", st.clip_low), ("clip_high", st.clip_high),
+    for k, v in (("loss", loss.detach() / scale), ("clip_low", st.clip_low), ("clip_high", st.clip_high),
                  ("kl", st.kl), ("ratio", st.ratio_mean)):
         agg.setdefault(k, []).append(v if k == "loss" else v * w)
     agg.setdefault(f"_ratio{it}", []).append(st.ratio_mean * w)
     agg.setdefault("_w", []).append(w)
     if ent is not None:
-        agg.setdefault("entropy", []).append(float((ent * sub.completion_mask).sum()))
+        agg.setdefault("entropy", []).append((ent.detach() * mask).sum())
     if torch.is_tensor(aux):
-        agg.setdefault("aux_loss", []).append(float(aux.detach()) / scale)
+        agg.setdefault("aux_loss", []).append(aux.detach() / scale)
+
+
+def _to_host(agg: dict[str, list]) -> dict[str, list]:
+    """Replace the 0-dim tensors in `agg`'s lists by floats, read in one device-to-host copy."""
+    where = [(k, i) for k, vals in agg.items() for i, v in enumerate(vals) if torch.is_tensor(v)]
+    if where:
+        flat = torch.stack([agg[k][i].detach().float().reshape(()) for k, i in where]).tolist()
+        for (k, i), f in zip(where, flat):
+            agg[k][i] = f
+    return agg
 
 
 def _optimizer_step(state: TrainState, agg: dict[str, list[float]], num_micro: int):
     """Clip, check, step (optimizer, LR schedule, MoE bias); returns the gradient norm."""
     cfg, acc, model = state.cfg, state.accelerator, state.model
     grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+    guard = _guard_on_device(state, grad_norm)
     # DeepSpeed returns None: it clips inside its own step (`gradient_clipping` in its config) and reports
     # the norm only afterwards, so there the check below runs after the step
-    if grad_norm is not None:  # the norm is of the all-reduced grads: every process agrees
+    if grad_norm is not None and guard is None:  # the norm is of the all-reduced grads: every process agrees
         _check_finite_grad_norm(state, agg, num_micro, float(grad_norm), "before the optimizer step")
     state.optimizer.step()
-    state.scheduler.step()
     # the update's CUDA graphs add into the .grad tensors they were captured with: zero those in place
     state.optimizer.zero_grad(set_to_none=state.update_graphs is None)
+    if guard is not None:  # read only now: the host queued the step without waiting for the backward pass
+        guard.found_inf = None
+        _check_finite_grad_norm(state, agg, num_micro, float(grad_norm),
+                                "at the optimizer step, which skipped its update on the device (no weight changed)")
+    state.scheduler.step()
     adapted = _adapted(state)
     if adapted is not None:
         from grpo.adapters import after_optimizer_step
@@ -500,11 +531,24 @@ def _optimizer_step(state: TrainState, agg: dict[str, list[float]], num_micro: i
     return grad_norm
 
 
-def _check_finite_grad_norm(state: TrainState, agg: dict[str, list[float]], num_micro: int, norm: float,
+def _guard_on_device(state: TrainState, grad_norm):
+    """The fused torch Adam/AdamW under `state.optimizer`, told to skip its update on the device when
+    `grad_norm` is not finite (its `found_inf` input, as GradScaler uses it: parameters, moments and step
+    counts stay as they were), or None where that does not apply (no fused optimizer, a GradScaler that
+    sets found_inf itself, DeepSpeed's None norm): the host then checks the norm before the step."""
+    inner = getattr(state.optimizer, "optimizer", state.optimizer)
+    if (grad_norm is None or not isinstance(inner, torch.optim.Adam | torch.optim.AdamW)
+            or not inner.defaults.get("fused") or getattr(state.accelerator, "scaler", None) is not None):
+        return None
+    inner.found_inf = (~torch.isfinite(grad_norm.detach())).float().reshape(())
+    return inner
+
+
+def _check_finite_grad_norm(state: TrainState, agg: dict[str, list], num_micro: int, norm: float,
                             when: str) -> None:
     if math.isfinite(norm):
         return
-    losses = agg["loss"][-num_micro:]
+    losses = [float(x) for x in agg["loss"][-num_micro:]]
     cause = "loss" if not all(math.isfinite(x) for x in losses) else "gradients"
     raise FloatingPointError(f"step {state.step + 1}: non-finite {cause} (loss {sum(losses)}, gradient norm "
                              f"{norm}); stopped {when}, no checkpoint written")

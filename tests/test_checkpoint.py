@@ -126,14 +126,23 @@ def test_nan_loss_stops_naming_the_step_and_writes_no_checkpoint(tmp_path, tok, 
     assert all(torch.isfinite(p).all() for p in model.parameters())   # the NaN update was never applied
 
 
-def test_nan_gradient_stops(tmp_path, tok):
+@pytest.mark.parametrize("fused", [False, True])
+def test_nan_gradient_stops(tmp_path, tok, monkeypatch, fused):
+    """Unfused: the host reads the norm before the step. Fused AdamW (as on CUDA; torch has it on CPU too):
+    the step is queued with the norm's finiteness as its found_inf input, so it skips its update on the
+    device, and the host stops after it: no weight may change either way."""
+    import grpo.train as train_mod
     from grpo.train import train
 
+    monkeypatch.setattr(train_mod, "_fused_optimizer", lambda: fused)
     model = tiny_model(tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     model.model.norm.weight.register_hook(lambda g: g * float("nan"))
-    with pytest.raises(FloatingPointError, match=r"step 1: non-finite gradients"):
+    when = "skipped its update on the device" if fused else "before the optimizer step"
+    with pytest.raises(FloatingPointError, match=rf"step 1: non-finite gradients .*{when}"):
         train(_nan_cfg(tmp_path, ["accuracy"]), model=model, tokenizer=tok)
     assert ckpt.list_checkpoints(tmp_path / "run") == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 def test_nan_reward_is_none_and_inf_reward_stops(tmp_path, tok, monkeypatch):

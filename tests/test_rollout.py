@@ -37,3 +37,58 @@ def test_greedy_is_deterministic(tok):
     a = s.generate(ids, 1, SamplingParams(max_new_tokens=6, temperature=0.0))
     b = s.generate(ids, 1, SamplingParams(max_new_tokens=6, temperature=0.0))
     assert torch.equal(a.completion_ids, b.completion_ids)
+
+
+def test_real_token_rows_prefix_and_general_masks():
+    from grpo.rollout import real_token_rows
+
+    ids = torch.tensor([[5, 6, 7], [8, 9, 1], [4, 3, 2]])
+    prefix = torch.tensor([[1.0, 1, 0], [1, 1, 1], [0, 0, 0]])
+    assert real_token_rows(ids, prefix) == [[5, 6], [8, 9, 1], []]
+    holes = torch.tensor([[1.0, 0, 1], [0, 1, 1], [1, 0, 0]])  # not prefixes: row by row
+    assert real_token_rows(ids, holes) == [[5, 7], [9, 1], [4]]
+
+
+def _random_rows(tokenizer, n=24, width=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, len(tokenizer), (n, width), generator=g)
+    ids[::5, 3] = tokenizer.eos_token_id  # special tokens inside rows: dropped by both decoders
+    mask = (torch.arange(width) < torch.randint(0, width + 1, (n, 1), generator=g)).float()
+    return ids, mask
+
+
+def test_lazy_texts_rust_decoder_matches_batch_decode():
+    """The bundled SmolLM2 tokenizer (byte-level BPE, multi-byte characters split across tokens in random
+    rows) takes the background Rust path, and it gives batch_decode's texts exactly."""
+    from grpo.models import load_tokenizer
+    from grpo.rollout import LazyTexts, real_token_rows, rust_batch_decode
+
+    tk = load_tokenizer("smollm2-135m-instruct")
+    assert rust_batch_decode(tk) is not None
+    ids, mask = _random_rows(tk, n=64, width=96)
+    texts = LazyTexts(tk, ids, mask)
+    assert texts._future is not None  # decoding started at construction
+    assert list(texts) == tk.batch_decode(real_token_rows(ids, mask), skip_special_tokens=True)
+    assert len(texts) == 64 and texts.token_rows == real_token_rows(ids, mask)
+
+
+def test_lazy_texts_falls_back_where_transformers_decodes_differently(tok):
+    """A tokenizer whose space clean-up would run (not BPE) or a subclass with its own _decode is decoded
+    by its batch_decode on first use."""
+    from grpo.rollout import LazyTexts, rust_batch_decode
+
+    assert rust_batch_decode(tok) is not None  # the char tokenizer: no clean-up set
+    tok2 = type(tok)(tokenizer_object=tok.backend_tokenizer, pad_token="<pad>", eos_token="<|im_end|>",
+                     clean_up_tokenization_spaces=True)
+    assert rust_batch_decode(tok2) is None  # WordLevel model: transformers would clean up spaces
+
+    class Shouting(type(tok)):
+        def _decode(self, token_ids, **kw):
+            return super()._decode(token_ids, **kw).upper()
+
+    loud = Shouting(tokenizer_object=tok.backend_tokenizer, pad_token="<pad>", eos_token="<|im_end|>")
+    assert rust_batch_decode(loud) is None
+    ids, mask = _random_rows(tok)
+    texts = LazyTexts(loud, ids, mask)
+    assert texts._future is None and list(texts) == loud.batch_decode(texts.token_rows, skip_special_tokens=True)
+    assert any(t != t.lower() for t in texts)
