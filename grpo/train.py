@@ -537,10 +537,13 @@ def _guard_on_device(state: TrainState, grad_norm):
     counts stay as they were), or None where that does not apply (no fused optimizer, a GradScaler that
     sets found_inf itself, DeepSpeed's None norm): the host then checks the norm before the step."""
     inner = getattr(state.optimizer, "optimizer", state.optimizer)
-    if (grad_norm is None or not isinstance(inner, torch.optim.Adam | torch.optim.AdamW)
+    if (not torch.is_tensor(grad_norm) or not isinstance(inner, torch.optim.Adam | torch.optim.AdamW)
             or not inner.defaults.get("fused") or getattr(state.accelerator, "scaler", None) is not None):
         return None
-    inner.found_inf = (~torch.isfinite(grad_norm.detach())).float().reshape(())
+    norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm  # FSDP2: a DTensor
+    if norm.device != inner.param_groups[0]["params"][0].device:
+        return None
+    inner.found_inf = (~torch.isfinite(norm.detach())).float().reshape(())
     return inner
 
 
