@@ -423,7 +423,8 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
 
     def adv() -> torch.Tensor:
         if not resolved:
-            resolved.append((advantages() if callable(advantages) else advantages).to(acc.device))
+            # no sync: the loss and backward get queued behind the forward pass while it runs
+            resolved.append(_to_device(advantages() if callable(advantages) else advantages, acc.device))
         return resolved[0]
 
     agg: dict[str, list[float]] = {}
@@ -568,6 +569,21 @@ def reward_stats(table: RewardTable, totals: torch.Tensor) -> dict[str, float]:
     return out
 
 
+def _gathered(acc, x: torch.Tensor) -> torch.Tensor:
+    """x (host) from every process, concatenated, float32 on the host. One process: x itself, without the
+    device round trip, whose copy back would wait for the update's forward pass queued before it."""
+    if acc.num_processes == 1:
+        return x.float()
+    return acc.gather(x.float().to(acc.device)).cpu()
+
+
+def _to_device(x: torch.Tensor, device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the work queued there (pinned, non-blocking on CUDA)."""
+    if torch.device(device).type == "cuda" and x.device.type == "cpu":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
+
+
 def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, list[dict]]:
     """One GRPO step on `examples` (this process's prompts). Returns stats and completion rows.
 
@@ -591,7 +607,7 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
             totals = torch.tensor(table.totals(), dtype=torch.float32)
             # gathered before any check, so every process sees the same rewards and stops together (a process
             # that raised alone would leave the others waiting in the next collective)
-            g_tot = acc.gather(totals.to(acc.device)).float().cpu()
+            g_tot = _gathered(acc, totals)
             if not torch.isfinite(g_tot).all():
                 raise FloatingPointError(f"step {state.step + 1}: non-finite rewards {g_tot.tolist()}")
             batch_std = g_tot.std() if len(g_tot) > 1 else torch.tensor(0.0)  # scale_rewards=batch: global batch
@@ -610,8 +626,8 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
                                  f"({upd['grad_norm']}); stopping before any checkpoint is written")
     state.step += 1
     lengths = rollout.completion_mask.sum(dim=1)
-    g_len = acc.gather(lengths.to(acc.device)).float().cpu()
-    g_trunc = acc.gather(rollout.truncated.float().to(acc.device)).cpu()
+    g_len = _gathered(acc, lengths)
+    g_trunc = _gathered(acc, rollout.truncated)
     step_s = time.perf_counter() - t0
     extra = {"grpo/" + k: v for k, v in _adapter_metrics(state).items()}
     if "aux_loss" in upd:
