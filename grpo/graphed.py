@@ -17,10 +17,13 @@ its backward copies the incoming gradient into the static buffer and replays the
 
 Shapes are made static by rounding the prompt width and the completion width up (`multiple`), and by
 computing every completion position (padding included, masked afterwards) instead of the real tokens
-only; each new (U, G, P, T) is warmed up on a side stream and captured (about one extra update), up to
-`max_graphs` shapes, all in one memory pool (a step replays one shape's pair, so they never hold live
+only; each new (U, G, P, T) is warmed up and captured (about one extra update) on the process's one
+graph stream (`grpo.cuda_streams`), up to `max_graphs` shapes, all in one memory pool (a step replays one shape's pair, so they never hold live
 memory at the same time). The parameters' `.grad` tensors must stay the same tensors from one replay to
 the next: the trainer zeroes them in place (`zero_grad(set_to_none=False)`) while graphs are in use.
+With a `scratch` buffer (the trainer passes the engine's idle KV cache, `EngineSampler.scratch`), the
+checkpointed layer inputs are kept in it (`checkpoints_in`); the graphs are captured anew whenever that buffer
+is not the one they were captured with (the engine re-allocated it for another batch shape).
 Conditions (`usable`): CUDA, one process (no DDP gradient hooks to replay), the rows layout
 (transformers "sdpa" attention, no MLA/MoE adapters, whole groups of equal size per micro-batch).
 Anything else, or a capture that fails, runs `token_logprobs` eagerly.
