@@ -155,15 +155,16 @@ class MLAAttention(nn.Module):
         return q, c, kr
 
     def forward(self, hidden_states, position_embeddings=None, attention_mask=None, past_key_values=None,
-                **kwargs):
+                cache=None, **kwargs):
+        cache = past_key_values if past_key_values is not None else cache  # transformers >= 5.24 says `cache`
         b, l, _ = hidden_states.shape
         q, c, kr = self._project(hidden_states, position_embeddings)
         kn = self.k_up(c).view(b, l, self.num_kv, self.head_dim - self.rope_dims)
         k = torch.cat((kr, kn), dim=-1).transpose(1, 2)                 # [B, n_kv, L, d]
         v = self.v_up(c).view(b, l, self.num_kv, self.head_dim).transpose(1, 2)
         q = q.transpose(1, 2)                                            # [B, H, L, d]
-        if past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx)
         attn = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         if self.sliding_window is not None:
             kwargs["sliding_window"] = self.sliding_window

@@ -452,7 +452,7 @@ def _routing_pre_hook(module, args, kwargs):
     mask = kwargs.get("attention_mask")
     tok = mask[:, -l:].bool() if isinstance(mask, torch.Tensor) and mask.dim() == 2 else None
     state.token_mask = tok
-    past = kwargs.get("past_key_values")
+    past = kwargs.get("past_key_values", kwargs.get("cache"))  # transformers >= 5.24 names it `cache`
     fresh = past is None or past.get_seq_length() == 0
     if state.mode == "record":
         if fresh:
