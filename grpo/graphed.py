@@ -18,8 +18,8 @@ its backward copies the incoming gradient into the static buffer and replays the
 Shapes are made static by rounding the prompt width and the completion width up (`multiple`), and by
 computing every completion position (padding included, masked afterwards) instead of the real tokens
 only; each new (U, G, P, T) is warmed up and captured (about one extra update) on the process's one
-graph stream (`grpo.cuda_streams`), up to `max_graphs` shapes, all in one memory pool (a step replays one shape's pair, so they never hold live
-memory at the same time). The parameters' `.grad` tensors must stay the same tensors from one replay to
+graph stream (`grpo.cuda_streams`), up to `max_graphs` shapes, all in one memory pool (a step replays one
+shape's pair, so they never hold live memory at the same time). The parameters' `.grad` tensors must stay the same tensors from one replay to
 the next: the trainer zeroes them in place (`zero_grad(set_to_none=False)`) while graphs are in use.
 With a `scratch` buffer (the trainer passes the engine's idle KV cache, `EngineSampler.scratch`), the
 checkpointed layer inputs are kept in it (`checkpoints_in`); the graphs are captured anew whenever that buffer
@@ -204,7 +204,8 @@ class GraphedLogprobs:
 
     def __call__(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(log-probs [N, T], entropies [N, T]) on the model's device of `batch`'s completions (`batch` on the
-        host or the device), 0 where the mask is 0, through the graphs; None when the rows layout does not apply (or graphs were given up): run eagerly then."""
+        host or the device), 0 where the mask is 0, through the graphs; None when the rows layout does not
+        apply (or graphs were given up): run eagerly then."""
         if self.disabled:
             return None
         dev = self.anchor.device  # `batch` may be on the host: the layout is built there and moved once

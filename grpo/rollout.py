@@ -6,7 +6,9 @@ branches on the backend; the fast static-cache engine (grpo/engine) implements t
 """
 from __future__ import annotations
 
+import functools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -74,9 +76,9 @@ def rust_batch_decode(tokenizer):
     """The Rust `tokenizers` decode_batch behind a transformers fast tokenizer when it gives exactly what
     `tokenizer.batch_decode(rows, skip_special_tokens=True)` gives (transformers decodes row by row with
     it, then cleans up spaces only when `clean_up_tokenization_spaces` is set, which transformers 5 ignores
-    for BPE models), else None. It is ~1.6x faster (no per-row Python) and releases the GIL, so it can
-    run on a thread while the trainer queues the update (std-step, 128 x 256 tokens, 2-core CPU: 5.2 ms
-    against 8.0 ms, and a busy main thread is not slowed)."""
+    for BPE models), else None. It has no per-row Python and releases the GIL, so it can run on a thread
+    while the trainer queues the update (128 x 256 tokens on this 2-core CPU: 4.1 ms against 10-12 ms, and a
+    Python loop beside it is not slowed; `python scripts/detok_bench.py`)."""
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is None or not hasattr(backend, "decode_batch"):
         return None
@@ -92,16 +94,11 @@ def rust_batch_decode(tokenizer):
     return lambda rows: backend.decode_batch(rows, skip_special_tokens=True)
 
 
-_DETOKENIZER = None  # (pid, executor): one background thread for LazyTexts' Rust decoding, per process
-
-
-def _detokenizer():
-    global _DETOKENIZER
-    if _DETOKENIZER is None or _DETOKENIZER[0] != os.getpid():  # a forked child starts its own thread
-        from concurrent.futures import ThreadPoolExecutor
-
-        _DETOKENIZER = (os.getpid(), ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-detokenize"))
-    return _DETOKENIZER[1]
+@functools.cache
+def _detokenizer(pid: int) -> ThreadPoolExecutor:
+    """One background thread for LazyTexts' Rust decoding per process (called with os.getpid(): a forked
+    child gets its own, the parent's thread does not exist there)."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-detokenize")
 
 
 class LazyTexts(Sequence):
@@ -118,7 +115,7 @@ class LazyTexts(Sequence):
         self._future = None
         fast = rust_batch_decode(tokenizer)
         if fast is not None:
-            self._future = _detokenizer().submit(fast, self.token_rows)
+            self._future = _detokenizer(os.getpid()).submit(fast, self.token_rows)
 
     def _decoded(self) -> list[str]:
         if self._texts is None:

@@ -414,11 +414,9 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
     # the reference routes on its own (its own router and bias; the deepcopy has its own routing state)
     ref = (_logprobs_no_grad(state.ref_model, batch, micro, temp, acc, compile_head=compiled)
            if state.ref_model is not None else None)
-    norm = {"global_seqs": len(rollout.group), "global_tokens": float(mask.sum()),
+    norm = {"global_seqs": int(_gathered(acc, torch.tensor([len(rollout.group)])).sum()),  # sums over processes
+            "global_tokens": float(_gathered(acc, mask.sum().reshape(1)).sum()),
             "num_micro_batches": len(micro), "max_completion_length": cfg.sampling.max_new_tokens}
-    if acc.num_processes > 1:  # sums over processes (one process: the local counts, no device round trip)
-        norm["global_seqs"] = int(acc.reduce(torch.tensor(len(rollout.group), device=acc.device), "sum").item())
-        norm["global_tokens"] = float(acc.reduce(mask.sum().to(acc.device), "sum").item())
     resolved: list[torch.Tensor] = []
 
     def adv() -> torch.Tensor:
@@ -465,8 +463,8 @@ def _micro_step(state: TrainState, rows: PackedBatch, didx: torch.Tensor, it: in
         graphed = state.update_graphs(rows) if state.update_graphs is not None else None
         if graphed is not None:  # entropies come with the graphs' outputs; logged for the first iteration
             logp, ent = graphed[0], (graphed[1] if it == 0 else None)
-        else:
-            sub = rows.to(acc.device)
+        else:  # the mask already moved: one copy of it
+            sub = replace(rows, completion_mask=mask).to(acc.device)
             logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0),
                                        compile_head=state.cfg.model.compile)
     aux = _aux_loss(state, norm["num_micro_batches"])

@@ -99,16 +99,12 @@ def _helper_works() -> bool:
         return False
 
 
-_CHECKERS: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def _checkers() -> ThreadPoolExecutor:
-    """The threads that wait on the helpers (PARALLEL_CHECKS), kept for the process (a forked child makes
-    its own): starting them anew for every batch cost ~1.4 ms of each scoring call (2-core CPU)."""
-    global _CHECKERS
-    if _CHECKERS is None or _CHECKERS[0] != os.getpid():
-        _CHECKERS = (os.getpid(), ThreadPoolExecutor(max_workers=PARALLEL_CHECKS, thread_name_prefix="grpo-verify"))
-    return _CHECKERS[1]
+@lru_cache(maxsize=None)
+def _checkers(pid: int) -> ThreadPoolExecutor:
+    """The threads that wait on the helpers (PARALLEL_CHECKS), kept for the process (called with
+    os.getpid(): a forked child makes its own). A fresh 8-thread pool per batch cost ~1.2-1.5 ms against
+    ~0.2-0.3 ms on a kept one (`python scripts/detok_bench.py`, 2-core CPU)."""
+    return ThreadPoolExecutor(max_workers=PARALLEL_CHECKS, thread_name_prefix="grpo-verify")
 
 
 def verify(gold: str, prediction: str | None, timeout: float = DEFAULT_TIMEOUT_S) -> bool:
@@ -131,7 +127,7 @@ def verify_all(golds: list, predictions: list[str | None], timeout: float = DEFA
         return _verify_cached(*pairs[k], float(timeout))
 
     if len(slow) > 1:
-        verdicts = list(_checkers().map(check, slow))
+        verdicts = list(_checkers(os.getpid()).map(check, slow))
     else:
         verdicts = [check(k) for k in slow]
     for k, ok in zip(slow, verdicts):
