@@ -64,9 +64,13 @@ def group_advantages(rewards: torch.Tensor, group: torch.Tensor, scale: str = "g
 
 def zero_std_fraction(rewards: torch.Tensor, group: torch.Tensor) -> float:
     """Share of groups whose rewards are all equal (they carry no learning signal)."""
-    groups = torch.unique(group)
-    same = [bool((rewards[group == g] == rewards[group == g][0]).all()) for g in groups]
-    return sum(same) / max(len(same), 1)
+    if len(group) == 0:
+        return 0.0
+    _, idx = torch.unique(group, return_inverse=True)
+    r = rewards.float()
+    hi = r.new_full((int(idx.max()) + 1,), float("-inf")).scatter_reduce(0, idx, r, "amax")
+    lo = r.new_full(hi.shape, float("inf")).scatter_reduce(0, idx, r, "amin")
+    return float((hi == lo).float().mean())
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:

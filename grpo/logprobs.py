@@ -188,6 +188,11 @@ def _prompt_groups(batch: PackedBatch) -> tuple[PackedBatch, torch.Tensor, dict[
     if not torch.equal(cpu.completion_mask > 0, torch.arange(t)[None] < lens[:, None]):
         return None
     groups: dict[tuple, list[int]] = {}
+    n_real = am.sum(dim=1)
+    if torch.equal(am, torch.arange(p)[None] >= (p - n_real)[:, None]):  # left padding, as `pack` makes it:
+        for i, (row, k) in enumerate(zip(cpu.input_ids[:, :p].tolist(), n_real.tolist())):  # a slice per row
+            groups.setdefault(tuple(row[p - k:]), []).append(i)
+        return cpu, lens, groups
     for i, row in enumerate(torch.where(am, cpu.input_ids[:, :p], -1).tolist()):  # one tolist, not one per row
         groups.setdefault(tuple(x for x in row if x != -1), []).append(i)
     return cpu, lens, groups

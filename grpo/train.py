@@ -59,6 +59,7 @@ class TrainState:
     epoch: int = 0
     order: list[int] = field(default_factory=list)
     update_graphs: Any = None             # grpo.graphed.GraphedLogprobs when model.cuda_graphs applies
+    adapted_cache: Any = None             # (model, _adapted(state)) for the model object it was found on
 
 
 @dataclass
@@ -331,9 +332,14 @@ def sample(state: TrainState, examples: list[Example]) -> tuple[list[list[dict]]
 
 def _adapted(state: TrainState):
     """The bare policy if it carries MLA/MoE adapters (converted by this recipe's model.adapter, or a saved
-    converted checkpoint given as model.name), else None."""
-    bare = state.accelerator.unwrap_model(state.model)
-    return bare if getattr(getattr(bare, "config", None), "adapter", None) else None
+    converted checkpoint given as model.name), else None. Looked up once per model object: accelerate's
+    unwrap_model walks every module (1-3 ms on the GPU host) and the step asks up to four times."""
+    cached = state.adapted_cache
+    if cached is None or cached[0] is not state.model:
+        bare = state.accelerator.unwrap_model(state.model)
+        cached = state.adapted_cache = (state.model, bare if getattr(getattr(bare, "config", None), "adapter", None)
+                                        else None)
+    return cached[1]
 
 
 def _record_routes(state: TrainState):

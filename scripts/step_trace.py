@@ -100,6 +100,7 @@ def main() -> None:
     p.add_argument("--gguf-dir", default=None)
     p.add_argument("--warm", type=int, default=3)
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--stack", action="store_true", help="record Python frames too (with_stack): find host gaps' code")
     args, rest = p.parse_known_args()
     import grpo.train as train
     from data.records import Example
@@ -133,7 +134,8 @@ def main() -> None:
     state.accelerator.backward = marked("phase/backward", state.accelerator.backward)
     state.optimizer.step = marked("phase/optimizer", state.optimizer.step)
     batch = examples[args.warm * b.prompts:(args.warm + 1) * b.prompts]
-    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else []),
+                 with_stack=args.stack) as prof:
         sync()
         with torch.profiler.record_function("phase/step"):
             train.train_step(state, batch)

@@ -46,6 +46,13 @@ def test_zero_std_groups_get_zero_advantage(scale):
     assert zero_std_fraction(R, G) == 0.5
 
 
+def test_zero_std_fraction_with_unsorted_group_ids():
+    r = torch.tensor([1.0, 2.0, 1.0, 1.0, 3.0, 3.0])
+    g = torch.tensor([7, 2, 7, 2, 9, 9])  # group 7: equal; 2: not; 9: equal
+    assert zero_std_fraction(r, g) == pytest.approx(2 / 3)
+    assert zero_std_fraction(torch.tensor([]), torch.tensor([], dtype=torch.long)) == 0.0
+
+
 def test_groups_of_unequal_size_and_unsorted_ids():
     r = torch.tensor([3.0, 1.0, 2.0, 5.0, 5.0])
     g = torch.tensor([7, 2, 7, 2, 2])

@@ -124,6 +124,26 @@ def test_weights_are_shared_with_training():
     assert not torch.equal(after.completion_ids, before)
 
 
+def test_engine_skips_the_train_eval_switch_only_when_no_module_forward_runs(monkeypatch):
+    model = tiny_model(seed=6)  # in training mode, with attention dropout that eval mode would turn off
+    for layer in model.model.layers:
+        layer.self_attn.attention_dropout = 0.5
+    switches = []
+    monkeypatch.setattr(model, "train", lambda mode=True: switches.append(mode) or model)
+    eng = EngineSampler(model, TinyTokenizer(), max_batch=8, bucket=8)
+    assert eng.decoder.reads_weights_only
+    params = SamplingParams(max_new_tokens=8, temperature=0.0)
+    out = eng.generate(PROMPTS, 1, params)
+    assert switches == [] and model.training
+    monkeypatch.undo()
+    ref = HFSampler(model, TinyTokenizer()).generate(PROMPTS, 1, params)  # generate in eval mode: no dropout
+    assert torch.equal(out.completion_ids, ref.completion_ids)
+    eng.decoder.reads_weights_only = False  # as for an ungated MLP or an MLA layer: modules run, eval mode
+    monkeypatch.setattr(model, "train", lambda mode=True: switches.append(mode) or model)
+    eng.generate(PROMPTS, 1, params)
+    assert switches == [False, True]
+
+
 def test_low_precision_shadow_follows_updates():
     model = tiny_model(seed=5)
     eng = EngineSampler(model, TinyTokenizer(), max_batch=8, bucket=8, dtype=torch.bfloat16)
