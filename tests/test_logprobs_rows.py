@@ -81,3 +81,41 @@ def test_rows_through_compiled_attention_no_recompile(tok):
         assert torch.allclose(out[0], ref[0], atol=1e-5)
         assert torch.allclose(out[2], ref[2], atol=1e-5, rtol=1e-4)
     assert counters["stats"]["unique_graphs"] >= 1
+
+
+@pytest.mark.parametrize("gqa", [True, False])
+def test_rows_attention_matches_per_query_softmax(gqa):
+    """`_rows_attention` with grouped K/V given to SDPA as they are (gqa) or with repeated heads, against
+    attention written out query by query (fp32): completions see their prompt's real tokens and their own
+    earlier tokens, prompt tokens see earlier real prompt tokens, a padding query sees only itself."""
+    from grpo.logprobs import _rows_attention
+
+    torch.manual_seed(0)
+    u, g, pw, t, hq, hkv, d = 2, 3, 5, 4, 6, 2, 8
+    width, rep = pw + g * t, hq // hkv
+    q = torch.randn(u, width, hq, d).transpose(1, 2).requires_grad_()
+    k = torch.randn(u, width, hkv, d).transpose(1, 2).requires_grad_()
+    v = torch.randn(u, width, hkv, d).transpose(1, 2).requires_grad_()
+    valid = torch.ones(u, pw, dtype=torch.bool)
+    valid[0, :2] = False  # left padding in the first prompt
+    own = torch.ones(t, t, dtype=torch.uint8).tril().expand(u * g, 1, t, t)
+    seen = valid.to(torch.uint8)[:, None].expand(u, g, pw).reshape(u * g, 1, 1, pw).expand(-1, -1, t, -1)
+    out = _rows_attention(q, k, v, torch.cat([seen, own], dim=-1), 0.3, gqa=gqa)  # [U, L, Hq, d]
+    ref = torch.zeros_like(out)
+    for b in range(u):
+        for col in range(width):
+            if col < pw:
+                keys = [c for c in range(col + 1) if valid[b, c]] if valid[b, col] else [col]
+            else:
+                j = (col - pw) // t
+                first = pw + j * t
+                keys = [c for c in range(pw) if valid[b, c]] + list(range(first, col + 1))
+            for h in range(hq):
+                s = (k[b, h // rep, keys] @ q[b, h, col]) * 0.3
+                ref[b, col, h] = torch.softmax(s, dim=0) @ v[b, h // rep, keys]
+    assert torch.allclose(out, ref, atol=1e-5)
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out * w).sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=1e-5)
