@@ -527,10 +527,12 @@ def check_fused_decode(model, tok, prompt_ids) -> dict:
 def print_table(results: list[dict], device: str, args) -> None:
     print(f"\nstd-step on {device}: {args.prompts} prompts x G={args.group}, {args.tokens} new tokens, "
           f"beta={args.beta}, {time.strftime('%Y-%m-%d')}")
-    print("| impl | median s/step | gen tok/s | peak GiB | peak reserved GiB |\n|---|---|---|---|---|")
+    print("| impl | median s/step | gen tok/s | sampling tok/s | peak GiB | peak reserved GiB |\n"
+          "|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['impl']} | {r['step_s_median']:.3f} | {r['gen_tokens_per_s']:,.0f} | {r['peak_gpu_gib']} | "
-              f"{r.get('peak_reserved_gib')} |")
+        sampling = r.get("sampling_tokens_per_s")  # inside sampler.generate; TRL's is not timed apart
+        print(f"| {r['impl']} | {r['step_s_median']:.3f} | {r['gen_tokens_per_s']:,.0f} | "
+              f"{'-' if sampling is None else f'{sampling:,.0f}'} | {r['peak_gpu_gib']} | {r.get('peak_reserved_gib')} |")
     ours = [r for r in results if r["impl"].startswith("ours")]
     trl = [r for r in results if r["impl"].startswith("trl")]
     if ours and trl:
