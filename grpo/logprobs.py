@@ -339,6 +339,16 @@ def _sdpa_gqa(query: torch.Tensor) -> bool:
     return not query.is_cuda or torch.cuda.get_device_capability(query.device)[0] >= 9
 
 
+def rows_prompt_mask(allowed: torch.Tensor, g: int) -> torch.Tensor:
+    """[U, 1, P, P] bool: which prompt keys each prompt query of a rows layout may see, from its plan
+    `allowed` [U·G, 1, T, P + T] (bool) and G: earlier real prompt tokens; a padding query sees only itself."""
+    pw = allowed.shape[-1] - allowed.shape[-2]
+    valid = allowed[::g, 0, 0, :pw]  # [U, P]: the prompt's real tokens (the first query of row u·G sees them)
+    causal = torch.ones(pw, pw, dtype=torch.bool, device=allowed.device).tril()
+    eye = torch.eye(pw, dtype=torch.bool, device=allowed.device)
+    return ((causal[None] & valid[:, None, :]) | eye[None])[:, None]
+
+
 def _rows_attention(query, key, value, plan, scale, gqa: bool | None = None) -> torch.Tensor:
     """Attention of the regular layout (RowsLayout): q [U, Hq, P + G·T, d], k, v [U, Hkv, P + G·T, d],
     plan [U·G, 1, T, P + T] -> [U, P + G·T, Hq, d] (HF's output layout).
@@ -359,10 +369,7 @@ def _rows_attention(query, key, value, plan, scale, gqa: bool | None = None) -> 
     g, rep = rows // u, hq // hkv
     gqa = (_sdpa_gqa(query) if gqa is None else gqa) and rep > 1
     allowed = plan.bool()
-    valid = allowed[::g, 0, 0, :pw]  # [U, P]: the prompt's real tokens (the first query of row u·G sees them)
-    causal = torch.ones(pw, pw, dtype=torch.bool, device=query.device).tril()
-    eye = torch.eye(pw, dtype=torch.bool, device=query.device)
-    prompt_mask = ((causal[None] & valid[:, None, :]) | eye[None])[:, None]  # padding queries see themselves
+    prompt_mask = rows_prompt_mask(allowed, g)
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [U, L, H, d]
 
     def heads(x):  # [..., Hkv, d] -> [..., Hq, d]: query head j reads KV head j // rep (HF's repeat_kv)

@@ -1,16 +1,19 @@
 """One compiled SmolLM2-135M decoder layer, forward + backward on the update's rows layout, per attention variant.
 
-    python scripts/rows_attention_bench.py [--variants current,lhd,gqa]
+    python scripts/rows_attention_bench.py [--variants hld,lhd,gqa,hld_gqa]
 
 The std-step update (grpo.logprobs.RowsLayout: 16 prompts of P = 56 slots, each followed by its 8 completions of
 T = 256 tokens) spends more kernel time in inductor's copy/RoPE kernels around the attention than in its GEMMs
 (`scripts/step_trace.py`). This times one layer (bf16, `layer.compile(dynamic=True)` as grpo.models.compile_blocks)
 with grpo.logprobs._rows_attention replaced by each variant, checks its output and input gradient against the
-current function, and prints the largest kernels of each variant:
-  current  grpo.logprobs._rows_attention as it is
-  lhd      the same maths on [U, L, H, d] views (HF's layout before its transpose), K/V heads expanded there
-  gqa      lhd with SDPA's enable_gqa instead of expanded K/V heads
-  cur_gqa  current with SDPA's enable_gqa instead of repeat_interleave'd K/V heads
+first variant, and prints the largest kernels of each variant:
+  hld      the function before 861e5b9: gathers on [U, H, L, d] views, K/V heads repeat_interleave'd
+  lhd      grpo.logprobs._rows_attention with repeated heads (gqa=False): the gathers on [U, L, H, d] views
+  gqa      grpo.logprobs._rows_attention with SDPA's enable_gqa (gqa=True; its default on Hopper and CPU)
+  hld_gqa  hld with enable_gqa instead of repeated heads
+
+H100, 2026-11-24 (kernel time of one forward + backward; the variants then carried other names): hld 3.583 ms,
+lhd 3.540, gqa 3.297, hld_gqa 3.418.
 """
 from __future__ import annotations
 
@@ -25,76 +28,45 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpo.logprobs as lp  # noqa: E402
 
 
-def rows_attention_lhd(query, key, value, plan, scale, gqa: bool = False):
-    rows, _, t, pt = plan.shape
-    pw = pt - t
-    u, hq, _, d = query.shape
-    hkv = key.shape[1]
-    g, rep = rows // u, hq // hkv
-    allowed = plan.bool()
-    valid = allowed[::g, 0, 0, :pw]
-    causal = torch.ones(pw, pw, dtype=torch.bool, device=query.device).tril()
-    eye = torch.eye(pw, dtype=torch.bool, device=query.device)
-    prompt_mask = ((causal[None] & valid[:, None, :]) | eye[None])[:, None]
-    q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [U, L, H, d]
-
-    def heads(x):  # [..., Hkv, d] -> [..., Hq, d] (HF repeat_kv: query head j reads KV head j // rep)
-        if gqa or rep == 1:
-            return x
-        return x.unsqueeze(-2).expand(*x.shape[:-1], rep, d).reshape(*x.shape[:-2], hq, d)
-
-    def sdpa(qq, kk, vv, mask):  # [B, S, H, d] views in, [B, H, S, d] out
-        return F.scaled_dot_product_attention(qq.transpose(1, 2), kk.transpose(1, 2), vv.transpose(1, 2),
-                                              attn_mask=mask, scale=scale, enable_gqa=gqa)
-
-    out_p = sdpa(q[:, :pw], heads(k[:, :pw]), heads(v[:, :pw]), prompt_mask)
-
-    def with_prompt(x):  # [U, L, Hkv, d] -> [U·G, P + T, H, d]
-        shared = x[:, None, :pw].expand(u, g, pw, hkv, d)
-        own = x[:, pw:].reshape(u, g, t, hkv, d)
-        return heads(torch.cat([shared, own], dim=2).reshape(rows, pw + t, hkv, d))
-
-    out_c = sdpa(q[:, pw:].reshape(rows, t, hq, d), with_prompt(k), with_prompt(v), allowed)
-    out_c = out_c.transpose(1, 2).reshape(u, g * t, hq, d)
-    return torch.cat([out_p.transpose(1, 2), out_c], dim=1).contiguous()
-
-
-def rows_attention_gqa(query, key, value, plan, scale):
-    """grpo.logprobs._rows_attention with SDPA's enable_gqa instead of repeat_interleave'd K/V heads."""
+def rows_attention_hld(query, key, value, plan, scale, gqa: bool = False):
+    """grpo.logprobs._rows_attention as it was before 861e5b9: gathers on [U, H, L, d] views, K/V heads
+    repeat_interleave'd (or, with `gqa`, given to SDPA as they are)."""
     rows, _, t, pt = plan.shape
     pw = pt - t
     u, hq, _, d = query.shape
     hkv = key.shape[1]
     g = rows // u
     allowed = plan.bool()
-    valid = allowed[::g, 0, 0, :pw]
-    causal = torch.ones(pw, pw, dtype=torch.bool, device=query.device).tril()
-    eye = torch.eye(pw, dtype=torch.bool, device=query.device)
-    prompt_mask = ((causal[None] & valid[:, None, :]) | eye[None])[:, None]
-    gqa = hkv != hq
-    out_p = F.scaled_dot_product_attention(query[:, :, :pw], key[:, :, :pw], value[:, :, :pw],
-                                           attn_mask=prompt_mask, scale=scale, enable_gqa=gqa)
+    gqa = gqa and hkv != hq
+    extra = {"enable_gqa": True} if gqa else {}
 
-    def per_row(x, h):
+    def heads(x):  # [.., Hkv, L, d] -> [.., Hq, L, d]
+        return x if gqa or hkv == hq else x.repeat_interleave(hq // hkv, dim=-3)
+
+    out_p = F.scaled_dot_product_attention(query[:, :, :pw], heads(key[:, :, :pw]), heads(value[:, :, :pw]),
+                                           attn_mask=lp.rows_prompt_mask(allowed, g), scale=scale, **extra)
+
+    def per_row(x, h):  # [U, h, P + G·T, d] -> [U·G, h, T, d]
         return x[:, :, pw:].reshape(u, h, g, t, d).transpose(1, 2).reshape(rows, h, t, d)
 
-    def with_prompt(x):
+    def with_prompt(x):  # [U, Hkv, P + G·T, d] -> [U·G, Hkv, P + T, d]
         shared = x[:, None, :, :pw].expand(u, g, hkv, pw, d).reshape(rows, hkv, pw, d)
         return torch.cat([shared, per_row(x, hkv)], dim=2)
 
-    out_c = F.scaled_dot_product_attention(per_row(query, hq), with_prompt(key), with_prompt(value),
-                                           attn_mask=allowed, scale=scale, enable_gqa=gqa)
+    out_c = F.scaled_dot_product_attention(per_row(query, hq), heads(with_prompt(key)), heads(with_prompt(value)),
+                                           attn_mask=allowed, scale=scale, **extra)
     out_c = out_c.reshape(u, g, hq, t, d).transpose(1, 2).reshape(u, hq, g * t, d)
     return torch.cat([out_p, out_c], dim=2).transpose(1, 2).contiguous()
 
 
-VARIANTS = {"current": lp._rows_attention, "lhd": rows_attention_lhd,
-            "gqa": lambda *a: rows_attention_lhd(*a, gqa=True), "cur_gqa": rows_attention_gqa}
+LIBRARY = lp._rows_attention  # main() swaps the module's function per variant; the variants call this one
+VARIANTS = {"hld": rows_attention_hld, "hld_gqa": lambda *a: rows_attention_hld(*a, gqa=True),
+            "lhd": lambda *a: LIBRARY(*a, gqa=False), "gqa": lambda *a: LIBRARY(*a, gqa=True)}
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--variants", default="current,lhd,gqa,cur_gqa")
+    p.add_argument("--variants", default="hld,lhd,gqa,hld_gqa")
     p.add_argument("--iters", type=int, default=10)
     args = p.parse_args()
     from transformers import LlamaConfig
