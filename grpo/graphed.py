@@ -220,14 +220,15 @@ class GraphedLogprobs:
         fresh = {"ids": layout.input_ids, "pos": layout.position_ids, "plan": layout.plan,
                  "src_seq": layout.src_seq, "src_pos": layout.src_pos, "targets": targets.flatten()}
         key = (tuple(layout.input_ids.shape), t)
-        if self.graphs and self._grads_moved():  # the graphs would add into freed memory: capture anew
+        moved = bool(self.graphs) and self._grads_moved()
+        if moved:
             warnings.warn("the parameters' .grad tensors changed since the update's CUDA graphs were captured "
                           "(set to None?); capturing them again")
-            self.graphs.clear()
-            self.pool = None
         arena = self.scratch() if self.scratch is not None else None
-        if not _same_buffer(arena, self.arena):  # the engine re-allocated its cache (another batch shape):
-            self.graphs.clear()  # the graphs would write checkpoints into freed memory; capture anew
+        # new .grad tensors, or the engine re-allocated its cache (another batch shape): the graphs would add
+        # gradients or write checkpoints into freed memory, so capture anew
+        if moved or not _same_buffer(arena, self.arena):
+            self.graphs.clear()
             self.pool = None
             self.arena = arena
         graphs = self.graphs.get(key)
