@@ -163,7 +163,7 @@ class PhaseTimer:
 
 def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     import grpo.train as train
-    from data.records import Example
+    from grpo.data.records import Example
 
     device = "cuda" if gpu else "cpu"
     threads = torch.get_num_threads()
@@ -335,7 +335,7 @@ def bench_trl(args, config, sd, tok, gpu: bool) -> dict:
 # --------------------------------------------------------------------------- engine-only section
 
 def chat_prompt_ids(tok, rows) -> list[list[int]]:
-    from data.templates import render
+    from grpo.data.templates import render
 
     texts = [render(tok, [{"role": "user", "content": q}]) for q, _ in rows]
     return tok(texts, add_special_tokens=False)["input_ids"]

@@ -17,10 +17,10 @@ from grpo.config import ConfigError
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from data import DataError
+    from grpo.data import DataError
     from grpo.checkpoint import CheckpointError
     from grpo.models import ModelError
-    from rewards.registry import RewardError
+    from grpo.rewards.registry import RewardError
 
     return (ConfigError, DataError, RewardError, ModelError, CheckpointError)
 

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from grpo.algorithms import LOSS_TYPES, SCALE_REWARDS
-from rewards.registry import RewardSpec
+from grpo.rewards.registry import RewardSpec
 
 
 class ConfigError(ValueError):
@@ -44,7 +44,7 @@ class DatasetConfig:
 
     def load(self, **extra):
         """The Examples this config names (`data.load_examples`); `extra` overrides options (e.g. dedup=False)."""
-        from data import load_examples
+        from grpo.data import load_examples
 
         return load_examples(self.source, limit=self.limit, shuffle=self.shuffle, shuffle_seed=self.shuffle_seed,
                              **{**self.options, **extra})
@@ -54,7 +54,7 @@ class DatasetConfig:
 class DataConfig:
     train: DatasetConfig = field(default_factory=DatasetConfig)
     eval: DatasetConfig | None = None
-    template: str = "r1_zero"             # data.templates.TEMPLATES
+    template: str = "r1_zero"             # grpo.data.templates.TEMPLATES
     assistant_prefix: str = ""            # text the assistant turn starts with (e.g. "<think>")
 
 
@@ -295,7 +295,7 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
     need(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")
     for i, r in enumerate(cfg.rewards):
         need(r.on_error in ("raise", "none"), f"rewards[{i}].on_error", f"must be raise | none, got {r.on_error!r}")
-    from data.templates import TEMPLATES
+    from grpo.data.templates import TEMPLATES
     need(cfg.data.template in TEMPLATES, "data.template", f"must be one of {TEMPLATES}, got {cfg.data.template!r}")
     return cfg
 

@@ -147,13 +147,13 @@ def run_distill(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     """The `distill` stage. `model`/`tokenizer` (tests) stand for the teacher and its tokenizer."""
     import yaml
 
-    from data.records import Example
+    from grpo.data.records import Example
     from grpo.config import to_dict
     from grpo.models import load_for_inference, load_model
     from grpo.rejection import sample_and_filter
     from grpo.sft import ce_loss_sum, eval_loss, fit, load_sft_examples, rows_for, save_model
     from grpo.tracking import RunWriter
-    from rewards.registry import load_rewards
+    from grpo.rewards.registry import load_rewards
 
     if not cfg.student.name and not cfg.student.from_teacher:
         raise ConfigError("student: give name (a model sharing the teacher's tokenizer) or from_teacher: {keep_every: 2}")

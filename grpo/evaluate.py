@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from data.records import Example
+from grpo.data.records import Example
 from grpo.algorithms import pass_at_k
 from grpo.rollout import SamplingParams, encode_prompts
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter
-from rewards.registry import LoadedReward, RewardSpec, load_rewards
+from grpo.rewards.registry import LoadedReward, RewardSpec, load_rewards
 
 
 @dataclass

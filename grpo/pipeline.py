@@ -235,7 +235,7 @@ def run_eval_stage(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     from grpo.models import load_for_inference
     from grpo.rollout import encode_prompts, sampler_for_prompts
     from grpo.tracking import RunWriter
-    from rewards.registry import load_rewards
+    from grpo.rewards.registry import load_rewards
 
     rewards = load_rewards(cfg.rewards)
     d = cfg.data.eval

@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from data import DataError
-from data.records import Example
+from grpo.data import DataError
+from grpo.data.records import Example
 from grpo.rollout import SamplingParams, encode_prompts, sampler_for_prompts
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter
-from rewards.registry import RewardTable, load_rewards
+from grpo.rewards.registry import RewardTable, load_rewards
 
 log = logging.getLogger(__name__)
 DEFAULT_THRESHOLDS = {"language_consistency": 0.95}

@@ -226,7 +226,7 @@ def _pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
 
 def encode_prompts(tokenizer, examples, template: str, assistant_prefix: str = ""):
     """Examples -> (chat messages per example, prompt token ids per example)."""
-    from data.templates import render, to_messages
+    from grpo.data.templates import render, to_messages
 
     chats = [to_messages(e, template) for e in examples]
     texts = [render(tokenizer, c, assistant_prefix) for c in chats]

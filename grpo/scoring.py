@@ -1,9 +1,9 @@
 """Scoring rollouts with the configured rewards (shared by training, evaluation and rejection sampling)."""
 from __future__ import annotations
 
-from data.records import Example, reward_columns
+from grpo.data.records import Example, reward_columns
 from grpo.rollout import RolloutBatch, real_token_rows
-from rewards.registry import LoadedReward, RewardTable, score
+from grpo.rewards.registry import LoadedReward, RewardTable, score
 
 
 def score_rollout(rewards: list[LoadedReward], examples: list[Example], chats: list[list[dict]],

@@ -2,7 +2,7 @@
 
 Loss: next-token cross-entropy on completion tokens only (prompt tokens are labelled -100), averaged
 over all completion tokens of one optimizer step (token-level mean across micro-batches, so gradient
-accumulation does not change the loss). The prompt is rendered by `data.templates` exactly as GRPO
+accumulation does not change the loss). The prompt is rendered by `grpo.data.templates` exactly as GRPO
 renders it, so a model fine-tuned here sees the same input format in the next GRPO stage; the target is
 `Example.meta[completion_key]` (cold_start data, or a prompt/completion jsonl such as rejection sampling
 writes) followed by the tokenizer's EOS token.
@@ -26,9 +26,9 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from data import DataError
-from data.records import Example
-from data.templates import render, to_messages
+from grpo.data import DataError
+from grpo.data.records import Example
+from grpo.data.templates import render, to_messages
 from grpo.checkpoint import atomic_dir
 from grpo.tracking import RunWriter, progress
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from grpo.config import (ConfigError, DatasetConfig, EvalConfig, GRPOConfig, ModelConfig, RunConfig,
                          SamplingConfig, apply_override, build, validate)
-from rewards.registry import RewardSpec
+from grpo.rewards.registry import RewardSpec
 
 STAGE_KINDS = ("grpo", "sft", "rejection_sampling", "distill", "eval")
 # stage kind -> "module:function(cfg, model=None, tokenizer=None) -> summary dict"
@@ -154,7 +154,7 @@ def _check_optim(o: SFTOptimConfig) -> None:
 
 
 def validate_stage(kind: str, cfg: Any) -> Any:
-    from data.templates import TEMPLATES
+    from grpo.data.templates import TEMPLATES
 
     if kind == "grpo":
         return validate(cfg)

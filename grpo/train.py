@@ -25,7 +25,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from data.records import Example
+from grpo.data.records import Example
 from grpo import checkpoint as ckpt
 from grpo.algorithms import group_advantages, normalize_loss, per_token_loss, zero_std_fraction
 from grpo.config import ConfigError, GRPOConfig, save_config, to_dict
@@ -35,7 +35,7 @@ from grpo.models import compile_blocks, frozen_copy, load_model, load_tokenizer
 from grpo.rollout import RolloutBatch, SamplingParams, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter, available_trackers, progress, truncate_jsonl
-from rewards.registry import LoadedReward, RewardError, RewardTable, load_rewards
+from grpo.rewards.registry import LoadedReward, RewardError, RewardTable, load_rewards
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def check_reward_columns(rewards: list[LoadedReward], examples: list[Example]) -
     """A reward that needs a dataset column the data does not provide fails before any model loads."""
     import inspect
 
-    from data.records import reward_columns
+    from grpo.data.records import reward_columns
 
     have = set(reward_columns(examples[:1])) | {"prompts", "completions", "completion_ids"}
     for r in rewards:

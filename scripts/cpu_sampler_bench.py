@@ -5,7 +5,7 @@ torch.set_flush_denormal(True)
 from grpo.models import load_model, load_tokenizer
 from grpo.rollout import SamplingParams, HFSampler, encode_prompts
 from grpo.engine import EngineSampler
-from data import load_examples
+from grpo.data import load_examples
 tok = load_tokenizer("smollm2-135m-instruct"); m = load_model("smollm2-135m-instruct")
 ex = load_examples("arithmetic", n=8, seed=0, difficulty=[1,2,5])
 _, ids = encode_prompts(tok, ex, "r1_zero", "")

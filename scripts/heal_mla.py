@@ -28,13 +28,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.arithmetic import generate as arithmetic_tasks  # noqa: E402
-from data.templates import render, to_messages  # noqa: E402
+from grpo.data.arithmetic import generate as arithmetic_tasks  # noqa: E402
+from grpo.data.templates import render, to_messages  # noqa: E402
 from grpo.adapters import (adapter_metrics, after_optimizer_step, apply_adapters,  # noqa: E402
                            cache_bytes_per_token, mla_generate, mla_layers)
 from grpo.adapters.heal import heal, pack_texts, perplexity  # noqa: E402
 from grpo.models import load_model, load_tokenizer, tiny_llama  # noqa: E402
-from rewards.math import accuracy_reward  # noqa: E402
+from grpo.rewards.math import accuracy_reward  # noqa: E402
 
 
 def gsm8k_texts(path: Path, n: int) -> list[str]:

@@ -95,7 +95,7 @@ def main() -> None:
     p.add_argument("--no-stacks", action=argparse.BooleanOptionalAction, default=True)
     args, rest = p.parse_known_args()
     import grpo.train as train
-    from data.records import Example
+    from grpo.data.records import Example
 
     assert torch.cuda.is_available(), "mem_probe needs a CUDA device"
     b = bench.build_parser().parse_args((["--gguf-dir", args.gguf_dir] if args.gguf_dir else ["--cpu-tiny"]) + rest)

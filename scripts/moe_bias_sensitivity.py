@@ -53,7 +53,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from data import load_examples
+    from grpo.data import load_examples
     from grpo.models import load_model, load_tokenizer
     from grpo.rollout import HFSampler, SamplingParams, encode_prompts
     tokenizer = load_tokenizer(args.model)

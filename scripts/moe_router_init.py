@@ -55,7 +55,7 @@ def old_init(self: DeepSeekMoE, mlp) -> None:
 
 
 def texts(tokenizer, dense, n_calib: int = 64):
-    from data import load_examples
+    from grpo.data import load_examples
     from grpo.rollout import encode_prompts
     train = load_examples("arithmetic", n=4000, seed=0, difficulty=[1, 2, 5])   # recipes/quickstart.yaml
     calib = encode_prompts(tokenizer, train[:n_calib], "r1_zero")[1]

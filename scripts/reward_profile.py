@@ -69,11 +69,11 @@ def trainer_inputs(data: dict):
     """What `train_step` hands `score_rollout`: rewards of the default config, examples, chats, rollout."""
     import torch
 
-    from data.records import Example
-    from data.templates import to_messages
+    from grpo.data.records import Example
+    from grpo.data.templates import to_messages
     from grpo.config import load_config
     from grpo.rollout import RolloutBatch
-    from rewards.registry import load_rewards
+    from grpo.rewards.registry import load_rewards
 
     cfg = load_config(None, ["data.template=plain"])  # the bench's overrides leave the rewards at the default
     rewards = load_rewards(cfg.rewards)
@@ -92,8 +92,8 @@ def trainer_inputs(data: dict):
 
 def profile(paths: list[str], reps: int, top: int, values_out: str | None, check: str | None) -> int:
     from grpo.scoring import score_rollout
-    from rewards import math as rmath
-    from rewards.math import POOL, _verify_cached
+    from grpo.rewards import math as rmath
+    from grpo.rewards.math import POOL, _verify_cached
 
     def fresh_helpers():
         """As many running helpers as a batch's checks use at once (PARALLEL_CHECKS; 1 before it existed),

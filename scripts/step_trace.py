@@ -103,7 +103,7 @@ def main() -> None:
     p.add_argument("--stack", action="store_true", help="record Python frames too (with_stack): find host gaps' code")
     args, rest = p.parse_known_args()
     import grpo.train as train
-    from data.records import Example
+    from grpo.data.records import Example
     from torch.profiler import ProfilerActivity, profile
 
     gpu = torch.cuda.is_available()

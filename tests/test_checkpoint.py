@@ -98,7 +98,7 @@ def _nan_cfg(tmp_path, rewards):
 
 def test_nan_loss_stops_naming_the_step_and_writes_no_checkpoint(tmp_path, tok, monkeypatch):
     import grpo.train as train_mod
-    from rewards import registry
+    from grpo.rewards import registry
     from grpo.train import train
 
     model = tiny_model(tok)
@@ -147,7 +147,7 @@ def test_nan_gradient_stops(tmp_path, tok, monkeypatch, fused):
 
 def test_nan_reward_is_none_and_inf_reward_stops(tmp_path, tok, monkeypatch):
     """NaN from a reward means "cannot score" (None, excluded from the total), as DESIGN.md says; inf stops."""
-    from rewards import registry
+    from grpo.rewards import registry
     from grpo.train import train
 
     monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))

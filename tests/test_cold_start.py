@@ -1,4 +1,4 @@
-"""data.cold_start and data.expressions: R1 targets from GSM8K rationales and arithmetic/countdown traces."""
+"""grpo.data.cold_start and grpo.data.expressions: R1 targets from GSM8K rationales and arithmetic/countdown traces."""
 import json
 import re
 from fractions import Fraction
@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from data import DataError, load_examples
-from data.cold_start import (arithmetic_reasoning, build, r1_target, strip_calculator_annotations, to_records,
+from grpo.data import DataError, load_examples
+from grpo.data.cold_start import (arithmetic_reasoning, build, r1_target, strip_calculator_annotations, to_records,
                              write_jsonl)
-from data.expressions import ExpressionError, evaluate, parse, reduction_steps, to_text
-from data.records import Example
+from grpo.data.expressions import ExpressionError, evaluate, parse, reduction_steps, to_text
+from grpo.data.records import Example
 
 FIXTURES = Path(__file__).parent / "data"
 R1 = re.compile(r"^<think>\n(.+)\n</think>\n<answer>(.+)</answer>$", re.DOTALL)
@@ -60,7 +60,7 @@ def test_gsm8k_cold_start_strips_calculator_annotations():
 
 
 def test_countdown_and_math_cold_start():
-    from data.countdown import check_countdown
+    from grpo.data.countdown import check_countdown
     for e in load_examples("cold_start", dataset="countdown", n=20, seed=2):
         think, answer = R1.match(e.meta["completion"]).groups()
         assert answer == e.meta["solution"] and check_countdown(answer, e.meta["numbers"], e.meta["target"])

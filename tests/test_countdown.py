@@ -1,8 +1,8 @@
-"""data.countdown: every generated task is solvable, generation is seeded, the checker is strict and safe."""
+"""grpo.data.countdown: every generated task is solvable, generation is seeded, the checker is strict and safe."""
 import pytest
 
-from data import DataError, load_examples
-from data.countdown import check_countdown, load
+from grpo.data import DataError, load_examples
+from grpo.data.countdown import check_countdown, load
 
 
 def test_every_task_solvable_by_its_gold_expression():

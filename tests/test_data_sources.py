@@ -1,12 +1,12 @@
-"""data.sources: local files and Hub datasets with a column mapping, clear errors, stable splits."""
+"""grpo.data.sources: local files and Hub datasets with a column mapping, clear errors, stable splits."""
 import json
 from pathlib import Path
 
 import pytest
 
-from data import DataError, load_examples
-from data.records import Example
-from data.sources import last_boxed, load_file, load_hub, split_examples
+from grpo.data import DataError, load_examples
+from grpo.data.records import Example
+from grpo.data.sources import last_boxed, load_file, load_hub, split_examples
 
 FIXTURES = Path(__file__).parent / "data"
 CUSTOM = FIXTURES / "custom_qa.jsonl"

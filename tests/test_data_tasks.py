@@ -1,11 +1,11 @@
-"""data.tasks: GSM8K, MATH, HumanEval and MBPP adapters on small local fixtures and a faked Hub."""
+"""grpo.data.tasks: GSM8K, MATH, HumanEval and MBPP adapters on small local fixtures and a faked Hub."""
 import json
 from pathlib import Path
 
 import pytest
 
-from data import DataError, load_examples
-from data.tasks import load_gsm8k, load_humaneval, load_math, load_mbpp
+from grpo.data import DataError, load_examples
+from grpo.data.tasks import load_gsm8k, load_humaneval, load_math, load_mbpp
 
 FIXTURES = Path(__file__).parent / "data"
 

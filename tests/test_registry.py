@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from rewards.registry import (RewardError, RewardSpec, as_text, available_rewards, load_rewards, register_reward,
+from grpo.rewards.registry import (RewardError, RewardSpec, as_text, available_rewards, load_rewards, register_reward,
                               resolve_reward, score)
 
 PLUGIN = '''
@@ -48,9 +48,9 @@ def test_unknown_name_suggests():
 
 
 def test_module_and_file_plugins(plugin_file):
-    assert resolve_reward("rewards.format:format_reward").__name__ == "format_reward"
+    assert resolve_reward("grpo.rewards.format:format_reward").__name__ == "format_reward"
     with pytest.raises(RewardError, match="has no attribute"):
-        resolve_reward("rewards.format:nope")
+        resolve_reward("grpo.rewards.format:nope")
     with pytest.raises(RewardError, match="file not found"):
         resolve_reward("/no/such/file.py:f")
     assert resolve_reward(f"{plugin_file}:length_reward").__name__ == "length_reward"
@@ -101,8 +101,9 @@ def test_duplicate_reward_rejected():
 def test_rewards_do_not_import_torch_or_grpo():
     import subprocess
     import sys
-    code = ("import sys, rewards.math, rewards.code, rewards.format, rewards.shaping, rewards.bench\n"
-            "bad = [m for m in sys.modules if m == 'torch' or m.startswith('grpo')]\n"
+    code = ("import sys, grpo.rewards.math, grpo.rewards.code, grpo.rewards.format, grpo.rewards.shaping, grpo.rewards.bench\n"
+            "bad = [m for m in sys.modules if m == 'torch' or (m.startswith('grpo.') and not "
+            "m.startswith(('grpo.rewards', 'grpo.data')))]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -115,9 +116,9 @@ def test_loading_the_accuracy_reward_prestarts_sympy_helpers_that_scoring_then_u
     import sys
 
     code = (
-        "from rewards.registry import RewardSpec, load_rewards\n"
-        "from rewards.math.bounded import POOL\n"
-        "from rewards.math import PARALLEL_CHECKS, accuracy_reward, verify\n"
+        "from grpo.rewards.registry import RewardSpec, load_rewards\n"
+        "from grpo.rewards.math.bounded import POOL\n"
+        "from grpo.rewards.math import PARALLEL_CHECKS, accuracy_reward, verify\n"
         "assert POOL.idle == [] and PARALLEL_CHECKS > 1\n"
         "load_rewards([RewardSpec('accuracy')])\n"
         "load_rewards([RewardSpec('accuracy')])\n"

@@ -2,12 +2,12 @@ import json
 
 import pytest
 
-from data import DataError
+from grpo.data import DataError
 
-from data.records import Example
+from grpo.data.records import Example
 from grpo.rejection import accepted, run_rejection, select
 from grpo.stages import build_stage
-from rewards.registry import RewardTable
+from grpo.rewards.registry import RewardTable
 
 
 def test_accepted_needs_every_applicable_reward():

@@ -3,8 +3,8 @@ import time
 
 import pytest
 
-import rewards.sandbox as sandbox
-from rewards.code import code_reward, extract_code, normalise_output, score_code
+import grpo.rewards.sandbox as sandbox
+from grpo.rewards.code import code_reward, extract_code, normalise_output, score_code
 
 ADD = {"asserts": ["assert add(1, 2) == 3", "assert add(2, 2) == 4", "assert add('a', 'b') == 'ab'"]}
 
@@ -75,7 +75,7 @@ def test_sandbox_works_from_a_venv_under_tmp(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     repo = Path(__file__).resolve().parents[1]
-    code = ("import sys; sys.path.insert(0, %r); from rewards.sandbox import run_python; "
+    code = ("import sys; sys.path.insert(0, %r); from grpo.rewards.sandbox import run_python; "
             "r = run_python('import json; print(6 * 7)'); print(r.returncode, r.stdout)") % str(repo)
     out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "0 b'42\\n'", (out.stdout, out.stderr[-800:])

@@ -1,7 +1,7 @@
 """Strict R1 format reward and tag counting."""
 import pytest
 
-from rewards.format import format_reward, tag_count_reward
+from grpo.rewards.format import format_reward, tag_count_reward
 
 GOOD = [
     "<think>add 2 and 2</think><answer>4</answer>",
@@ -43,7 +43,7 @@ def test_tag_count_is_partial():
 
 
 # ----------------------------------------------------------------------------------- shaping rewards
-from rewards.shaping import (cosine_reward, language_consistency_reward, reasoning_steps_reward,  # noqa: E402
+from grpo.rewards.shaping import (cosine_reward, language_consistency_reward, reasoning_steps_reward,  # noqa: E402
                              repetition_penalty_reward, soft_overlong_reward)
 
 

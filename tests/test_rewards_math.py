@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from rewards.math import accuracy_reward, extract_answer, extract_gold, verify
-from rewards.math.normalize import oversized_number, plain_number
+from grpo.rewards.math import accuracy_reward, extract_answer, extract_gold, verify
+from grpo.rewards.math.normalize import oversized_number, plain_number
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -133,7 +133,7 @@ def test_timeout_works_under_a_process_pool():
 
 
 def test_bench_runs_small():
-    from rewards.bench import bench_math, _gsm8k_batch
+    from grpo.rewards.bench import bench_math, _gsm8k_batch
     import random
     rate, slowest, wrong = bench_math(*_gsm8k_batch(300, random.Random(1)))
     assert wrong == 0 and rate > 0
@@ -149,7 +149,7 @@ def test_oversized_numbers_skip_the_exact_fast_path():
 
 
 def test_oversized_prediction_is_not_equal_to_a_plain_gold_without_the_helper(monkeypatch):
-    import rewards.math as rm
+    import grpo.rewards.math as rm
 
     def no_helper(*a, **k):
         raise AssertionError("the sympy helper was asked")
@@ -167,7 +167,7 @@ def test_unit_tail_regex_has_no_catastrophic_backtracking():
     # a failure instead of a stuck CI job
     import signal
 
-    from rewards.math.normalize import drop_units
+    from grpo.rewards.math.normalize import drop_units
 
     def hung(*_):
         raise TimeoutError("drop_units backtracked")
@@ -199,7 +199,7 @@ _TRICKY_TEXTS = [
 def test_fast_extraction_regexes_agree_with_the_full_patterns(text):
     import re
 
-    from rewards.math.extract import _ANSWER_IS, _NUMBER, last_number
+    from grpo.rewards.math.extract import _ANSWER_IS, _NUMBER, last_number
 
     full = re.compile(r"(?:the\s+)?(?:final\s+)?answer\s+is\s*[:：]?\s*(.+?)(?:\.(?:\s|$)|\n|$)", re.IGNORECASE)
     assert _ANSWER_IS.findall(text) == full.findall(text)
@@ -210,8 +210,8 @@ def test_fast_extraction_regexes_agree_with_the_full_patterns(text):
 @pytest.mark.parametrize("gold", ["843", "0", "-2.5", "1,000", "three", "25\\%", "\\frac{1}{2}", "5 or apples"])
 @pytest.mark.parametrize("pred", ["", "\\,", "\\quad", "or", "and", " , ", "\\boxed{}", "\\$", "^\\circ", "."])
 def test_empty_prediction_against_a_number_skips_the_helper_and_agrees(monkeypatch, gold, pred):
-    import rewards.math as rm
-    from rewards.math.equivalence import answers_equal, normalise
+    import grpo.rewards.math as rm
+    from grpo.rewards.math.equivalence import answers_equal, normalise
 
     def no_helper(*a, **k):
         raise AssertionError("the sympy helper was asked")
@@ -240,7 +240,7 @@ _SYMBOLIC_PAIRS = [  # (gold, pred): the sympy path with and without skipping si
 
 @pytest.mark.parametrize("gold,pred", _SYMBOLIC_PAIRS)
 def test_skipping_simplify_where_a_point_differs_agrees_with_the_full_check(monkeypatch, gold, pred):
-    import rewards.math.equivalence as eq
+    import grpo.rewards.math.equivalence as eq
 
     fast = eq.answers_equal(gold, pred)
     monkeypatch.setattr(eq, "_differs_at", lambda *a: False)  # the original order: simplify, then the points
@@ -250,7 +250,7 @@ def test_skipping_simplify_where_a_point_differs_agrees_with_the_full_check(monk
 def test_a_sentence_against_a_number_does_not_run_simplify(monkeypatch):
     import sympy
 
-    import rewards.math.equivalence as eq
+    import grpo.rewards.math.equivalence as eq
 
     def no_simplify(*a, **k):
         raise AssertionError("simplify ran")
@@ -266,7 +266,7 @@ def test_a_sentence_against_a_number_does_not_run_simplify(monkeypatch):
 def test_parser_namespace_built_once_parses_as_sympys_default(monkeypatch, src):
     import sympy.parsing.sympy_parser as sp
 
-    from rewards.math.equivalence import _sympy_expr
+    from grpo.rewards.math.equivalence import _sympy_expr
 
     def outcome():
         try:
@@ -289,7 +289,7 @@ _HOSTILE = ["print(5)", "exit()", "quit()", "input()", "help()", "breakpoint()",
 
 @pytest.mark.parametrize("pred", _HOSTILE)
 def test_hostile_answer_is_not_equal_runs_nothing_and_keeps_the_helper(pred, capfd):
-    import rewards.math as rm
+    import grpo.rewards.math as rm
 
     rm._verify_cached.cache_clear()
     assert verify("5", "2+3")  # a warm helper, so the time below is the check's alone
@@ -304,7 +304,7 @@ def test_hostile_answer_is_not_equal_runs_nothing_and_keeps_the_helper(pred, cap
 
 def test_a_string_built_at_parse_time_is_not_run_as_code(tmp_path_factory):
     # this answer made the helper run a shell command: sympy parses a string with its full default namespace
-    import rewards.math as rm
+    import grpo.rewards.math as rm
 
     target = tmp_path_factory.mktemp("pwn") / "x"
     assert "_" not in str(target)  # latex_to_sympy_source would read an underscore as a subscript
@@ -316,7 +316,7 @@ def test_a_string_built_at_parse_time_is_not_run_as_code(tmp_path_factory):
 
 
 def test_parser_namespace_has_no_python_io_exec_or_printers():
-    from rewards.math.equivalence import _parser_globals, _sympy_expr
+    from grpo.rewards.math.equivalence import _parser_globals, _sympy_expr
 
     g = _parser_globals()
     for name in ["print", "exit", "quit", "open", "input", "exec", "eval", "compile", "breakpoint", "help", "chr",
@@ -337,7 +337,7 @@ def test_parser_namespace_has_no_python_io_exec_or_printers():
     ("f(x)[0]", False), ("[1][0]", False), ("f(*x)", False), ("f(x, **y)", False),
 ])
 def test_source_screen(src, ok):
-    from rewards.math.equivalence import _screen_source
+    from grpo.rewards.math.equivalence import _screen_source
 
     if ok:
         _screen_source(src)
@@ -353,7 +353,7 @@ def test_helper_reply_channel_is_private():
     import sys
 
     code = ("import os, sys\n"
-            "from rewards.math.bounded import _private_channel, _send\n"
+            "from grpo.rewards.math.bounded import _private_channel, _send\n"
             "requests, replies = _private_channel()\n"
             "print('junk'); sys.stdout.flush(); os.write(1, b'junk\\n'); os.system('echo junk')\n"
             "try:\n    input()\nexcept EOFError:\n    pass\n"
@@ -369,7 +369,7 @@ def test_a_garbled_reply_is_a_helper_failure_not_a_type_error():
     import subprocess
     import sys
 
-    from rewards.math.bounded import HelperFailed, _Helper
+    from grpo.rewards.math.bounded import HelperFailed, _Helper
 
     def fake_helper(reply):
         helper = object.__new__(_Helper)
@@ -389,8 +389,8 @@ def test_a_garbled_reply_is_a_helper_failure_not_a_type_error():
 
 
 def test_a_helper_failing_on_a_prediction_scores_it_not_equal(monkeypatch):
-    import rewards.math as rm
-    from rewards.math.bounded import HelperFailed
+    import grpo.rewards.math as rm
+    from grpo.rewards.math.bounded import HelperFailed
 
     real = rm.POOL.check
 
@@ -415,7 +415,7 @@ def test_a_helper_failing_on_a_prediction_scores_it_not_equal(monkeypatch):
 def test_a_capital_o_is_a_letter_not_sympys_order_term():
     """A sampled sentence starting with "Omega..." parsed O as sympy's Order: the comparison ran series code
     for ~1 s and raised TypeError (the helper then scored it False). O is now a plain symbol."""
-    from rewards.math.equivalence import answers_equal
+    from grpo.rewards.math.equivalence import answers_equal
 
     assert answers_equal("639", "Omegacss overcame nation Editionaho askingaidaxis") is False
     assert answers_equal("O + 1", "1 + O") is True

@@ -1,7 +1,7 @@
 """The HF sampling backend and the RolloutBatch it returns."""
 import torch
 
-from data import load_examples
+from grpo.data import load_examples
 from grpo.rollout import HFSampler, SamplingParams, encode_prompts, finish_rows
 from grpo.testing import tiny_model
 

@@ -3,7 +3,7 @@ behind and touch nothing outside its temporary directory; benign edge cases must
 
 All cases of a group run at once in a thread pool (the sandbox is built for that), then each case is
 asserted on its own. Programs that can only be contained with namespaces are skipped where the kernel
-does not give them (see rewards.sandbox)."""
+does not give them (see grpo.rewards.sandbox)."""
 import os
 import socket
 import tempfile
@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rewards.code import score_code
-from rewards.sandbox import SANDBOX_UID_BASE, Limits, isolation_report
+from grpo.rewards.code import score_code
+from grpo.rewards.sandbox import SANDBOX_UID_BASE, Limits, isolation_report
 
 WALL_S = 3.0
 LIMITS = Limits(wall_s=WALL_S, cpu_s=3, memory_bytes=512 << 20, processes=16, file_bytes=8 << 20)

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
-from data import DataError
+from grpo.data import DataError
 from grpo.config import DatasetConfig
 from grpo.sft import IGNORE, TokenRow, load_sft_examples, pack_rows, run_sft, tokenize
 from grpo.stages import build_stage
 
 
 def test_completion_only_labels_and_packing():
-    from data import load_examples
+    from grpo.data import load_examples
     from grpo.testing import char_tokenizer
 
     tok = char_tokenizer()
@@ -51,7 +51,7 @@ def test_sft_loss_decreases_and_saves_loadable_model(tmp_path):
 def test_tokenizer_eos_follows_the_models_generation_config(tmp_path):
     """A checkpoint whose tokenizer names <|im_start|> as eos/pad (SmolLM2's GGUF read by transformers 5.17)
     while the model stops at <|im_end|>: load_tokenizer uses <|im_end|>, so SFT targets end with it."""
-    from data.records import Example
+    from grpo.data.records import Example
     from grpo.models import load_tokenizer
     from grpo.sft import tokenize
     from grpo.testing import char_tokenizer, tiny_model

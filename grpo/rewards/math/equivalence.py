@@ -1,5 +1,5 @@
 r"""Structural and symbolic equivalence of two answer strings (runs sympy; call it through
-`rewards.math.verify`, which bounds it with a timeout).
+`grpo.rewards.math.verify`, which bounds it with a timeout).
 
 Structures are recognised on the *gold* answer's shape and the prediction is read the same way:
 multiple-choice letter, matrix, set ``\{…\}``, interval/tuple ``(…)``/``[…]`` (bracket kinds must match,
@@ -16,7 +16,7 @@ import re
 from fractions import Fraction
 from functools import lru_cache
 
-from rewards.math.normalize import (Number, clean, drop_units, latex_to_sympy_source, plain_number,
+from grpo.rewards.math.normalize import (Number, clean, drop_units, latex_to_sympy_source, plain_number,
                                     strip_text_commands)
 
 _CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?$")

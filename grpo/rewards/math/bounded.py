@@ -12,7 +12,7 @@ The helper talks over private copies of its stdin/stdout; fds 0 and 1 (and so `s
 C code and child processes) are /dev/null, so nothing evaluated during a check can read a request or write
 into a reply (sympy's parser runs `eval`: an answer ``print(5)`` once printed into the reply pipe and the
 reply protocol broke). Any exception a check raises, SystemExit included, is the verdict "not equal". A
-helper that dies or answers garbage mid-check raises `HelperFailed`; `rewards.math` scores that prediction
+helper that dies or answers garbage mid-check raises `HelperFailed`; `grpo.rewards.math` scores that prediction
 not equal when a fresh helper still answers a trivial check.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def _default_helpers() -> int:
 
 MAX_HELPERS = _default_helpers()
 HELPER_MEMORY_BYTES = 2 << 30
-_ROOT = str(Path(__file__).resolve().parents[2])  # the directory holding the `rewards` package
+_ROOT = str(Path(__file__).resolve().parents[3])  # the directory holding the `grpo` package
 
 
 class VerifyTimeout(Exception):
@@ -59,7 +59,7 @@ class _Helper:
     def __init__(self) -> None:
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONPATH": _ROOT,
                "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0", "PYTHONBREAKPOINT": "0"}
-        self.proc = subprocess.Popen([sys.executable, "-u", "-m", "rewards.math.bounded"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-u", "-m", "grpo.rewards.math.bounded"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                                      start_new_session=True, cwd=_ROOT)
         self.buf = b""
@@ -168,7 +168,7 @@ def _serve() -> None:
     requests, replies = _private_channel()
     import sympy  # noqa: F401 - import before the first request so the first check is not slow
 
-    from rewards.math.equivalence import answers_equal
+    from grpo.rewards.math.equivalence import answers_equal
     answers_equal("1", "x + 1")  # builds the parser namespace and warms sympy's caches before the first request
     for line in requests:
         try:

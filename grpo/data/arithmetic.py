@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from typing import Iterable
 
-from data.records import Example
+from grpo.data.records import Example
 
 _NAMES = ["Tom", "Ana", "Li", "Sara", "Omar", "Maya", "Ivan", "Zoe", "Ken", "Lena"]
 _ITEMS = ["apples", "books", "coins", "pencils", "marbles", "stickers", "cards", "shells"]

@@ -11,19 +11,19 @@ import importlib
 import random
 from typing import Any
 
-from data.records import Example, reward_columns
+from grpo.data.records import Example, reward_columns
 
 # source name -> "module:function". Each function takes keyword options and returns list[Example].
 SOURCES: dict[str, str] = {
-    "arithmetic": "data.arithmetic:load",
-    "countdown": "data.countdown:load",
-    "gsm8k": "data.tasks:load_gsm8k",
-    "math": "data.tasks:load_math",
-    "humaneval": "data.tasks:load_humaneval",
-    "mbpp": "data.tasks:load_mbpp",
-    "file": "data.sources:load_file",      # local jsonl / json / parquet with a column mapping
-    "hub": "data.sources:load_hub",        # any Hugging Face Hub dataset with a column mapping
-    "cold_start": "data.cold_start:load",  # another source's worked solutions as R1 SFT targets
+    "arithmetic": "grpo.data.arithmetic:load",
+    "countdown": "grpo.data.countdown:load",
+    "gsm8k": "grpo.data.tasks:load_gsm8k",
+    "math": "grpo.data.tasks:load_math",
+    "humaneval": "grpo.data.tasks:load_humaneval",
+    "mbpp": "grpo.data.tasks:load_mbpp",
+    "file": "grpo.data.sources:load_file",      # local jsonl / json / parquet with a column mapping
+    "hub": "grpo.data.sources:load_hub",        # any Hugging Face Hub dataset with a column mapping
+    "cold_start": "grpo.data.cold_start:load",  # another source's worked solutions as R1 SFT targets
 }
 
 

@@ -20,8 +20,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from data import DataError
-from data.records import Example
+from grpo.data import DataError
+from grpo.data.records import Example
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet")
 _FIELDS = ("prompt", "answer", "tests", "id")

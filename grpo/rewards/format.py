@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from rewards.registry import as_text
+from grpo.rewards.registry import as_text
 
 TAGS = ("<think>", "</think>", "<answer>", "</answer>")
 _STRICT = re.compile(r"\s*<think>(.*?)</think>\s*<answer>(.*?)</answer>\s*", re.DOTALL)

@@ -6,7 +6,7 @@ A reward function has TRL's signature::
 
 `completions` are plain strings, or chat messages ``[{"role": "assistant", "content": ...}]`` when the
 prompts are chat messages; `as_text` turns either into text. Dataset columns (answer, tests, task, id and
-every meta key of `data.records.Example`) arrive as keyword lists aligned with `completions`. ``None``
+every meta key of `grpo.data.records.Example`) arrive as keyword lists aligned with `completions`. ``None``
 means "not applicable to this sample": it is excluded from the group statistics and the weighted total.
 
 Built-in rewards are looked up lazily (import path strings), so importing this module imports neither
@@ -31,15 +31,15 @@ RewardFn = Callable[..., list]
 
 # name -> "module:function". Filled by the modules that define the rewards; imported only when used.
 BUILTIN_REWARDS: dict[str, str] = {
-    "accuracy": "rewards.math:accuracy_reward",
-    "format": "rewards.format:format_reward",
-    "tag_count": "rewards.format:tag_count_reward",
-    "code": "rewards.code:code_reward",
-    "reasoning_steps": "rewards.shaping:reasoning_steps_reward",
-    "cosine": "rewards.shaping:cosine_reward",
-    "repetition_penalty": "rewards.shaping:repetition_penalty_reward",
-    "soft_overlong": "rewards.shaping:soft_overlong_reward",
-    "language_consistency": "rewards.shaping:language_consistency_reward",
+    "accuracy": "grpo.rewards.math:accuracy_reward",
+    "format": "grpo.rewards.format:format_reward",
+    "tag_count": "grpo.rewards.format:tag_count_reward",
+    "code": "grpo.rewards.code:code_reward",
+    "reasoning_steps": "grpo.rewards.shaping:reasoning_steps_reward",
+    "cosine": "grpo.rewards.shaping:cosine_reward",
+    "repetition_penalty": "grpo.rewards.shaping:repetition_penalty_reward",
+    "soft_overlong": "grpo.rewards.shaping:soft_overlong_reward",
+    "language_consistency": "grpo.rewards.shaping:language_consistency_reward",
 }
 
 _REGISTERED: dict[str, RewardFn] = {}

@@ -3,7 +3,7 @@ r"""Text-level normalisation of answers, the plain-number fast path, and LaTeX -
 Nothing here imports sympy: `plain_number` is the fast path used for GSM8K-style answers, and
 `latex_to_sympy_source` only rewrites text (sympy parses it later, inside the bounded worker).
 
-Conventions (see rewards.math for the full list): thousands separators are commas between groups of
+Conventions (see grpo.rewards.math for the full list): thousands separators are commas between groups of
 exactly three digits (``1,000``, ``1{,}000``, ``1\,000``); a leading currency sign (``$``, ``\$``, ``€``,
 ``£``, ``¥``) and trailing unit words (``5 cm``, ``12 apples``, ``5\text{ cm}^2``) are ignored;
 ``^\circ`` and ``°`` are dropped; a trailing ``%`` is kept as a flag (handled by the comparison); a mixed

@@ -30,7 +30,7 @@ Grading conventions (kept consistent everywhere in this package):
 - Anything that cannot be parsed is equal only if its normalised text is identical.
 
 Speed and bounds: a plain-number pair is decided in-process without sympy (the fast path).
-Everything else runs in a helper process with a wall-clock limit (`rewards.math.bounded`); a check that
+Everything else runs in a helper process with a wall-clock limit (`grpo.rewards.math.bounded`); a check that
 times out counts as not equal (logged), so one pathological prediction cannot stall training. sympy's
 parser `eval`s the answer, in a namespace without Python's I/O, exec/eval, import or printers (``print(5)``
 reads as a product of symbols), and answers with string literals, attribute access, subscripts or ``*args``
@@ -44,11 +44,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
-from rewards.math.bounded import MAX_HELPERS, POOL, HelperFailed, VerifyTimeout
-from rewards.math.equivalence import normalise, numbers_equal
-from rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold
-from rewards.math.normalize import oversized_number, plain_number
-from rewards.registry import as_text
+from grpo.rewards.math.bounded import MAX_HELPERS, POOL, HelperFailed, VerifyTimeout
+from grpo.rewards.math.equivalence import normalise, numbers_equal
+from grpo.rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold
+from grpo.rewards.math.normalize import oversized_number, plain_number
+from grpo.rewards.registry import as_text
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def verify_all(golds: list, predictions: list[str | None], timeout: float = DEFA
 def accuracy_reward(prompts, completions, answer=None, task=None, fallback="last_number",
                     timeout=DEFAULT_TIMEOUT_S, **kwargs) -> list[float | None]:
     """1.0 if the completion's final answer equals the gold answer, else 0.0; None where the gold answer
-    is missing or the task is a code task. `fallback`: "last_number" or None (see rewards.math.extract)."""
+    is missing or the task is a code task. `fallback`: "last_number" or None (see grpo.rewards.math.extract)."""
     n = len(completions)
     answers = answer if answer is not None else [None] * n
     tasks = task if task is not None else [None] * n
@@ -159,4 +159,4 @@ def _warm_up() -> None:
     POOL.prestart(PARALLEL_CHECKS)
 
 
-accuracy_reward.warm_up = _warm_up  # rewards.registry.load_rewards calls it: sympy loads during model loading
+accuracy_reward.warm_up = _warm_up  # grpo.rewards.registry.load_rewards calls it: sympy loads during model loading

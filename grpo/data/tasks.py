@@ -3,7 +3,7 @@
 Each reads a local copy (`path`: a file, or a directory holding `{split}.jsonl` / `{split}.parquet` /
 Hub-style `{split}-00000-of-00001.parquet` shards) or, with no path, the Hugging Face Hub through
 `datasets`. Ids are stable: `{dataset}-{split}-{row:05d}` in the order of the source file
-(HumanEval/MBPP use their own task numbers). Every adapter accepts `holdout` (see `data.sources.apply_holdout`).
+(HumanEval/MBPP use their own task numbers). Every adapter accepts `holdout` (see `grpo.data.sources.apply_holdout`).
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from data import DataError
-from data.records import Example
-from data.sources import apply_holdout, extract_gsm8k_answer, hub_rows, last_boxed, read_rows, require_columns
+from grpo.data import DataError
+from grpo.data.records import Example
+from grpo.data.sources import apply_holdout, extract_gsm8k_answer, hub_rows, last_boxed, read_rows, require_columns
 
 GSM8K_HUB = ("openai/gsm8k", "main")
 MATH_HUB = ("DigitalLearningGmbH/MATH-lighteval", "default")   # hendrycks MATH: problem, level, type, solution

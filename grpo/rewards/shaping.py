@@ -24,7 +24,7 @@ import math
 import re
 import unicodedata
 
-from rewards.registry import as_text
+from grpo.rewards.registry import as_text
 
 _STEP = re.compile(r"(?m)^\s*(?:step\s*\d+|\d+[.)]\s|[-*•]\s)|(?:^|[.!?]\s+)(?:first|second|third|next|then|finally)\b",
                    re.IGNORECASE)
@@ -49,7 +49,7 @@ def reasoning_steps_reward(prompts, completions, target_steps: int = 3, **kwargs
 def cosine_reward(prompts, completions, completion_ids=None, answer=None, task=None, max_length: int = 1000,
                   min_correct: float = 0.5, max_correct: float = 1.0, min_wrong: float = -1.0,
                   max_wrong: float = -0.5, **kwargs) -> list[float | None]:
-    from rewards.math import accuracy_reward
+    from grpo.rewards.math import accuracy_reward
     correct = accuracy_reward(prompts, completions, answer=answer, task=task, **kwargs)
     out: list[float | None] = []
     for ok, length in zip(correct, completion_lengths(completions, completion_ids)):

@@ -15,9 +15,9 @@ from collections import Counter
 from fractions import Fraction
 from typing import Iterable, Sequence
 
-from data import DataError
-from data.expressions import ExpressionError, binop, evaluate, literals, number, parse, to_text
-from data.records import Example
+from grpo.data import DataError
+from grpo.data.expressions import ExpressionError, binop, evaluate, literals, number, parse, to_text
+from grpo.data.records import Example
 
 
 def check_countdown(expression: str, numbers: Sequence[int], target: int | str) -> bool:

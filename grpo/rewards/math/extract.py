@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from data.sources import last_boxed
+from grpo.data.sources import last_boxed
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 _GSM8K = re.compile(r"####\s*([^\n]+)")

@@ -1,8 +1,8 @@
 """Safe arithmetic expressions: parse with `ast` (no eval), exact evaluation, minimal-parenthesis printing,
 and step-by-step reduction.
 
-Used by the countdown generator and checker (`data.countdown`) and by the arithmetic cold-start traces
-(`data.cold_start`). Only integer literals, + - * / and parentheses are accepted (unary minus on
+Used by the countdown generator and checker (`grpo.data.countdown`) and by the arithmetic cold-start traces
+(`grpo.data.cold_start`). Only integer literals, + - * / and parentheses are accepted (unary minus on
 request); values are exact `Fraction`s, so `7 / 2 * 2` is 7, never 7.000000001.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Reward throughput benchmark: ``python -m rewards.bench [--n 20000] [--latex-n 1000] [--code-n 32]``.
+"""Reward throughput benchmark: ``python -m grpo.rewards.bench [--n 20000] [--latex-n 1000] [--code-n 32]``.
 
 Prints checks/s for math verification on GSM8K-style completions (plain numbers: the fast path),
 on LaTeX-style answers (the bounded sympy helper), and for the code reward (sandboxed runs, default
@@ -11,8 +11,8 @@ import argparse
 import random
 import time
 
-from rewards.code import code_reward, default_workers
-from rewards.math import DEFAULT_TIMEOUT_S, _verify_cached, accuracy_reward
+from grpo.rewards.code import code_reward, default_workers
+from grpo.rewards.math import DEFAULT_TIMEOUT_S, _verify_cached, accuracy_reward
 
 _LATEX = [
     (r"\frac{{{a}}}{{{b}}}", r"\frac{{{ka}}}{{{kb}}}"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from data.records import Example
+from grpo.data.records import Example
 
 R1_ZERO_SYSTEM = (
     "Solve the user's problem. First think about it inside <think> </think> tags, then give only the "

@@ -2,7 +2,7 @@
 `<think>\\n{reasoning}\\n</think>\\n<answer>{answer}</answer>`.
 
 Output: the input `Example`s with the target text in `meta["completion"]`, so the SFT stage renders
-the prompt with the same `data.templates` as GRPO and trains on the completion; `to_records` gives the
+the prompt with the same `grpo.data.templates` as GRPO and trains on the completion; `to_records` gives the
 flat prompt/completion dicts (TRL's "prompt-completion" format) for a jsonl file.
 
 Where the reasoning comes from, per task:
@@ -19,9 +19,9 @@ import re
 from pathlib import Path
 from typing import Any, Iterable
 
-from data import DataError, load_examples
-from data.expressions import reduction_steps
-from data.records import Example
+from grpo.data import DataError, load_examples
+from grpo.data.expressions import reduction_steps
+from grpo.data.records import Example
 
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 

@@ -1,6 +1,6 @@
 """The code reward: run the model's Python (its last fenced block) against the example's tests.
 
-``tests`` (see data.records.Example) may hold any of:
+``tests`` (see grpo.data.records.Example) may hold any of:
 
 - ``asserts``: a list of assert statements, each one test;
 - ``io``: a list of ``{"input", "output"}`` stdin/stdout cases, each one test (the program runs once per
@@ -15,7 +15,7 @@ completion without a code block scores 0.0.
 
 Who decides: the trainer process. Stdout of io cases is compared by the parent. Assert tests and
 HumanEval checks are executed *in the parent* against proxies: each call of a candidate function is
-sent to the sandboxed candidate process and only plain data comes back (see rewards._rpc_server).
+sent to the sandboxed candidate process and only plain data comes back (see grpo.rewards._rpc_server).
 So exit codes, printed markers, ``sys.exit`` before the tests, monkeypatched builtins, ``__eq__``
 tricks and atexit hooks cannot fake a pass, and the tests are never visible to the candidate. Limits
 of this design: a test that checks an argument mutated in place, or that passes a function or a
@@ -33,9 +33,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from rewards._rpc_server import decode, encode
-from rewards.registry import as_text
-from rewards.sandbox import Limits, Sandbox, run_python, split_header
+from grpo.rewards._rpc_server import decode, encode
+from grpo.rewards.registry import as_text
+from grpo.rewards.sandbox import Limits, Sandbox, run_python, split_header
 
 CODE_TASKS = frozenset({"code", "humaneval", "mbpp"})
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
