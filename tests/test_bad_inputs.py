@@ -110,7 +110,7 @@ ROWS = [
      "unknown data source 'arithmetc'. Did you mean 'arithmetic'"),
     ("unknown data option", lambda r, e: r["data"]["train"]["options"].update(nn=3), [],
      "data source 'arithmetic': "),
-    ("zero data limit", lambda r, e: r["data"]["train"].update(limit=0), [], "limit must be positive, got 0"),
+    ("zero data limit", lambda r, e: r["data"]["train"].update(limit=0), [], "data.train.limit: must be positive, got 0"),
     ("missing data file", lambda r, e: r["data"].update(train={"source": "file", "options": {"path": str(e / "nope.jsonl")}}),
      [], "data file not found: "),
     ("empty dataset", lambda r, e: r["data"].update(train={"source": "file", "options": {"path": str(e / "empty.jsonl")}}),
