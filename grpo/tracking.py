@@ -1,7 +1,12 @@
-"""Run outputs: metrics.jsonl (one line per step), completions.jsonl, eval files, trackers, progress bars.
+"""Run outputs: the output directory policy, metrics.jsonl (one line per step), completions.jsonl, eval
+files, trackers, progress bars.
 
 Only the main process writes. The JSONL files are always written; accelerate's trackers (tensorboard,
 wandb, trackio) are added when a recipe names them and they are installed.
+
+Output directory: a fresh run refuses a directory that already holds a run (`RUN_FILES`), unless it is
+resumed (`--resume`) or started over (`--overwrite`, which deletes those files and nothing else), and a
+file or unwritable place is an error; all before any model loads (`prepare_output_dir`).
 """
 from __future__ import annotations
 
@@ -9,7 +14,10 @@ import importlib.util
 import json
 import logging
 import math
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -82,6 +90,90 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
         if isinstance(row, dict) and row.get("step", 0) <= max_step:
             keep.append(ln)
     p.write_text("".join(ln + "\n" for ln in keep))
+
+
+# ---------------------------------------------------------------- the output directory
+
+# what a run of any stage writes into its output directory (glob patterns); --overwrite deletes these only
+RUN_FILES = ("config.yaml", "metrics.jsonl", "completions.jsonl", "summary.json", "checkpoints", "model", "plots",
+             "eval_*.jsonl", "eval_*.json", "data.jsonl", "acceptance.json", "teacher_samples.jsonl", "DONE",
+             ".tmp-model-*")
+
+
+def run_files(run_dir: str | Path) -> list[Path]:
+    """The files and folders of an earlier run in `run_dir` (see RUN_FILES), sorted."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        return []
+    return sorted({p for pattern in RUN_FILES for p in d.glob(pattern)})
+
+
+def check_writable_dir(path: str | Path, key: str = "run.output_dir") -> None:
+    """ConfigError unless `path` is a directory this process can write, or can be made as one. Creates
+    nothing: the nearest existing folder is probed with a temporary file, which is removed at once."""
+    from grpo.config import ConfigError
+
+    p = Path(path)   # as written: the stages do not expand ~ either
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{key}: {p} is a file, not a directory")
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}: cannot create {p}: {probe} is a file")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".grpo-write-test-", dir=probe)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        where = p if probe == p else f"{p} (in {probe})"
+        raise ConfigError(f"{key}: cannot write to {where}: {e.strerror or e}") from e
+
+
+def prepare_output_dir(run_dir: str | Path, resume_from: str | None = None, overwrite: bool = False,
+                       key: str = "run.output_dir") -> None:
+    """The output-directory policy, applied before any model loads:
+
+    * a file, or a place this process cannot write: ConfigError;
+    * `overwrite`: the files of an earlier run (RUN_FILES) are deleted; anything else in the folder stays;
+    * `resume_from` ("latest" or a checkpoint path): that checkpoint must exist and be complete
+      (CheckpointError otherwise); stale temporary checkpoint folders from a crash mid-save are removed;
+    * otherwise a folder holding an earlier run is refused (ConfigError naming --resume and --overwrite),
+      so that a re-run never appends to its metrics.jsonl or replaces its checkpoints.
+
+    Only the main process (the launcher's rank 0) deletes or refuses; every process checks the place."""
+    from grpo import checkpoint as ckpt
+    from grpo.config import ConfigError, launch_processes
+
+    if resume_from and overwrite:
+        raise ConfigError("--resume and --overwrite contradict each other: give one")
+    check_writable_dir(run_dir, key)
+    d = Path(run_dir)
+    if resume_from:
+        path = ckpt.latest_checkpoint(d) if resume_from == "latest" else Path(resume_from)
+        if path is None:
+            raise ckpt.CheckpointError(f"--resume: no complete checkpoint under {d / 'checkpoints'}")
+        if not (path / ckpt.STATE_FILE).is_file():
+            raise ckpt.CheckpointError(f"{path} is not a complete checkpoint (no {ckpt.STATE_FILE})")
+    if launch_processes()[0] != 0:
+        return
+    if resume_from:
+        ckpt.remove_stale_temp(d)
+        return
+    found = run_files(d)
+    if found and not overwrite:
+        names = ", ".join(p.name for p in found[:4]) + (", ..." if len(found) > 4 else "")
+        raise ConfigError(f"{key}: {d} already holds a run ({names}); resume it with --resume, start it over with "
+                          "--overwrite (deletes that run's files), or choose another output_dir")
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    if found:
+        log.info("--overwrite: deleted %d files/folders of the earlier run in %s", len(found), d)
 
 
 def progress(total: int, desc: str, enabled: bool = True, initial: int = 0):

@@ -49,11 +49,13 @@ def test_failed_write_leaves_no_checkpoint_and_no_temp_dir(tmp_path, tok, monkey
 
 
 def test_stale_temp_dirs_of_a_crashed_save_are_removed_at_the_next_save_and_resume(tmp_path, tok):
-    """A save killed mid-write leaves `.tmp-step-<N>-<pid>-*`; the next save removes ours
+    """A save killed mid-write leaves `.tmp-step-<N>-<pid>-*`; the next save (and a resume) removes ours
     once their writer has ended, and nothing else (issue #18: they were never cleaned up)."""
     import os
     import subprocess
     import sys
+
+    from grpo.tracking import prepare_output_dir
 
     model = tiny_model(tok)
     _save(tmp_path, 1, model, tok)
@@ -70,6 +72,10 @@ def test_stale_temp_dirs_of_a_crashed_save_are_removed_at_the_next_save_and_resu
     assert not crashed.exists() and not older.exists()
     assert live.is_dir() and all(d.is_dir() for d in others)
     assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1, 2]
+    # a resume removes them too (before any model loads)
+    (crashed / "model").mkdir(parents=True)
+    prepare_output_dir(tmp_path, resume_from="latest")
+    assert not crashed.exists() and live.is_dir()
 
 
 def test_keep_last(tmp_path, tok):
