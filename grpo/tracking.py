@@ -1,8 +1,9 @@
 """Run outputs: the output directory policy, metrics.jsonl (one line per step), completions.jsonl, eval
 files, trackers, progress bars.
 
-Only the main process writes. The JSONL files are always written; accelerate's trackers (tensorboard,
-wandb, trackio) are added when a recipe names them and they are installed.
+Only the main process writes; rows made on every process (completions) are gathered to it first. The
+JSONL files are always written; accelerate's trackers (tensorboard, wandb, trackio) are added when a
+recipe names them and they are installed.
 
 Output directory: a fresh run refuses a directory that already holds a run (`RUN_FILES`), unless it is
 resumed (`--resume`) or started over (`--overwrite`, which deletes those files and nothing else), and a
@@ -90,6 +91,20 @@ def truncate_jsonl(path: str | Path, max_step: int) -> None:
         if isinstance(row, dict) and row.get("step", 0) <= max_step:
             keep.append(ln)
     p.write_text("".join(ln + "\n" for ln in keep))
+
+
+def gather_rows(accelerator, rows: list[dict[str, Any]], keys: list[Any]) -> list[dict[str, Any]]:
+    """Every process's `rows` on the main process, sorted by `keys` (one sortable key per row, unique over
+    all processes, e.g. the row's place in the global batch); [] on the other processes. A collective
+    call: every process must make it. One process: `rows` as they are."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return rows
+    from accelerate.utils import gather_object
+
+    pairs = gather_object([(k, r) for k, r in zip(keys, rows, strict=True)])
+    if not accelerator.is_main_process:
+        return []
+    return [r for _, r in sorted(pairs, key=lambda p: p[0])]
 
 
 # ---------------------------------------------------------------- the output directory
