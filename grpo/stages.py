@@ -1,6 +1,6 @@
 """Configuration of the non-GRPO stages (sft, rejection_sampling, distill, eval) and the one dispatch
 point `run_stage(kind, cfg)` used by `grpo run` (GRPO included) and the pipeline: it applies the
-output-directory policy (grpo.tracking.prepare_output_dir) before the stage.
+output-directory policy (grpo.tracking.prepare_output_dir) and the progress settings before the stage.
 
 A recipe with a top-level ``stage:`` key is one of these; a recipe without it is GRPO (grpo.config).
 The pieces GRPO already has (ModelConfig, DatasetConfig, SamplingConfig, EvalConfig, RunConfig, reward
@@ -266,13 +266,14 @@ def run_stage(kind: str, cfg: Any, resume_from: str | None = None, overwrite: bo
               **kwargs: Any) -> dict[str, Any]:
     """Run one validated stage: first its output directory (grpo.tracking.prepare_output_dir: a file, an
     unwritable place, or a finished run there without --resume / --overwrite are errors; --resume needs a
-    checkpoint), then the stage itself. Everything here is checked before any
+    checkpoint) and progress settings, then the stage itself. Everything here is checked before any
     model loads. `kwargs` go to the stage's runner (tests pass `model` / `tokenizer`)."""
-    from grpo.tracking import prepare_output_dir
+    from grpo.tracking import configure_progress, prepare_output_dir
 
     if resume_from and kind != "grpo":
         raise ConfigError(f"--resume works for GRPO runs only, not stage '{kind}'")
     prepare_output_dir(cfg.run.output_dir, resume_from=resume_from, overwrite=overwrite)
+    configure_progress(cfg.run.progress)
     module, attr = _RUNNERS[kind].split(":")
     fn = getattr(importlib.import_module(module), attr)
     if resume_from:

@@ -8,6 +8,11 @@ recipe names them and they are installed.
 Output directory: a fresh run refuses a directory that already holds a run (`RUN_FILES`), unless it is
 resumed (`--resume`) or started over (`--overwrite`, which deletes those files and nothing else), and a
 file or unwritable place is an error; all before any model loads (`prepare_output_dir`).
+
+Progress: `run.progress: false` silences every bar, ours and those of transformers (weight loading,
+shard writing), huggingface_hub and datasets. With `true`, bars draw on a terminal (or a notebook); when
+stderr is not one (a log file, a job scheduler) our bars become a plain line every `LINE_SECONDS` and at
+the end, and the libraries' bars stay off, so logs get no carriage-return spam.
 """
 from __future__ import annotations
 
@@ -19,10 +24,13 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
+import tqdm.autonotebook as _autonotebook
 from tqdm.auto import tqdm
+from tqdm.std import tqdm as _std_tqdm
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +199,95 @@ def prepare_output_dir(run_dir: str | Path, resume_from: str | None = None, over
         log.info("--overwrite: deleted %d files/folders of the earlier run in %s", len(found), d)
 
 
+# ---------------------------------------------------------------- progress
+
+LINE_SECONDS = 30.0   # without a terminal: one progress line at most this often (and one at the end)
+_saved_library_bars: dict[str, bool] | None = None
+
+
+def _interactive() -> bool:
+    """A terminal on stderr, or a notebook (whose bars are widgets, not carriage returns)."""
+    if _autonotebook.tqdm is not _std_tqdm:
+        return True
+    isatty = getattr(sys.stderr, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
+
+
+def configure_progress(enabled: bool) -> None:
+    """Turn the progress bars of transformers (weight loading, shard writing) and huggingface_hub off when
+    `run.progress` is false or stderr is not a terminal, and datasets' with them (`grpo.data.sources`
+    follows huggingface_hub's setting when it first imports datasets); otherwise restore what they were
+    (an environment that disabled them, e.g. HF_HUB_DISABLE_PROGRESS_BARS=1, stays as it was)."""
+    global _saved_library_bars
+    from transformers.utils import logging as hf_logging
+
+    ds = sys.modules.get("datasets")
+    if not (enabled and _interactive()):
+        if _saved_library_bars is None:
+            _saved_library_bars = {"transformers": hf_logging.is_progress_bar_enabled(),
+                                   "datasets": bool(ds is not None and ds.is_progress_bar_enabled())}
+        hf_logging.disable_progress_bar()   # huggingface_hub's bars too
+        if ds is not None:
+            ds.disable_progress_bars()
+        return
+    if _saved_library_bars is not None:
+        if _saved_library_bars["transformers"]:
+            hf_logging.enable_progress_bar()
+        if _saved_library_bars["datasets"] and ds is not None:
+            ds.enable_progress_bars()
+        _saved_library_bars = None
+
+
+class LineProgress:
+    """tqdm's interface (update, set_postfix, close, context manager) for output that is not a terminal:
+    one plain line, e.g. ``GRPO 12/100 [01:02<07:35, 5.18s/it] reward=0.41``, at most every `interval`
+    seconds, and a last one at close."""
+
+    def __init__(self, total: int, desc: str, initial: int = 0, interval: float = LINE_SECONDS, file=None):
+        self.total, self.desc, self.n, self.interval = total, desc, initial, interval
+        self.file = file or sys.stderr
+        self.postfix: dict[str, Any] = {}
+        self.start = self.last = time.monotonic()
+        self.start_n = self.printed_n = initial
+
+    def _line(self) -> str:
+        elapsed = time.monotonic() - self.start
+        done = self.n - self.start_n
+        rate = f"{elapsed / done:.2f}s/it" if done else "?s/it"
+        left = tqdm.format_interval(elapsed / done * (self.total - self.n)) if done and self.total else "?"
+        post = " " + ", ".join(f"{k}={v}" for k, v in self.postfix.items()) if self.postfix else ""
+        return f"{self.desc} {self.n}/{self.total} [{tqdm.format_interval(elapsed)}<{left}, {rate}]{post}"
+
+    def _emit(self) -> None:
+        print(self._line(), file=self.file, flush=True)
+        self.last, self.printed_n = time.monotonic(), self.n
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if time.monotonic() - self.last >= self.interval:
+            self._emit()
+
+    def set_postfix(self, **kwargs: Any) -> None:
+        self.postfix = kwargs
+
+    def close(self) -> None:
+        if self.n != self.printed_n:
+            self._emit()
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 def progress(total: int, desc: str, enabled: bool = True, initial: int = 0):
+    """A progress bar: tqdm on a terminal or in a notebook, `LineProgress` lines when stderr is not one,
+    nothing when `enabled` is false."""
+    if enabled and not _interactive():
+        return LineProgress(total, desc, initial)
     return tqdm(total=total, desc=desc, initial=initial, disable=not enabled, dynamic_ncols=True,
                 file=sys.stderr, leave=True)

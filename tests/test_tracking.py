@@ -107,3 +107,60 @@ def test_only_the_main_process_refuses(tmp_path, monkeypatch):
     prepare_output_dir(tmp_path)
     prepare_output_dir(tmp_path, overwrite=True)
     assert (tmp_path / "metrics.jsonl").is_file()      # rank 1 deletes nothing
+
+
+# ---------------------------------------------------------------- progress
+
+def test_progress_false_silences_every_bar(tmp_path, tiny_dir, capsys):
+    """Weight loading (transformers), shard writing (save_pretrained) and our own bars: nothing on stderr."""
+    assert main(["run", str(_grpo(tmp_path, tiny_dir, tmp_path / "quiet", progress=False))]) == 0
+    err = capsys.readouterr().err
+    for bar in ("Loading weights", "Writing model shards", "GRPO", "it/s", "\r"):
+        assert bar not in err, err
+
+
+def test_progress_without_a_terminal_writes_plain_lines(tmp_path, tiny_dir, capsys):
+    """stderr is captured here, not a terminal: our bar becomes lines, the libraries' bars stay off."""
+    assert main(["run", str(_grpo(tmp_path, tiny_dir, tmp_path / "logged", progress=True))]) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "Loading weights" not in err and "Writing model shards" not in err
+    assert [ln for ln in err.splitlines() if ln.startswith("GRPO 2/2 [")], err
+
+
+def test_line_progress_rate_limits_and_always_ends_with_a_line(monkeypatch):
+    import io
+
+    from grpo import tracking
+
+    clock = {"t": 0.0}
+    monkeypatch.setattr(tracking.time, "monotonic", lambda: clock["t"])
+    out = io.StringIO()
+    with tracking.LineProgress(10, "SFT", interval=30.0, file=out) as bar:
+        for _ in range(10):
+            clock["t"] += 10.0
+            bar.update(1)
+            bar.set_postfix(loss="0.5")
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 4 and "\r" not in out.getvalue()   # at 30, 60, 90 s and the close at 100 s
+    assert lines[0].startswith("SFT 3/10 [00:30<01:10, 10.00s/it]") and lines[-1].startswith("SFT 10/10 [01:40<00:00")
+    assert lines[-1].endswith("loss=0.5")
+
+
+def test_progress_on_a_terminal_is_tqdm_and_library_bars_come_back(monkeypatch):
+    from tqdm.std import tqdm as std_tqdm
+    from transformers.utils import logging as hf_logging
+
+    from grpo import tracking
+
+    monkeypatch.setattr(tracking, "_saved_library_bars", None)
+    hf_logging.enable_progress_bar()
+    monkeypatch.setattr(tracking, "_interactive", lambda: True)
+    assert isinstance(tracking.progress(3, "x", enabled=True), std_tqdm)
+    tracking.configure_progress(False)
+    assert not hf_logging.is_progress_bar_enabled()
+    tracking.configure_progress(True)
+    assert hf_logging.is_progress_bar_enabled()
+    monkeypatch.setattr(tracking, "_interactive", lambda: False)
+    assert isinstance(tracking.progress(3, "x", enabled=True), tracking.LineProgress)
+    tracking.configure_progress(True)                  # a log file: the libraries' bars go off
+    assert not hf_logging.is_progress_bar_enabled()

@@ -114,6 +114,10 @@ def hub_rows(name: str, split: str = "train", config: str | None = None, **kwarg
         import datasets
     except ImportError as e:
         raise DataError(f"loading '{name}' from the Hub needs the `datasets` package: {e}") from e
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    if are_progress_bars_disabled():   # run.progress: false (grpo.tracking.configure_progress) covers datasets too
+        datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(name, config, split=split, **kwargs)
     except Exception as e:  # network, unknown name/config/split: all surface as one clear DataError
