@@ -2,8 +2,10 @@
 
 A checkpoint is a directory ``<run>/checkpoints/step-<N>/`` holding the model (`save_pretrained`), the
 tokenizer, the resolved config, and ``trainer_state.pt`` (optimizer, scheduler, RNG states, data cursor,
-step). It is written to a temporary sibling and renamed into place, so a crash mid-write never leaves a
-directory that `latest_checkpoint` would pick. The last `keep_last` checkpoints are kept.
+step). It is written to a temporary sibling ``.tmp-step-<N>-<pid>-<random>`` and renamed into place, so a
+crash mid-write never leaves a directory that `latest_checkpoint` would pick; such a leftover is removed by
+the next save or resume once the process that wrote it has ended (`remove_stale_temp`). The last
+`keep_last` checkpoints are kept.
 """
 from __future__ import annotations
 
@@ -21,6 +23,9 @@ import torch
 
 STATE_FILE = "trainer_state.pt"
 _STEP_RE = re.compile(r"^step-(\d+)$")
+# a temporary checkpoint folder: ".tmp-step-<N>-<pid of its writer>-<tempfile suffix>" (no pid: written
+# before the pid was part of the name)
+_TMP_RE = re.compile(r"^\.tmp-step-\d+-(?:(\d+)-)?[a-z0-9_]+$")
 
 
 class CheckpointError(ValueError):
@@ -76,12 +81,42 @@ def atomic_dir(final: str | Path, prefix: str | None = None):
         raise
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temp(run_dir: str | Path) -> list[Path]:
+    """Delete the temporary checkpoint folders a crash mid-save left in <run_dir>/checkpoints: only ours
+    (named as `save_checkpoint` names them) and only stale ones, whose writing process has ended (or is
+    this one, which writes one checkpoint at a time). Returns what was removed."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    removed = []
+    for p in root.iterdir():
+        m = _TMP_RE.match(p.name)
+        if not m or not p.is_dir() or p.is_symlink():
+            continue
+        pid = int(m.group(1)) if m.group(1) else None
+        if pid is None or pid == os.getpid() or not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, trainer_state: dict[str, Any],
                     config_yaml: str, keep_last: int = 2, state_dict: dict | None = None) -> Path:
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp(run_dir)
     final = root / f"step-{step}"
-    with atomic_dir(final, prefix=f".tmp-step-{step}-") as tmp:
+    with atomic_dir(final, prefix=f".tmp-step-{step}-{os.getpid()}-") as tmp:
         model.save_pretrained(tmp / "model", safe_serialization=True, state_dict=state_dict)
         tokenizer.save_pretrained(tmp / "model")
         (tmp / "config.yaml").write_text(config_yaml)

@@ -1,11 +1,16 @@
-"""Command line: `grpo run RECIPE.yaml [--set key=value ...] [--resume [CKPT]] [--from-stage NAME]`,
-`grpo eval RECIPE.yaml`, `grpo plot RUN_DIR`.
+"""Command line: `grpo run RECIPE.yaml [--set key=value ...] [--resume [CKPT] | --overwrite] [--from-stage NAME]`,
+`grpo eval RECIPE.yaml [--overwrite]`, `grpo plot RUN_DIR`.
 
 `grpo run` dispatches on the recipe: a `stages:` list is a pipeline (grpo.pipeline), a top-level `stage:`
 key one stage (grpo.stages), anything else GRPO.
 
 The same works as `accelerate launch -m grpo run RECIPE.yaml`. Errors in the recipe, the data or the
 reward plug-ins are printed as one line naming the problem, with exit code 2, before any model loads.
+
+An output directory that already holds a run is refused unless the run is resumed (`--resume`) or
+started over (`--overwrite`, which deletes that run's files: grpo.tracking.RUN_FILES). A pipeline re-run
+resumes by design (finished stages are skipped, an interrupted GRPO stage continues from its checkpoint);
+`--overwrite` re-runs all its stages from scratch.
 """
 from __future__ import annotations
 
@@ -26,26 +31,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from grpo.config import load_config, read_yaml
+    from grpo.config import read_yaml
     from grpo.pipeline import is_pipeline, run_pipeline
     from grpo.stages import build_stage, run_stage
 
     tree = read_yaml(args.recipe)
     if is_pipeline(tree):
-        run_pipeline(tree, args.set, from_stage=args.from_stage)
+        if args.resume not in (None, "latest"):
+            raise ConfigError("--resume CHECKPOINT needs a single-stage recipe; a pipeline resumes by itself "
+                              "(finished stages are skipped, an interrupted GRPO stage continues)")
+        run_pipeline(tree, args.set, from_stage=args.from_stage, overwrite=args.overwrite)
         return 0
     if args.from_stage:
         raise ConfigError("--from-stage needs a pipeline recipe (one with a stages: list)")
     kind = tree.get("stage", "grpo")
-    if kind != "grpo":
-        if args.resume:
-            raise ConfigError(f"--resume works for GRPO runs only, not stage '{kind}'")
-        run_stage(kind, build_stage(kind, tree, args.set))
-        return 0
-    from grpo.train import train
-
-    cfg = load_config(args.recipe, args.set)
-    train(cfg, resume_from=args.resume)
+    run_stage(kind, build_stage(kind, tree, args.set), resume_from=args.resume, overwrite=args.overwrite)
     return 0
 
 
@@ -56,7 +56,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     tree = read_yaml(args.recipe)
     if tree.get("stage", "eval") != "eval":
         raise ConfigError(f"grpo eval needs a recipe with stage: eval, got stage: {tree['stage']}")
-    run_stage("eval", build_stage("eval", tree, args.set))
+    run_stage("eval", build_stage("eval", tree, args.set), overwrite=args.overwrite)
     return 0
 
 
@@ -82,12 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. --set optim.lr=1e-5 (repeatable)")
     r.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="resume from the latest checkpoint in the run directory, or from a given checkpoint")
+    r.add_argument("--overwrite", action="store_true",
+                   help="start over in an output directory that holds a run: its run files are deleted first "
+                        "(pipelines: every stage re-runs)")
     r.add_argument("--from-stage", default=None, metavar="NAME",
                    help="pipeline recipes: re-run stage NAME and every later stage")
     r.set_defaults(func=cmd_run)
     e = sub.add_parser("eval", help="evaluate a model (recipe with stage: eval): pass@1 greedy, pass@k")
     e.add_argument("recipe")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    e.add_argument("--overwrite", action="store_true", help="replace the results of an earlier eval in output_dir")
     e.set_defaults(func=cmd_eval)
     pl = sub.add_parser("plot", help="write PNG training curves from RUN_DIR/metrics.jsonl")
     pl.add_argument("run_dir")

@@ -3,16 +3,26 @@
 Unknown keys (with a close-match suggestion), wrong types and bad values are `ConfigError`s that name the
 key path (e.g. ``optim.lr``), raised before any model or dataset is loaded. The resolved tree is saved
 in the run directory and in every checkpoint.
+
+Three layers, each refusing what it can: the YAML loader (a key given twice in one mapping), `build`
+(unknown keys, types) and `validate`, the one validator of every stage: it walks any config tree and runs
+the value checks each dataclass registers with `@checks` (this module's classes here, the other stages'
+in grpo.stages). Checks reach into plug-ins without loading data or models: reward names resolve (a
+plug-in module is imported) and their kwargs must be options the function takes; data sources must
+exist and take the given options; model.adapter keys are the adapters' own; optim.prompts_per_step must
+split over the launcher's processes.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -212,7 +222,40 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-# ---------------------------------------------------------------- overrides and loading
+# ---------------------------------------------------------------- YAML: recipes and --set values
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int, first: int):
+        super().__init__(f"duplicate key '{key}' at line {line} (first at line {first})")
+        self.key, self.line, self.first = key, line, first
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: plain YAML keeps the last one, so a
+    repeated `optim:` block would silently replace the first. Keys merged in with `<<: *anchor` may still
+    be overridden, as YAML intends."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.get(key)
+                except TypeError:   # an unhashable key: SafeLoader reports it below
+                    continue
+                if first is not None:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1, first)
+                seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> Python values, refusing duplicate keys (`_RecipeLoader`)."""
+    return yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
+
 
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
     """Apply one ``a.b.c=value`` (value parsed as YAML) to a nested dict in place."""
@@ -220,7 +263,7 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set expects key=value, got {assignment!r}")
     key, raw = assignment.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = parse_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML: {e}") from e
     parts = key.strip().split(".")
@@ -239,7 +282,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"recipe not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = parse_yaml(p.read_text()) or {}
+    except _DuplicateKey as e:
+        raise ConfigError(f"recipe {p}: {e}; a repeated key would silently replace the first one") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"recipe {p} is not valid YAML: {e}") from e
     if not isinstance(data, dict):
@@ -247,57 +292,318 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def validate(cfg: GRPOConfig) -> GRPOConfig:
-    """Value checks that types cannot express. Raises ConfigError naming the key."""
-    def need(cond: bool, key: str, msg: str) -> None:
-        if not cond:
-            raise ConfigError(f"{key}: {msg}")
+# ---------------------------------------------------------------- the launcher's processes
 
-    s, a, o, e = cfg.sampling, cfg.algorithm, cfg.optim, cfg.eval
+def launch_processes() -> tuple[int, int]:
+    """(this process's index, process count) as the launcher (torchrun / accelerate launch / mpirun) set
+    them in the environment; (0, 1) for a plain `python`. Read without making a process group, so that
+    validation can use it before anything is loaded."""
+    def first(names: tuple[str, ...], default: int) -> int:
+        for n in names:
+            v = os.environ.get(n, "")
+            if v.strip().isdigit():
+                return int(v)
+        return default
+
+    count = first(("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"), 1)
+    index = first(("RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK"), 0)
+    return index, max(count, 1)
+
+
+# ---------------------------------------------------------------- value checks (one validator for every stage)
+
+class Need:
+    """`need(cond, key, msg)` raises ConfigError('<where>.<key>: msg') when `cond` is false; `need.key(k)` is
+    the full key path of `k` at this place of the tree."""
+
+    def __init__(self, where: str = ""):
+        self.where = where
+
+    def key(self, name: str = "") -> str:
+        return ".".join(p for p in (self.where, name) if p)
+
+    def __call__(self, cond: bool, name: str, msg: str) -> None:
+        if not cond:
+            raise ConfigError(f"{self.key(name)}: {msg}")
+
+
+_CHECKS: dict[type, list[Callable[[Any, Need], None]]] = {}
+
+
+def checks(cls: type) -> Callable:
+    """Register `fn(obj, need)` as a value check of dataclass `cls`. `validate` runs it at every place of a
+    config tree that holds a `cls` (a stage's own classes register theirs in grpo.stages)."""
+
+    def deco(fn: Callable[[Any, Need], None]) -> Callable[[Any, Need], None]:
+        _CHECKS.setdefault(cls, []).append(fn)
+        return fn
+
+    return deco
+
+
+def validate(cfg: Any, where: str = "") -> Any:
+    """Run every registered value check over the dataclass tree `cfg` (any stage's config): each node's
+    children first, then the node itself (its cross-field checks). Raises ConfigError naming the full
+    key. Cheap: nothing is loaded (reward plug-ins are imported, data sources are not read)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        key = ".".join(p for p in (where, f.name) if p)
+        if dataclasses.is_dataclass(value):
+            validate(value, key)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if dataclasses.is_dataclass(item):
+                    validate(item, f"{key}[{i}]")
+    for fn in _CHECKS.get(type(cfg), []):
+        fn(cfg, Need(where))
+    return cfg
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def positive(need: Need, obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        need(_finite(v) and v > 0, n, f"must be positive, got {v}")
+
+
+def at_least(need: Need, obj: Any, low: float, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        need(_finite(v) and v >= low, n, f"must be >= {low}, got {v}")
+
+
+def one_of(need: Need, obj: Any, name: str, allowed: tuple[str, ...] | list[str]) -> None:
+    v = getattr(obj, name)
+    if v in allowed:
+        return
+    close = difflib.get_close_matches(str(v), list(allowed), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    need(False, name, f"must be one of {' | '.join(allowed)}, got {v!r}{hint}")
+
+
+def check_template(need: Need, data: Any) -> None:
+    from grpo.data.templates import TEMPLATES
+
+    need(data.template in TEMPLATES, "template", f"must be one of {TEMPLATES}, got {data.template!r}")
+
+
+def check_adam(need: Need, o: Any) -> None:
+    """The optimizer and LR-schedule keys GRPO and the SFT-like stages share."""
+    positive(need, o, "lr", "max_grad_norm")
+    at_least(need, o, 0, "weight_decay", "warmup_steps")
+    need(len(o.betas) == 2 and all(_finite(b) and 0 <= b < 1 for b in o.betas), "betas",
+         f"must be two numbers in [0, 1), got {o.betas}")
+    one_of(need, o, "schedule", ("constant", "linear", "cosine"))
+
+
+@checks(ModelConfig)
+def _check_model(m: ModelConfig, need: Need) -> None:
+    need(bool(m.name.strip()), "name", "must name a model (bundled alias, local directory, .gguf file or Hub id)")
+    if m.adapter:
+        check_adapter(m.adapter, Need(need.key("adapter")))
+
+
+def check_adapter(adapter: dict[str, Any], need: Need) -> None:
+    """model.adapter: known adapters (with a suggestion), each one's keys, types and values, as
+    `grpo.adapters.apply_adapters` will read them. Imports grpo.adapters only when an adapter is set."""
+    from grpo.adapters import ADAPTER_KEYS, MLAConfig, MoEConfig
+
+    classes = {"mla": MLAConfig, "moe": MoEConfig}
+    for name, sub in adapter.items():
+        if name not in ADAPTER_KEYS:
+            close = difflib.get_close_matches(str(name), ADAPTER_KEYS, n=1)
+            hint = f"; did you mean '{need.key(close[0])}'?" if close else ""
+            raise ConfigError(f"unknown key '{need.key(str(name))}'{hint} (valid here: {', '.join(ADAPTER_KEYS)})")
+        where = need.key(name)
+        sub = {} if sub is None else sub
+        if not isinstance(sub, dict):
+            raise ConfigError(f"{where}: expected a mapping of {name} settings, got {type(sub).__name__} {sub!r}")
+        typed = build(classes[name], sub, where)
+        try:
+            classes[name].from_dict({k: getattr(typed, k) for k in sub})
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: {e}") from e
+
+
+@checks(DatasetConfig)
+def _check_dataset(d: DatasetConfig, need: Need) -> None:
+    need(d.limit is None or d.limit >= 1, "limit", f"must be positive, got {d.limit} (leave it out for every example)")
+    check_source_options(d.source, d.options, need)
+
+
+def check_source_options(source: str, options: dict[str, Any], need: Need) -> None:
+    """The source exists and its loader takes these options (names only: nothing is read here, so a file
+    an earlier pipeline stage will write may not exist yet)."""
+    import inspect
+
+    from grpo.data import DataError, _loader
+
+    try:
+        fn = _loader(source)
+    except DataError as e:
+        raise ConfigError(f"{need.key('source')}: {e}") from e
+    where = need.key("options")
+    for own in ("limit", "shuffle", "shuffle_seed"):
+        if own in options:
+            raise ConfigError(f"{where}.{own}: set it next to source ({need.key(own)}), not among the source's options")
+    params = inspect.signature(fn).parameters
+    takes = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)] + ["dedup"]
+    rest = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for key in options:
+        if key not in takes and not rest:
+            close = difflib.get_close_matches(str(key), takes, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise ConfigError(f"{where}: data source '{source}': unknown option '{key}'{hint} "
+                              f"(options: {', '.join(takes)})")
+    for n, p in params.items():
+        if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in options:
+            raise ConfigError(f"{where}: data source '{source}' needs the option '{n}'")
+    if rest and source == "cold_start":   # cold_start(dataset=..., **that source's options)
+        inner = str(options.get("dataset", "arithmetic"))
+        if inner == "cold_start":
+            raise ConfigError(f"{where}.dataset: must name another source, e.g. gsm8k or arithmetic")
+        check_source_options(inner, {k: v for k, v in options.items() if k not in ("dataset", "dedup")},
+                             Need(where))
+
+
+@checks(DataConfig)
+def _check_data(d: DataConfig, need: Need) -> None:
+    check_template(need, d)
+
+
+@checks(SamplingConfig)
+def _check_sampling(s: SamplingConfig, need: Need) -> None:
+    one_of(need, s, "backend", ("hf", "engine"))
+    positive(need, s, "group_size", "max_new_tokens", "batch_size")
+    at_least(need, s, 0, "temperature", "top_k")
+    need(_finite(s.top_p) and 0 < s.top_p <= 1, "top_p", f"must be in (0, 1], got {s.top_p}")
+
+
+@checks(AlgorithmConfig)
+def _check_algorithm(a: AlgorithmConfig, need: Need) -> None:
+    one_of(need, a, "loss_type", LOSS_TYPES)
+    one_of(need, a, "scale_rewards", SCALE_REWARDS)
+    need(_finite(a.clip_eps_low) and 0 <= a.clip_eps_low < 1, "clip_eps_low", f"must be in [0, 1), got {a.clip_eps_low}")
+    at_least(need, a, 0, "clip_eps_high", "kl_coef")
+    at_least(need, a, 1, "num_iterations")
+    positive(need, a, "adv_eps")   # std + adv_eps divides: 0 would make a group of equal rewards NaN
+
+
+@checks(OptimConfig)
+def _check_optim(o: OptimConfig, need: Need) -> None:
+    positive(need, o, "steps", "prompts_per_step", "micro_batch_size")
+    check_adam(need, o)
+
+
+@checks(EvalConfig)
+def _check_eval(e: EvalConfig, need: Need) -> None:
+    need(bool(e.metric), "metric", "must name a reward")
+    positive(need, e, "max_new_tokens", "batch_size")
+    at_least(need, e, 1, "num_samples")
+    at_least(need, e, 0, "every", "temperature")
+    need(e.num_samples == 1 or e.temperature > 0, "temperature",
+         f"must be > 0 to sample num_samples = {e.num_samples} completions per prompt, got {e.temperature}")
+
+
+@checks(RunConfig)
+def _check_run(r: RunConfig, need: Need) -> None:
+    need(bool(r.output_dir.strip()), "output_dir", "must name a directory")
+    need(0 <= r.seed < 2**32, "seed", f"must be in [0, 2**32), got {r.seed}")   # numpy's seed range
+    at_least(need, r, 0, "save_every", "torch_threads")
+    at_least(need, r, 1, "keep_last")
+    one_of(need, r, "mixed_precision", ("auto", "bf16", "no"))
+    from grpo.tracking import _TRACKER_MODULES
+
+    for i, t in enumerate(r.trackers):
+        close = difflib.get_close_matches(t, _TRACKER_MODULES, n=1)
+        need(t in _TRACKER_MODULES, "trackers", f"unknown tracker '{t}'"
+             + (f"; did you mean '{close[0]}'?" if close else "") + f" (known: {', '.join(_TRACKER_MODULES)})")
+
+
+@checks(RewardSpec)
+def _check_reward_spec(r: RewardSpec, need: Need) -> None:
+    need(bool(r.name.strip()), "name", "must name a reward")
+    need(_finite(r.weight), "weight", f"must be a finite number, got {r.weight}")
+    one_of(need, r, "on_error", ("raise", "none"))
+
+
+# dataset columns the trainer passes to every reward function; a reward's kwargs cannot reuse them
+_PASSED_TO_REWARDS = ("prompts", "completions", "completion_ids", "answer", "tests", "task", "id")
+
+
+def check_rewards(specs: list[RewardSpec], need: Need, key: str = "rewards", required: bool = True) -> dict[str, Any]:
+    """Resolve every reward (built-in, registered or plug-in: a plug-in module is imported here, before any
+    model loads), refuse a reward listed twice and kwargs the function does not take. Returns
+    {metric label: function}."""
+    import inspect
+
+    from grpo.rewards.registry import LoadedReward, RewardError, resolve_reward
+
+    need(len(specs) > 0 or not required, key, "at least one reward is needed")
+    labels: dict[str, Any] = {}
+    for i, spec in enumerate(specs):
+        where = need.key(f"{key}[{i}]")
+        try:
+            fn = resolve_reward(spec.name)
+        except RewardError as e:
+            raise ConfigError(f"{where}.name: {e}") from e
+        label = LoadedReward(spec, fn).label
+        if label in labels:
+            raise ConfigError(f"{need.key(key)}: rewards listed twice: ['{label}']; each reward may appear once")
+        labels[label] = fn
+        if not spec.kwargs:
+            continue
+        try:
+            params = inspect.signature(fn).parameters
+        except (TypeError, ValueError):
+            continue
+        options = [n for n, p in params.items()
+                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in _PASSED_TO_REWARDS]
+        # a plug-in with **kwargs may read an option from it; a built-in takes only its named options
+        open_ended = ":" in spec.name and any(p.kind is p.VAR_KEYWORD for p in params.values())
+        for k in spec.kwargs:
+            if k in _PASSED_TO_REWARDS:
+                raise ConfigError(f"{where}.kwargs.{k}: '{k}' is passed to every reward by the trainer "
+                                  "(a dataset column or the completions); it cannot be set here")
+            if k not in options and not open_ended:
+                close = difflib.get_close_matches(str(k), options, n=1)
+                hint = f"; did you mean '{close[0]}'?" if close else ""
+                raise ConfigError(f"{where}.kwargs: reward '{label}' has no option '{k}'{hint} "
+                                  f"(its options: {', '.join(options) or 'none'})")
+    return labels
+
+
+def check_metric(metric: str, labels: dict[str, Any], need: Need, key: str = "eval.metric") -> None:
+    """The reward deciding "correct" in evaluation: one of the configured rewards (by its metric name), or
+    a built-in / registered reward, which the evaluation adds."""
+    from grpo.rewards.registry import available_rewards
+
+    if metric in labels or metric in available_rewards():
+        return
+    close = difflib.get_close_matches(metric, list(labels) + available_rewards(), n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"{need.key(key)}: unknown reward '{metric}'{hint} (configured rewards: {', '.join(labels)}; "
+                      "a plug-in metric must be listed under rewards and named by its function name)")
+
+
+@checks(GRPOConfig)
+def _check_grpo(cfg: GRPOConfig, need: Need) -> None:
+    s = cfg.sampling
     need(s.group_size >= 2, "sampling.group_size", f"must be >= 2 for group-relative advantages, got {s.group_size}")
-    need(s.max_new_tokens > 0, "sampling.max_new_tokens", f"must be positive, got {s.max_new_tokens}")
     need(s.temperature > 0, "sampling.temperature", f"must be > 0 for GRPO sampling, got {s.temperature}")
-    need(0 < s.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {s.top_p}")
-    need(s.top_k >= 0, "sampling.top_k", f"must be >= 0, got {s.top_k}")
-    need(s.batch_size > 0, "sampling.batch_size", f"must be positive, got {s.batch_size}")
-    need(s.backend in ("hf", "engine"), "sampling.backend", f"must be 'hf' or 'engine', got {s.backend!r}")
     need(not (s.backend == "engine" and "moe" in (cfg.model.adapter or {})), "sampling.backend",
          "the engine cannot serve model.adapter moe (its decoder has no expert routing and records no routes "
          "for routing replay); use sampling.backend: hf")
-    need(a.loss_type in LOSS_TYPES, "algorithm.loss_type", f"must be one of {LOSS_TYPES}, got {a.loss_type!r}")
-    need(a.scale_rewards in SCALE_REWARDS, "algorithm.scale_rewards",
-         f"must be one of {SCALE_REWARDS}, got {a.scale_rewards!r}")
-    need(0 <= a.clip_eps_low < 1, "algorithm.clip_eps_low", f"must be in [0, 1), got {a.clip_eps_low}")
-    need(a.clip_eps_high >= 0, "algorithm.clip_eps_high", f"must be >= 0, got {a.clip_eps_high}")
-    need(a.kl_coef >= 0, "algorithm.kl_coef", f"must be >= 0, got {a.kl_coef}")
-    need(a.num_iterations >= 1, "algorithm.num_iterations", f"must be >= 1, got {a.num_iterations}")
-    need(o.steps > 0, "optim.steps", f"must be positive, got {o.steps}")
-    need(o.prompts_per_step > 0, "optim.prompts_per_step", f"must be positive, got {o.prompts_per_step}")
-    need(o.micro_batch_size > 0, "optim.micro_batch_size", f"must be positive, got {o.micro_batch_size}")
-    need(o.lr > 0, "optim.lr", f"must be positive, got {o.lr}")
-    need(len(o.betas) == 2 and all(0 <= b < 1 for b in o.betas), "optim.betas", f"must be two numbers in [0, 1), got {o.betas}")
-    need(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
-    need(o.schedule in ("constant", "linear", "cosine"), "optim.schedule",
-         f"must be constant | linear | cosine, got {o.schedule!r}")
-    need(o.max_grad_norm > 0, "optim.max_grad_norm", f"must be positive, got {o.max_grad_norm}")
-    need(e.max_new_tokens > 0, "eval.max_new_tokens", f"must be positive, got {e.max_new_tokens}")
-    need(e.num_samples >= 1, "eval.num_samples", f"must be >= 1, got {e.num_samples}")
-    need(e.every >= 0, "eval.every", f"must be >= 0, got {e.every}")
-    need(cfg.run.save_every >= 0, "run.save_every", f"must be >= 0, got {cfg.run.save_every}")
-    need(cfg.run.keep_last >= 1, "run.keep_last", f"must be >= 1, got {cfg.run.keep_last}")
-    need(cfg.run.mixed_precision in ("auto", "bf16", "no"), "run.mixed_precision",
-         f"must be auto | bf16 | no, got {cfg.run.mixed_precision!r}")
-    from grpo.tracking import _TRACKER_MODULES
-    for t in cfg.run.trackers:
-        close = difflib.get_close_matches(t, _TRACKER_MODULES, n=1)
-        need(t in _TRACKER_MODULES, "run.trackers", f"unknown tracker '{t}'"
-             + (f"; did you mean '{close[0]}'?" if close else "") + f" (known: {', '.join(_TRACKER_MODULES)})")
-    need(len(cfg.rewards) > 0, "rewards", "at least one reward is needed")
-    for i, r in enumerate(cfg.rewards):
-        need(r.on_error in ("raise", "none"), f"rewards[{i}].on_error", f"must be raise | none, got {r.on_error!r}")
-    from grpo.data.templates import TEMPLATES
-    need(cfg.data.template in TEMPLATES, "data.template", f"must be one of {TEMPLATES}, got {cfg.data.template!r}")
-    return cfg
+    _, n = launch_processes()
+    b = cfg.optim.prompts_per_step
+    need(b % n == 0, "optim.prompts_per_step",
+         f"{b} prompts cannot be split evenly over {n} processes (each process samples whole groups); "
+         f"use a multiple of {n}")
+    labels = check_rewards(cfg.rewards, need)
+    check_metric(cfg.eval.metric, labels, need)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

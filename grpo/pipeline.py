@@ -15,7 +15,9 @@ References inside any string: ``${vars.KEY}``, ``${stages.NAME.output}`` (that s
 resolved and validated before the first one runs. A stage is finished when its directory holds
 ``DONE``; a re-run skips finished stages and continues an interrupted GRPO stage from its latest
 checkpoint (``run.save_every`` > 0; other unfinished stages start over), ``--from-stage NAME`` re-runs NAME
-and every later stage from scratch.
+and every later stage from scratch, ``--overwrite`` every stage. So a pipeline re-run is a resume by design,
+and never appends to a stage's files: a stage that runs again starts in an emptied directory.
+Under several processes only the main one deletes stage directories and writes DONE and summary.md.
 """
 from __future__ import annotations
 
@@ -137,30 +139,42 @@ def _link_final_model(stage_dir: Path, summary: dict[str, Any]) -> None:
 
 
 def run_pipeline(tree: dict[str, Any], overrides: list[str] | None = None, from_stage: str | None = None,
-                 plots: bool = True) -> dict[str, Any]:
+                 plots: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Run the stages in order. A re-run resumes by design: a finished stage (DONE) is skipped, an
+    interrupted GRPO stage continues from its latest checkpoint, any other unfinished stage starts over.
+    `from_stage` re-runs that stage and every later one from scratch; `overwrite` re-runs all of them.
+    What happens to each stage is decided before the first one runs, from the directories as they are."""
+    from grpo.config import launch_processes
+    from grpo.tracking import check_writable_dir
+
     root, stages = plan(tree, overrides)
     names = [n for n, _, _ in stages]
     if from_stage is not None and from_stage not in names:
         raise ConfigError(f"--from-stage: no stage named '{from_stage}' (stages: {', '.join(names)})")
-    root.mkdir(parents=True, exist_ok=True)
-    restart = names.index(from_stage) if from_stage else len(names)
+    if from_stage is not None and overwrite:
+        raise ConfigError("--from-stage and --overwrite contradict each other: --overwrite re-runs every stage")
+    check_writable_dir(root, "output_dir")
+    restart = 0 if overwrite else names.index(from_stage) if from_stage else len(names)
+    actions = [_action(root / name, kind, i >= restart) for i, (name, kind, _) in enumerate(stages)]
+    main = launch_processes()[0] == 0   # only the main process deletes and marks stages
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
-    for i, (name, kind, cfg) in enumerate(stages):
+    for i, ((name, kind, cfg), action) in enumerate(zip(stages, actions)):
         stage_dir = root / name
-        resume_from = None
-        if i < restart and kind == "grpo" and not (stage_dir / DONE).is_file() and latest_checkpoint(stage_dir):
-            resume_from = "latest"   # an interrupted GRPO stage goes on from its last checkpoint (run.save_every)
-        elif i >= restart or (stage_dir.exists() and not (stage_dir / DONE).is_file()):
-            shutil.rmtree(stage_dir, ignore_errors=True)   # unfinished or restarted: start it clean
-        if (stage_dir / DONE).is_file():
+        if action == "skip":
             log.info("stage %s (%s): finished earlier, skipped", name, kind)
             results[name] = {"kind": kind, "status": "skipped", **json.loads((stage_dir / DONE).read_text())}
             continue
+        if action == "fresh" and main:
+            shutil.rmtree(stage_dir, ignore_errors=True)   # unfinished or restarted: start it clean
         log.info("stage %d/%d: %s (%s) -> %s", i + 1, len(stages), name, kind, stage_dir)
         t0 = time.perf_counter()
-        if resume_from:
+        if action == "resume":
             log.info("stage %s: resuming from %s", name, latest_checkpoint(stage_dir))
-        summary = run_stage(kind, cfg, **({"resume_from": resume_from} if resume_from else {}))
+        summary = run_stage(kind, cfg, resume_from="latest" if action == "resume" else None)
+        if not main:
+            continue
         if kind == "grpo":
             _link_final_model(stage_dir, summary)
         if plots:
@@ -169,8 +183,20 @@ def run_pipeline(tree: dict[str, Any], overrides: list[str] | None = None, from_
         (stage_dir / DONE).write_text(json.dumps(record, indent=2) + "\n")
         results[name] = {"kind": kind, "status": "ran", **record}
         write_summary_md(root, stages, results)
-    write_summary_md(root, stages, results)
+    if main:
+        write_summary_md(root, stages, results)
     return results
+
+
+def _action(stage_dir: Path, kind: str, restart: bool) -> str:
+    """skip (finished: DONE), resume (an interrupted GRPO stage with a checkpoint) or fresh."""
+    if restart:
+        return "fresh"
+    if (stage_dir / DONE).is_file():
+        return "skip"
+    if kind == "grpo" and latest_checkpoint(stage_dir):
+        return "resume"   # an interrupted GRPO stage goes on from its last checkpoint (run.save_every)
+    return "fresh"
 
 
 def _plot(stage_dir: Path) -> None:

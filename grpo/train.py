@@ -34,7 +34,7 @@ from grpo.logprobs import PackedBatch, pack, token_logprobs
 from grpo.models import compile_blocks, frozen_copy, load_model, load_tokenizer
 from grpo.rollout import RolloutBatch, SamplingParams, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
-from grpo.tracking import RunWriter, available_trackers, progress, truncate_jsonl
+from grpo.tracking import RunWriter, available_trackers, gather_rows, progress, truncate_jsonl
 from grpo.rewards.registry import LoadedReward, RewardError, RewardTable, load_rewards
 
 log = logging.getLogger(__name__)
@@ -589,7 +589,8 @@ def _to_device(x: torch.Tensor, device) -> torch.Tensor:
 
 
 def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, list[dict]]:
-    """One GRPO step on `examples` (this process's prompts). Returns stats and completion rows.
+    """One GRPO step on `examples` (this process's prompts). Returns stats and completion rows (every
+    process's rows, in global batch order, on the main process; none on the others).
 
     Scoring runs inside the update, after the first micro-batch's forward pass has been queued on the device
     (`policy_update` asks for the advantages when its first loss needs them), so on a GPU the CPU-side
@@ -653,6 +654,10 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
                          "completion": cfg.data.assistant_prefix + text,
                          "rewards": dict(zip(table.names, table.values[i])), "reward": float(totals[i]),
                          "advantage": float(adv[i]), "truncated": bool(rollout.truncated[i])})
+        # every process's rows, on the main process, in the global batch's order (local prompt g is prompt
+        # g * num_processes + process_index of the step, see next_prompts)
+        n, p = acc.num_processes, acc.process_index
+        rows = gather_rows(acc, rows, [(int(rollout.group[i]) * n + p, i) for i in range(len(rows))])
     return stats, rows
 
 

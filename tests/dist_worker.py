@@ -7,7 +7,8 @@ seed from the unwrapped model, identical on all processes), keeps the rows of it
 `picked[process_index::num_processes]` sharding of `next_prompts`), computes advantages from fixed
 rewards and runs the real `grpo.train.policy_update` (DDP gradient all-reduce, global normalisers).
 The main process writes, per loss type: the prompt ids each process drew, the gathered advantages, the
-global loss, the gradients just before the optimizer step, the parameters after it, and the LR.
+global loss, the gradients just before the optimizer step, the parameters after it, and the LR. Last, a
+whole `grpo.train.train` run of 2 steps writes completions.jsonl, whose rows the main process returns.
 """
 from __future__ import annotations
 
@@ -91,9 +92,33 @@ def one(loss_type: str, out_dir: str) -> dict:
             "grads": grads, "params": params, "lr": state.scheduler.get_last_lr()[0], "is_main": acc.is_main_process}
 
 
+def completions(out_dir: str) -> list[dict] | None:
+    """A real 2-step run with save_completions: completions.jsonl as the main process wrote it (None
+    elsewhere). train() ends with Accelerator.end_training, which closes the process group: run it last."""
+    import json
+
+    from grpo.config import load_config
+    from grpo.testing import char_tokenizer, tiny_model
+    from grpo.train import train
+
+    cfg = load_config(base={
+        "data": {"train": {"source": "arithmetic", "options": {"n": 16, "seed": 0, "difficulty": [1]}}},
+        "rewards": ["accuracy"], "sampling": {"group_size": 3, "max_new_tokens": 4},
+        "optim": {"steps": 2, "prompts_per_step": 4, "micro_batch_size": 4, "lr": 1e-3},
+        "eval": {"before": False, "after": False},
+        "run": {"output_dir": f"{out_dir}/completions", "progress": False, "mixed_precision": "no"},
+    })
+    tok = char_tokenizer()
+    train(cfg, model=tiny_model(tok, seed=0), tokenizer=tok)
+    path = Path(cfg.run.output_dir) / "completions.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else None
+
+
 def main(out_dir: str) -> None:
     results = {lt: one(lt, out_dir) for lt in ("dapo", "grpo", "dr_grpo")}
-    if next(iter(results.values()))["is_main"]:
+    is_main = next(iter(results.values()))["is_main"]
+    results["completions"] = completions(out_dir)
+    if is_main:
         torch.save(results, f"{out_dir}/result.pt")
     # as the trainer does (Accelerator.end_training): a gloo group left to interpreter shutdown aborted a
     # process now and then ("terminate called without an active exception", exit -6, ~1 run in 8)

@@ -2,7 +2,8 @@
 
 Each row is run in-process through `grpo.cli.main(["run", recipe, ...])`. Rows that get past the config
 (model paths, checkpoints, rewards that misbehave only when called) use a tiny random model saved to a
-directory, so the whole table runs in seconds.
+directory, so the whole table runs in seconds. Rows from issue #18 (marked below) failed late, with a
+traceback, or not at all before it: each was checked to fail on main 16c2812.
 """
 from __future__ import annotations
 
@@ -58,6 +59,20 @@ def env(tmp_path_factory):
     (root / "qa.jsonl").write_text("".join(json.dumps({"q": f"{i}+1?", "a": str(i + 1)}) + "\n" for i in range(4)))
     (root / "bad.yaml").write_text("optim: {steps: 2\n  lr: [\n")
     (root / "list.yaml").write_text("- a\n- b\n")
+    # a later row lacks the prompt column / the answer column (row 0 has both)
+    rows = [{"q": f"{i}+1?", "a": str(i + 1)} for i in range(4)]
+    (root / "qa_no_prompt.jsonl").write_text("".join(json.dumps(r if i != 2 else {"a": "3"}) + "\n"
+                                                     for i, r in enumerate(rows)))
+    (root / "qa_no_answer.jsonl").write_text("".join(json.dumps(r if i != 1 else {"q": "1+1?"}) + "\n"
+                                                     for i, r in enumerate(rows)))
+    # the same recipe with its optim block given twice: plain YAML would keep only the second
+    (root / "duplicate_key.yaml").write_text(yaml.safe_dump(base_recipe(root, "duplicate_key"))
+                                             + "optim: {steps: 5}\n")
+    (root / "a_file").write_text("not a directory\n")
+    finished = root / "runs" / "finished"   # what a finished run leaves (its files stay untouched)
+    finished.mkdir(parents=True)
+    (finished / "metrics.jsonl").write_text('{"step": 1}\n')
+    (finished / "config.yaml").write_text("x: 1\n")
     return root
 
 
@@ -110,7 +125,7 @@ ROWS = [
      "unknown data source 'arithmetc'. Did you mean 'arithmetic'"),
     ("unknown data option", lambda r, e: r["data"]["train"]["options"].update(nn=3), [],
      "data source 'arithmetic': "),
-    ("zero data limit", lambda r, e: r["data"]["train"].update(limit=0), [], "limit must be positive, got 0"),
+    ("zero data limit", lambda r, e: r["data"]["train"].update(limit=0), [], "data.train.limit: must be positive, got 0"),
     ("missing data file", lambda r, e: r["data"].update(train={"source": "file", "options": {"path": str(e / "nope.jsonl")}}),
      [], "data file not found: "),
     ("empty dataset", lambda r, e: r["data"].update(train={"source": "file", "options": {"path": str(e / "empty.jsonl")}}),
@@ -150,11 +165,97 @@ ROWS = [
     ("resume without checkpoints", None, ["--resume"], "--resume: no complete checkpoint under"),
     ("resume from an incomplete dir", None, ["--resume", "{env}/no_config"], "is not a complete checkpoint (no trainer_state.pt)"),
     ("resume from a different model", None, ["--resume", "{env}/other_run/checkpoints/step-1"], "is from a different model"),
+    # ---- issue #18: the output directory
+    ("re-run into a finished run", lambda r, e: r["run"].update(output_dir=str(e / "runs" / "finished")), [],
+     "already holds a run (config.yaml, metrics.jsonl); resume it with --resume, start it over with --overwrite"),
+    ("output_dir is a file", lambda r, e: r["run"].update(output_dir=str(e / "a_file")), [],
+     "run.output_dir: " + "{env}/a_file is a file, not a directory"),
+    ("output_dir inside a file", lambda r, e: r["run"].update(output_dir=str(e / "a_file" / "run")), [],
+     "run.output_dir: cannot create {env}/a_file/run: {env}/a_file is a file"),
+    ("output_dir not writable", lambda r, e: r["run"].update(output_dir="/proc/grpo-no-such-dir/run"), [],
+     "run.output_dir: cannot write to /proc/grpo-no-such-dir/run (in /proc)"),
+    ("--resume with --overwrite", None, ["--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    ("pipeline output_dir is a file", lambda r, e: _as_pipeline(r, e, str(e / "a_file")), [],
+     "output_dir: {env}/a_file is a file, not a directory"),
+    # ---- issue #18: reward names everywhere, before the model loads
+    ("eval metric typo", lambda r, e: r["eval"].update(metric="acuracy"), [],
+     "eval.metric: unknown reward 'acuracy'; did you mean 'accuracy'?"),
+    ("reward typo in a later eval stage", lambda r, e: _as_pipeline(r, e, then={
+        "name": "final_eval", "stage": "eval", "model": {"name": str(e / "tiny")}, "rewards": ["acuracy"],
+        "data": {"eval": {"source": "arithmetic", "options": {"n": 4, "seed": 1}}}}), [],
+     "stages[1] (final_eval): rewards[0].name: unknown reward 'acuracy'. Did you mean 'accuracy'"),
+    ("metric typo in a later eval stage", lambda r, e: _as_pipeline(r, e, then={
+        "name": "final_eval", "stage": "eval", "model": {"name": str(e / "tiny")}, "eval": {"metric": "acuracy"},
+        "data": {"eval": {"source": "arithmetic", "options": {"n": 4, "seed": 1}}}}), [],
+     "stages[1] (final_eval): eval.metric: unknown reward 'acuracy'; did you mean 'accuracy'?"),
+    ("reward option typo", lambda r, e: r.update(rewards=[{"name": "format", "kwargs": {"prefx": "<think>"}}]), [],
+     "rewards[0].kwargs: reward 'format' has no option 'prefx'; did you mean 'prefix'? (its options: prefix)"),
+    ("reward option is a dataset column", lambda r, e: r.update(rewards=[{"name": "accuracy", "kwargs": {"answer": "1"}}]),
+     [], "rewards[0].kwargs.answer: 'answer' is passed to every reward by the trainer"),
+    # ---- issue #18: model.adapter
+    ("unknown adapter", lambda r, e: r["model"].update(adapter={"mla2": {}}), [],
+     "unknown key 'model.adapter.mla2'; did you mean 'model.adapter.mla'?"),
+    ("unknown adapter key", lambda r, e: r["model"].update(adapter={"mla": {"rnak": 8}}), [],
+     "unknown key 'model.adapter.mla.rnak'; did you mean 'model.adapter.mla.rank'?"),
+    ("adapter value", lambda r, e: r["model"].update(adapter={"moe": {"num_experts": 4, "top_k": 5}}), [],
+     "model.adapter.moe: moe.top_k must be in [1, num_experts=4], got 5"),
+    ("adapter wrong type", lambda r, e: r["model"].update(adapter={"mla": {"rank": "big"}}), [],
+     "model.adapter.mla.rank: expected an integer, got str 'big'"),
+    # ---- issue #18: processes, data rows, YAML, limits
+    ("prompts not divisible by processes", lambda r, e: r["optim"].update(prompts_per_step=3), [],
+     "optim.prompts_per_step: 3 prompts cannot be split evenly over 2 processes"),
+    ("later row lacks the prompt column", lambda r, e: r["data"].update(train={"source": "file", "options": {
+        "path": str(e / "qa_no_prompt.jsonl"), "columns": {"prompt": "q", "answer": "a"}}}), [],
+     "qa_no_prompt.jsonl: row 2 has no column 'q' (row 0 has it)"),
+    ("later row lacks the answer column", lambda r, e: r["data"].update(train={"source": "file", "options": {
+        "path": str(e / "qa_no_answer.jsonl"), "columns": {"prompt": "q", "answer": "a"}}}), [],
+     "qa_no_answer.jsonl: row 1 has no column 'a' (row 0 has it)"),
+    ("duplicate yaml key", "duplicate_key.yaml", [], "duplicate key 'optim' at line 30 (first at line 14)"),
+    ("duplicate key in --set", None, ["--set", "optim={lr: 1, lr: 2}"], "duplicate key 'lr'"),
+    ("eval limit 0", lambda r, e: r["data"].update(eval={"source": "arithmetic", "options": {"n": 4, "seed": 1},
+                                                         "limit": 0}), [], "data.eval.limit: must be positive, got 0"),
+    ("eval limit negative", lambda r, e: r["data"].update(eval={"source": "arithmetic", "options": {"n": 4, "seed": 1},
+                                                                "limit": -1}), [], "data.eval.limit: must be positive, got -1"),
+    ("limit among the source's options", lambda r, e: r["data"]["train"]["options"].update(limit=3), [],
+     "data.train.options.limit: set it next to source (data.train.limit)"),
+    # ---- found walking every config field (tests/test_config.py checks each has a bad value)
+    ("negative seed", lambda r, e: r["run"].update(seed=-1), [], "run.seed: must be in [0, 2**32), got -1"),
+    ("adv_eps 0", lambda r, e: r.update(algorithm={"adv_eps": 0.0}), [], "algorithm.adv_eps: must be positive, got 0.0"),
+    ("negative weight decay", lambda r, e: r["optim"].update(weight_decay=-0.1), [], "optim.weight_decay: must be >= 0"),
+    ("infinite lr", lambda r, e: r["optim"].update(lr=float("inf")), [], "optim.lr: must be positive, got inf"),
+    ("sft betas", lambda r, e: _as_sft(r, e, optim={"betas": [0.9]}), [], "optim.betas: must be two numbers in [0, 1)"),
+    ("sft negative warmup", lambda r, e: _as_sft(r, e, optim={"warmup_steps": -2}), [], "optim.warmup_steps: must be >= 0"),
+    ("adapter in an sft stage", lambda r, e: _as_sft(r, e, model={"adapter": {"mla": {}}}), [],
+     "model.adapter: the sft stage does not convert models"),
 ]
+
+# rows that need the launcher's environment
+ROW_ENV = {"prompts not divisible by processes": {"WORLD_SIZE": "2", "RANK": "0"}}
+
+
+def _as_pipeline(r: dict, env: Path, output_dir: str | None = None, then: dict | None = None) -> None:
+    """Turn the GRPO recipe `r` into a pipeline: that GRPO stage, then `then` (when given)."""
+    grpo = {k: v for k, v in r.items()}
+    grpo["run"] = {k: v for k, v in r["run"].items() if k != "output_dir"}
+    out = output_dir or r["run"]["output_dir"]
+    r.clear()
+    r.update(output_dir=out, stages=[{"name": "train", "stage": "grpo", **grpo}] + ([then] if then else []))
+
+
+def _as_sft(r: dict, env: Path, optim: dict | None = None, model: dict | None = None) -> None:
+    """Turn `r` into an SFT stage recipe (cold-start targets for the same arithmetic prompts)."""
+    run, name = r["run"], r["model"]["name"]
+    r.clear()
+    r.update(stage="sft", model={"name": name, **(model or {})}, run=run,
+             data={"train": {"source": "cold_start", "options": {"dataset": "arithmetic", "n": 4}}},
+             optim={"steps": 1, "batch_size": 2, "micro_batch_size": 2, **(optim or {})})
 
 
 @pytest.mark.parametrize("name,edit,args,expected", ROWS, ids=[r[0] for r in ROWS])
-def test_bad_input_exits_2_with_one_clear_message(env, capsys, name, edit, args, expected):
+def test_bad_input_exits_2_with_one_clear_message(env, capsys, monkeypatch, name, edit, args, expected):
+    for k, v in ROW_ENV.get(name, {}).items():
+        monkeypatch.setenv(k, v)
+    expected = expected.replace("{env}", str(env))
     if isinstance(edit, str):
         recipe = env / edit
     else:

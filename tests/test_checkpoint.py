@@ -48,6 +48,36 @@ def test_failed_write_leaves_no_checkpoint_and_no_temp_dir(tmp_path, tok, monkey
     assert ckpt.latest_checkpoint(tmp_path) == root / "step-1"
 
 
+def test_stale_temp_dirs_of_a_crashed_save_are_removed_at_the_next_save_and_resume(tmp_path, tok):
+    """A save killed mid-write leaves `.tmp-step-<N>-<pid>-*`; the next save (and a resume) removes ours
+    once their writer has ended, and nothing else (issue #18: they were never cleaned up)."""
+    import os
+    import subprocess
+    import sys
+
+    from grpo.tracking import prepare_output_dir
+
+    model = tiny_model(tok)
+    _save(tmp_path, 1, model, tok)
+    root = tmp_path / "checkpoints"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    crashed = root / f".tmp-step-2-{dead}-k3x9_abc"       # its writer has exited
+    older = root / ".tmp-step-2-abc123"                    # named before the pid was in the name
+    live = root / f".tmp-step-2-{os.getppid()}-live0001"   # a writer that is still running: kept
+    others = [root / ".tmp-notes", root / "my-step-2-copy"]   # not ours: kept
+    for d in (crashed, older, live, *others):
+        (d / "model").mkdir(parents=True)
+    _save(tmp_path, 2, model, tok)
+    assert not crashed.exists() and not older.exists()
+    assert live.is_dir() and all(d.is_dir() for d in others)
+    assert [s for s, _ in ckpt.list_checkpoints(tmp_path)] == [1, 2]
+    # a resume removes them too (before any model loads)
+    (crashed / "model").mkdir(parents=True)
+    prepare_output_dir(tmp_path, resume_from="latest")
+    assert not crashed.exists() and live.is_dir()
+
+
 def test_keep_last(tmp_path, tok):
     model = tiny_model(tok)
     for step in (1, 2, 3, 4, 5):

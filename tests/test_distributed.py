@@ -7,6 +7,9 @@ group never spans processes), and the real `policy_update` (DDP gradient all-red
 token/sequence normalisers) gives the same global loss, the same gradients before the optimizer step,
 the same parameters after it and the same learning rate, for loss types dapo, grpo and dr_grpo. It does
 not prove that sampling itself matches across process counts (it cannot, see above).
+
+It also runs a whole 2-step `train()` under each process count: completions.jsonl must hold every
+process's rows, in the order of the step's global batch (issue #18: it held rank 0's only).
 """
 from __future__ import annotations
 
@@ -69,6 +72,18 @@ def test_one_and_two_processes_give_the_same_update(results, loss_type):
     for k, p in one["params"].items():
         torch.testing.assert_close(two["params"][k], p, rtol=0, atol=2e-5, msg=f"param {k}")
     assert two["lr"] == pytest.approx(one["lr"])   # accelerate must not step the schedule once per process
+
+
+def test_completions_hold_every_process_rows_in_global_order(results):
+    one, two = results[0]["completions"], results[1]["completions"]
+    prompts, group = 4, 3
+    for rows in (one, two):
+        assert [r["step"] for r in rows] == [1] * prompts * group + [2] * prompts * group
+        for s in range(0, len(rows), group):     # a prompt's G rows sit together
+            assert len({r["id"] for r in rows[s:s + group]}) == 1
+    # the same prompts in the same (global batch) order; the completions themselves are sampled per process
+    assert [r["id"] for r in two] == [r["id"] for r in one]
+    assert len({r["id"] for r in two[:prompts * group]}) == prompts
 
 
 def test_accelerate_configs_load():

@@ -140,3 +140,47 @@ def test_interrupted_grpo_stage_resumes_from_its_checkpoint(tiny_dir, tmp_path, 
     steps = [json.loads(x)["step"] for x in (out / "reasoning" / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in steps if s] == [1, 2, 3, 4]           # steps 1-2 kept, 3-4 run after the resume
     assert (out / "final_eval" / "DONE").is_file()
+
+
+def _two_stages(tiny_dir, out, eval_rewards=("accuracy",)):
+    return {"output_dir": str(out), "shared": {"run": {"progress": False, "mixed_precision": "no"}},
+            "stages": [
+                {"name": "train", "stage": "grpo", "model": {"name": str(tiny_dir)}, "rewards": ["accuracy"],
+                 "data": {"train": {"source": "arithmetic", "options": {"n": 8, "seed": 0, "difficulty": [1]}}},
+                 "sampling": {"group_size": 2, "max_new_tokens": 4, "batch_size": 8},
+                 "optim": {"steps": 1, "prompts_per_step": 2, "micro_batch_size": 4, "lr": 1e-4},
+                 "eval": {"before": False, "after": False}},
+                {"name": "check", "stage": "eval", "model": {"name": "${stages.train.model}"},
+                 "rewards": list(eval_rewards), "eval": {"max_new_tokens": 4},
+                 "data": {"eval": {"source": "arithmetic", "options": {"n": 2, "seed": 5}}}}]}
+
+
+def test_pipeline_rerun_resumes_and_overwrite_reruns_every_stage(tiny_dir, tmp_path, capsys):
+    """A pipeline re-run is a resume by design (no --resume/--overwrite needed); --overwrite starts over."""
+    import yaml
+
+    out = tmp_path / "p"
+    recipe = tmp_path / "p.yaml"
+    recipe.write_text(yaml.safe_dump(_two_stages(tiny_dir, out)))
+    assert main(["run", str(recipe)]) == 0
+    stamps = {n: (out / n / "DONE").stat().st_mtime_ns for n in ("train", "check")}
+    assert main(["run", str(recipe)]) == 0 and main(["run", str(recipe), "--resume"]) == 0
+    assert {n: (out / n / "DONE").stat().st_mtime_ns for n in stamps} == stamps
+    assert main(["run", str(recipe), "--overwrite"]) == 0
+    assert all((out / n / "DONE").stat().st_mtime_ns != stamps[n] for n in stamps)
+    assert len((out / "check" / "eval_eval.jsonl").read_text().splitlines()) == 2   # replaced, not appended
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--overwrite", "--from-stage", "check"]) == 2
+    assert "contradict" in capsys.readouterr().err
+
+
+def test_a_typo_in_a_later_stage_fails_before_the_first_stage_runs(tiny_dir, tmp_path, capsys):
+    import yaml
+
+    out = tmp_path / "p"
+    recipe = tmp_path / "p.yaml"
+    recipe.write_text(yaml.safe_dump(_two_stages(tiny_dir, out, eval_rewards=("accuracy", "fromat"))))
+    assert main(["run", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert "stages[1] (check): rewards[1].name: unknown reward 'fromat'" in err
+    assert not out.exists()                              # no stage ran, nothing was written

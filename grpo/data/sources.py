@@ -114,6 +114,10 @@ def hub_rows(name: str, split: str = "train", config: str | None = None, **kwarg
         import datasets
     except ImportError as e:
         raise DataError(f"loading '{name}' from the Hub needs the `datasets` package: {e}") from e
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    if are_progress_bars_disabled():   # run.progress: false (grpo.tracking.configure_progress) covers datasets too
+        datasets.disable_progress_bars()
     try:
         ds = datasets.load_dataset(name, config, split=split, **kwargs)
     except Exception as e:  # network, unknown name/config/split: all surface as one clear DataError
@@ -126,8 +130,12 @@ def hub_rows(name: str, split: str = "train", config: str | None = None, **kwarg
     return rows
 
 
-def require_columns(rows: list[dict[str, Any]], needed: Iterable[str], origin: str) -> None:
-    """DataError naming the missing column, the origin and the columns that do exist (with a suggestion)."""
+def require_columns(rows: list[dict[str, Any]], needed: Iterable[str], origin: str,
+                    id_column: str | None = None) -> None:
+    """DataError unless every row has every `needed` column. A column the first row lacks is named with the
+    columns that do exist (and a close-match suggestion); one that a later row lacks, with that row's
+    number (and its `id_column` value when given)."""
+    needed = list(needed)
     present = list(rows[0].keys()) if rows else []
     for col in needed:
         if col in present:
@@ -135,6 +143,12 @@ def require_columns(rows: list[dict[str, Any]], needed: Iterable[str], origin: s
         close = difflib.get_close_matches(col, present, n=1, cutoff=0.5)
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise DataError(f"column '{col}' not found in {origin}.{hint} Columns present: {', '.join(present)}")
+    for i, row in enumerate(rows):
+        missing = [c for c in needed if c not in row]
+        if missing:
+            ident = f" (id {row[id_column]!r})" if id_column and id_column in row else ""
+            raise DataError(f"{origin}: row {i}{ident} has no column '{missing[0]}' (row 0 has it); "
+                            f"columns of row {i}: {', '.join(map(str, row)) or 'none'}")
 
 
 # ---------------------------------------------------------------------------------- gold answers
@@ -231,7 +245,7 @@ def rows_to_examples(rows: list[dict[str, Any]], origin: str, id_prefix: str, ta
     unless `id_column` names a column of unique ids."""
     if not rows:
         raise DataError(f"{origin}: dataset is empty")
-    present = list(rows[0].keys())
+    present = list(rows[0].keys())   # the default mapping comes from row 0; require_columns checks every row
     if columns is not None and not (isinstance(columns, dict) and all(isinstance(v, str) for v in columns.values())):
         raise DataError(f"columns must map Example fields to column names, e.g. {{'prompt': 'question'}}; got {columns!r}")
     columns = dict(columns) if columns else _default_columns(present)
@@ -239,7 +253,7 @@ def rows_to_examples(rows: list[dict[str, Any]], origin: str, id_prefix: str, ta
         raise DataError(f"columns must map 'prompt' to a column of {origin}; got {columns}")
     if "id" in columns:
         id_column = id_column or columns.pop("id")
-    require_columns(rows, list(columns.values()) + ([id_column] if id_column else []), origin)
+    require_columns(rows, list(columns.values()) + ([id_column] if id_column else []), origin, id_column)
     extract = _resolve_extractor(answer_extract)
     meta_cols = {k: v for k, v in columns.items() if k not in _FIELDS}
     out: list[Example] = []
