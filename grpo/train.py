@@ -63,6 +63,7 @@ class TrainState:
     update_graphs: Any = None             # grpo.graphed.GraphedLogprobs when model.cuda_graphs applies
     adapted_cache: Any = None             # (model, _adapted(state)) for the model object it was found on
     micro_limits: Limits | None = None    # micro-batch limits in force: set at the first update, halved on OOM
+    scratch: Any = None                   # () -> the sampler's idle KV cache as one flat buffer, or None
 
 
 @dataclass
@@ -268,6 +269,7 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     writer = RunWriter(cfg.run.output_dir, enabled=acc.is_main_process, accelerator=acc)
     state = TrainState(cfg, acc, model, ref, tokenizer, optimizer, scheduler, sampler, rewards, train, held, writer)
     state.order = _epoch_order(len(train), cfg.run.seed, 0)
+    state.scratch = getattr(sampler, "scratch", None)  # EngineSampler: its KV cache, dead during the update
     if cfg.model.cuda_graphs:
         from grpo.graphed import GraphedLogprobs
 
@@ -275,7 +277,7 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         if why is None:
             # gradient checkpoints go to the engine's KV cache while it is idle (EngineSampler.scratch)
             state.update_graphs = GraphedLogprobs(model, cfg.sampling.temperature, compile_head=cfg.model.compile,
-                                                  scratch=getattr(sampler, "scratch", None))
+                                                  scratch=state.scratch)
         else:
             warnings.warn(f"model.cuda_graphs: the update runs without CUDA graphs: {why}")
     return state
@@ -535,6 +537,19 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
     return out
 
 
+def _checkpoints_in_scratch(state: TrainState):
+    """The eager update's gradient checkpoints kept in the sampler's idle KV cache, as the graphed update
+    keeps them (grpo.graphed.checkpoints_in: layer inputs of the cache's dtype, while room is left); a null
+    context without gradient checkpointing or such a cache."""
+    arena = state.scratch() if state.scratch is not None and state.cfg.model.gradient_checkpointing else None
+    if arena is None:
+        return contextlib.nullcontext()
+    from grpo.graphed import checkpoints_in
+
+    base = getattr(state.model, "module", state.model)
+    return checkpoints_in(getattr(base.get_decoder(), "layers", []), arena)
+
+
 def _micro_step(state: TrainState, rows: PackedBatch, didx: torch.Tensor, it: int, old, ref,
                 adv: Callable[[], torch.Tensor], norm: dict, agg: dict[str, list]) -> None:
     """Forward + backward of one micro-batch (`rows`, on the host; rows `didx` of the step's batch); appends
@@ -554,8 +569,9 @@ def _micro_step(state: TrainState, rows: PackedBatch, didx: torch.Tensor, it: in
             logp, ent = graphed[0], (graphed[1] if it == 0 else None)
         else:  # the mask already moved: one copy of it
             sub = replace(rows, completion_mask=mask).to(acc.device)
-            logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0),
-                                       compile_head=state.cfg.model.compile)
+            with _checkpoints_in_scratch(state):
+                logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0),
+                                           compile_head=state.cfg.model.compile)
     aux = _aux_loss(state, norm["num_micro_batches"])
     logp = logp.float()
     old_lp = old[didx, :t] if old is not None else logp.detach()

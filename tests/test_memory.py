@@ -130,3 +130,48 @@ def test_oom_not_retried_when_off_or_at_one_row(tmp_path, tok, monkeypatch):
     with pytest.raises(torch.OutOfMemoryError), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _run(tmp_path, tok, "one", 2, _oom_above(0, after=1), monkeypatch)  # every micro-batch fails
+
+
+def test_eager_update_keeps_its_checkpoints_in_the_engine_cache(tmp_path, tok):
+    """Without CUDA graphs, gradient checkpoints of the update also go into the engine's idle KV cache: the
+    cache's contents change during the update, and the weights come out as without it."""
+    import grpo.train as train_mod
+    from grpo.testing import tiny_model
+    from test_train_e2e import tiny_cfg
+
+    results = []
+    for use_cache in (True, False):
+        (tmp_path / str(use_cache)).mkdir()
+        cfg = tiny_cfg(tmp_path / str(use_cache), **{"optim.steps": 1, "sampling.backend": "engine"})
+        cfg.model.gradient_checkpointing = True
+        model = tiny_model(tok)
+        state = train_mod.setup(cfg, model=model, tokenizer=tok)
+        examples = train_mod.next_prompts(state)
+        chats, rollout = train_mod.sample(state, examples)
+        cache = state.scratch().clone()
+        if not use_cache:
+            state.scratch = None
+        train_mod.policy_update(state, rollout, torch.linspace(-1, 1, len(rollout.group)))
+        assert torch.equal(cache, state.sampler.scratch()) != use_cache
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_no_grad_logprobs_keep_no_layer_outputs(tok, share):
+    """The old/reference log-prob passes (no grad) hold one layer's output at a time: when the final norm runs,
+    the outputs of the layers before the last are freed (output_hidden_states would keep all of them)."""
+    import weakref
+
+    from grpo.logprobs import pack, token_logprobs
+    from grpo.testing import tiny_model
+
+    model = tiny_model(tok, num_hidden_layers=4)
+    alive, refs = [], []
+    for layer in model.model.layers:
+        layer.register_forward_hook(lambda m, a, out: refs.append(weakref.ref(out[0] if isinstance(out, tuple) else out)))
+    model.model.norm.register_forward_pre_hook(lambda m, a: alive.append(sum(r() is not None for r in refs[:-1])))
+    batch = pack([[5, 6, 7]] * 4, torch.randint(3, 90, (4, 6)), torch.ones(4, 6), tok.pad_token_id)
+    with torch.no_grad():
+        lp, _ = token_logprobs(model, batch, share_prompts=share)
+    assert lp.shape == (4, 6) and len(refs) == 4 and alive == [0]
