@@ -105,8 +105,11 @@ def auto_token_limit(free_bytes: float, per_token_bytes: float, fixed_bytes: flo
 
 def free_device_bytes(device: torch.device) -> float | None:
     """Bytes the update can still allocate on a CUDA `device`: the driver's free memory plus what torch's
-    caching allocator holds unused; None on other devices."""
+    caching allocator holds unused, within the allocator's cap (torch.cuda.set_per_process_memory_fraction);
+    None on other devices."""
     if torch.device(device).type != "cuda":
         return None
-    free, _ = torch.cuda.mem_get_info(device)
-    return float(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    free, total = torch.cuda.mem_get_info(device)
+    allocated = torch.cuda.memory_allocated(device)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
+    return float(min(free + torch.cuda.memory_reserved(device) - allocated, fraction * total - allocated))
