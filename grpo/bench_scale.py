@@ -14,8 +14,8 @@ loads a real checkpoint (local directory or Hub id) and its tokenizer instead. `
 
 Floors (grpo.shapes.step_floor) use two rates measured at the start of the same run: the device's memory
 bandwidth (a device-to-device copy, bytes read + written, best of 10) and its matmul rate (an 8192^3 GEMM
-in bf16 on a GPU, best of 10; smaller and in fp32 on a CPU). "ours/floor" is our median s/step over the
-floor's sum of sampling, update and optimizer floors.
+in bf16 on a GPU, best of 10; smaller and in fp32 on a CPU). "s/step / floor" is the median s/step over the
+floor's sum of sampling, update and optimizer floors (TRL's rows get the same ratio).
 
 `--precision bf16` runs our trainer on bf16 weights as TRL does; `recipe` on fp32 master weights under
 bf16 autocast, as a recipe runs (what users get); `both` runs ours twice. Each workload that fails (an
@@ -164,11 +164,11 @@ def run_workload(args, name: str, shape: Shape, config, sd, tok, gpu: bool, rate
                  else bench.bench_trl(a, config, sd, tok, gpu))
         except Exception as e:  # noqa: BLE001 - one failed workload (an OOM, say) must not lose the table
             traceback.print_exc()
-            r = {"impl": f"{impl} ({precision})", "error": f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"}
+            r = {"impl": f"{impl} ({precision})", "error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"}
         _reset(gpu)
         r.update(base, precision=precision, **floor_row(shape, w, rates, args.grad_ckpt, a.master_fp32))
         if "floor_step_s" in r and "step_s_median" in r:
-            r["ours_over_floor"] = round(r["step_s_median"] / r["floor_step_s"], 2)
+            r["over_floor"] = round(r["step_s_median"] / r["floor_step_s"], 2)
         out.append(r)
         print(" ", json.dumps(r), flush=True)
     trl = next((r for r in out if r["impl"].startswith("trl") and "step_s_median" in r), None)
@@ -193,8 +193,8 @@ def print_table(results: list[dict], device: str, rates: dict | None, args) -> N
         print(f"floors from rates measured in this run: memory {rates['bandwidth'] / 1e9:,.0f} GB/s (device copy of "
               f"{rates['copy_bytes'] / 2**30:.2f} GiB, read + write), matmul {rates['flops'] / 1e12:.2f} TFLOP/s "
               f"({rates['gemm']}^3 {rates['dtype']})")
-    print("| shape | rows x tokens | impl | s/step | sampling tok/s | update s | peak GiB | floor s (sampling + "
-          "update + optimizer) | ours/floor | TRL/ours |\n|---|---|---|---|---|---|---|---|---|---|")
+    print("| shape | rows x tokens | impl | s/step | sampling tok/s | update s (micro-batch limit) | peak GiB | "
+          "floor s (sampling + update + optimizer) | s/step / floor | TRL/ours |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         impl = r["impl"] + (", recipe precision" if r.get("precision") == "recipe" and "fp32" not in r["impl"] else "")
         if "error" in r:
@@ -203,9 +203,14 @@ def print_table(results: list[dict], device: str, rates: dict | None, args) -> N
         floor = (f"{r['floor_step_s']:.3f} ({r['floor_sampling_s']:.3f} + {r['floor_update_s']:.3f} + "
                  f"{r['floor_optimizer_s']:.3f})" if "floor_step_s" in r else "-")
         sampling = r.get("sampling_tokens_per_s")
+        update = "-"
+        if "update_s_median" in r:
+            lim = r.get("micro_batch_limits") or {}
+            update = (f"{r['update_s_median']:.3f} ({lim.get('rows')} rows, {lim.get('tokens') or 'any'} tokens"
+                      + (f", {r['oom_retries']} OOM retries" if r.get("oom_retries") else "") + ")")
         print(f"| {r['shape']} | {r['rows']} x {r['tokens']} | {impl} | {r['step_s_median']:.3f} | "
-              f"{'-' if sampling is None else f'{sampling:,.0f}'} | {r.get('update_s_median', '-')} | "
-              f"{'-' if r['peak_gpu_gib'] is None else r['peak_gpu_gib']} | {floor} | {r.get('ours_over_floor', '-') if impl.startswith('ours') else '-'} | "
+              f"{'-' if sampling is None else f'{sampling:,.0f}'} | {update} | "
+              f"{'-' if r['peak_gpu_gib'] is None else r['peak_gpu_gib']} | {floor} | {r.get('over_floor', '-')} | "
               f"{r.get('trl_over_ours', '-')} |")
 
 

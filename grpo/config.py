@@ -100,6 +100,7 @@ class OptimConfig:
                                           # limit, auto = from free device memory (<= 65,536; CPU: no limit)
     oom_retry: bool = True                # out of memory in the update: halve the micro-batch, run it again
     lr: float = 1e-6
+    optimizer: str = "adamw"              # adamw | adamw_8bit (torchao's AdamW8bit: 8-bit moments, 1/4 of the memory)
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     warmup_steps: int = 0
@@ -501,6 +502,7 @@ def _check_optim(o: OptimConfig, need: Need) -> None:
     t = o.micro_batch_tokens
     need(t == "auto" or (isinstance(t, int) and not isinstance(t, bool) and t >= 0), "micro_batch_tokens",
          f"must be auto or a token count >= 0, got {t!r}")
+    one_of(need, o, "optimizer", ("adamw", "adamw_8bit"))
     check_adam(need, o)
 
 

@@ -175,3 +175,29 @@ def test_no_grad_logprobs_keep_no_layer_outputs(tok, share):
     with torch.no_grad():
         lp, _ = token_logprobs(model, batch, share_prompts=share)
     assert lp.shape == (4, 6) and len(refs) == 4 and alive == [0]
+
+
+def test_adamw_8bit_trains_and_resumes(tmp_path, tok):
+    """optim.optimizer: adamw_8bit (torchao's AdamW8bit): a step changes the weights, its moments are 8-bit
+    state tensors, the LR schedule drives its tensor learning rate, and a checkpoint round-trips them."""
+    pytest.importorskip("torchao.optim")
+    import grpo.train as train_mod
+    from grpo.testing import tiny_model
+    from test_train_e2e import tiny_cfg
+
+    cfg = tiny_cfg(tmp_path, **{"optim.steps": 2, "optim.optimizer": "adamw_8bit", "optim.warmup_steps": 2})
+    model = tiny_model(tok)
+    before = [p.detach().clone() for p in model.parameters()]
+    state = train_mod.setup(cfg, model=model, tokenizer=tok)
+    lr = state.optimizer.param_groups[0]["lr"]  # a tensor in AdamW8bit, filled in place by the schedule
+    assert float(lr) == pytest.approx(cfg.optim.lr / 2)  # warm-up: step 1 of 2
+    stats, _ = train_mod.train_step(state, train_mod.next_prompts(state))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())) and stats.grad_norm > 0
+    moments = state.optimizer.state[model.model.layers[0].mlp.gate_proj.weight]  # (8-bit: >= 4096 elements)
+    assert type(moments["exp_avg"]).__name__ == "OptimState8bit"
+    assert stats.lr == pytest.approx(cfg.optim.lr) and isinstance(stats.lr, float)  # the base lr did not move
+    path = train_mod.save(state)
+    fresh = train_mod.setup(cfg, model=tiny_model(tok, seed=1), tokenizer=tok)
+    train_mod.resume(fresh, path)
+    restored = fresh.optimizer.state[fresh.model.model.layers[0].mlp.gate_proj.weight]["exp_avg"]
+    assert torch.equal(restored.dequantize(), moments["exp_avg"].dequantize())
