@@ -74,10 +74,16 @@ def load_weights(args):
 
 
 def build_model(config, sd, dtype, device):
+    """The model of `config` on `device` with the weights `sd`, or (sd None) random weights from seed 0, the
+    same for every call on the same device (grpo.bench_scale's shapes). Built on the device: an 8B model's
+    random init on the host takes minutes."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.load_state_dict(sd, strict=False)  # tied lm_head may be absent from the state dict
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if sd is not None:
+        model.load_state_dict(sd, strict=False)  # tied lm_head may be absent from the state dict
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     return model.to(device)
@@ -135,7 +141,8 @@ def ours_config(args, gpu: bool, out_dir: str):
         "algorithm.num_iterations=1", "data.template=plain", f"run.output_dir={out_dir}",
         "run.save_completions=false", "run.progress=false", "eval.before=false", "eval.after=false",
         f"run.mixed_precision={'bf16' if gpu else repr('no')}",
-    ])
+    ] + ([f"optim.micro_batch_tokens={args.micro_batch_tokens}"] if getattr(args, "micro_batch_tokens", None) else [])
+      + (["optim.oom_retry=false"] if getattr(args, "no_oom_retry", False) else []))
 
 
 def ours_dtype(args, gpu: bool):
@@ -188,7 +195,7 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     examples = [Example(id=str(i), task="arithmetic", prompt=q, answer=a) for i, (q, a) in enumerate(rows)]
     if gpu:
         torch.cuda.reset_peak_memory_stats()
-    times, gen = [], []
+    times, gen, upd, retries = [], [], [], 0
     for s in range(args.steps):
         batch = examples[s * args.prompts:(s + 1) * args.prompts]
         sync()
@@ -197,6 +204,8 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
         sync()
         times.append(time.perf_counter() - t0)
         gen.append(stats.gen_seconds)
+        upd.append(stats.update_seconds)
+        retries += stats.extra.get("grpo/update/oom_retries", 0)
         print(f"  ours step {s + 1}: {times[-1]:.3f} s (sampling {stats.gen_seconds:.3f} s, rewards "
               f"{stats.reward_seconds:.3f} s, update {stats.update_seconds:.3f} s)", flush=True)
     peak, reserved = peak_gib(gpu), reserved_gib(gpu)
@@ -205,6 +214,7 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
         kernel_table(state, train, examples[:args.prompts], gpu)
     med = median_steady(times, args.warmup)
     n = args.prompts * args.group
+    limits = state.micro_limits
     sampler_name = type(state.sampler.inner).__name__
     del state, model
     free_memory(gpu)
@@ -214,7 +224,9 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
             "step_s_all": [round(t, 4) for t in times],
             "gen_tokens_per_s": round(n * args.tokens / med, 1),
             "sampling_tokens_per_s": round(n * args.tokens / median_steady(gen, args.warmup), 1),
-            "peak_gpu_gib": peak, "peak_reserved_gib": reserved, "profile_s": profile}
+            "peak_gpu_gib": peak, "peak_reserved_gib": reserved, "profile_s": profile,
+            "update_s_median": round(median_steady(upd, args.warmup), 4), "oom_retries": retries,
+            "micro_batch_limits": dataclasses.asdict(limits) if limits is not None else None}
 
 
 def profile_ours(state, train, batch) -> dict:
@@ -548,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     p.add_argument("--prompts", type=int, default=None)
     p.add_argument("--group", type=int, default=8)
-    p.add_argument("--tokens", type=int, default=None)
+    p.add_argument("--tokens", default=None, help="new tokens per completion; a comma-separated list with --shape")
     p.add_argument("--beta", type=float, default=0.0)
     p.add_argument("--backend", default="engine", choices=["engine", "hf"])
     p.add_argument("--micro-batch", type=int, default=None)
@@ -578,6 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one extra step with synchronized phase timers (prefill, decode, rewards, ...)")
     p.add_argument("--torch-profile", action="store_true", help="one extra step under torch.profiler")
     p.add_argument("--json", default=os.path.join(os.environ.get("OUT", "."), "bench.json") if os.environ.get("OUT") else None)
+    from grpo import bench_scale
+
+    bench_scale.add_arguments(p)
     return p
 
 
@@ -600,7 +615,16 @@ def main(argv=None):
     gpu = torch.cuda.is_available() and not args.cpu_tiny
     if not gpu and not args.cpu_tiny and not args.gguf_dir:
         p.error("no GPU: use --cpu-tiny, or --gguf-dir to run the real model on CPU")
+    from grpo import bench_scale
+
+    args.token_list = bench_scale.int_list(args.tokens) if args.tokens else []
+    args.tokens = args.token_list[0] if args.token_list else None
     fill_defaults(args, gpu)
+    args.token_list = args.token_list or [args.tokens]
+    if args.shape or args.model:
+        return bench_scale.run(args, gpu)
+    if len(args.token_list) > 1:
+        p.error("a list of --tokens needs --shape or --model")
     config, sd, tok = load_weights(args)
     device = torch.cuda.get_device_name() if gpu else "cpu"
     rows = arithmetic_rows(args.prompts * max(args.steps, args.trl_steps) + 8)

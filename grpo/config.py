@@ -96,7 +96,11 @@ class OptimConfig:
     steps: int = 100
     prompts_per_step: int = 8             # B prompts -> B * G completions per step
     micro_batch_size: int = 16            # rows per forward/backward (gradient accumulation)
+    micro_batch_tokens: int | str = "auto"  # and at most this many tokens (rows x (prompt + completion)): N, 0 = no
+                                          # limit, auto = from free device memory (<= 65,536; CPU: no limit)
+    oom_retry: bool = True                # out of memory in the update: halve the micro-batch, run it again
     lr: float = 1e-6
+    optimizer: str = "adamw"              # adamw | adamw_8bit (torchao's AdamW8bit: 8-bit moments, 1/4 of the memory)
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     warmup_steps: int = 0
@@ -495,6 +499,10 @@ def _check_algorithm(a: AlgorithmConfig, need: Need) -> None:
 @checks(OptimConfig)
 def _check_optim(o: OptimConfig, need: Need) -> None:
     positive(need, o, "steps", "prompts_per_step", "micro_batch_size")
+    t = o.micro_batch_tokens
+    need(t == "auto" or (isinstance(t, int) and not isinstance(t, bool) and t >= 0), "micro_batch_tokens",
+         f"must be auto or a token count >= 0, got {t!r}")
+    one_of(need, o, "optimizer", ("adamw", "adamw_8bit"))
     check_adam(need, o)
 
 

@@ -38,6 +38,7 @@ import torch
 
 from grpo.cuda_streams import graph_stream
 from grpo.logprobs import PackedBatch, _can_share, _route_layout_masks, head_logprobs, rows_layout
+from grpo.memory import is_out_of_memory
 
 
 def _uncached_autocast():
@@ -176,6 +177,12 @@ class GraphedLogprobs:
         lm_head = self.model.get_output_embeddings()
         return head_logprobs(h, targets, lm_head, self.temperature, self.chunk_tokens, True, self.compile_head)
 
+    def forget(self) -> None:
+        """Drop every captured graph and their memory pool (after an out-of-memory error: the trainer runs
+        the update again with smaller micro-batches, captured anew)."""
+        self.graphs.clear()
+        self.pool = None
+
     def _grads_moved(self) -> bool:
         return [None if p.grad is None else p.grad.data_ptr() for p in self.params] != self.grad_ptrs
 
@@ -238,6 +245,9 @@ class GraphedLogprobs:
             try:
                 graphs = self.graphs[key] = self._capture(fresh)
             except RuntimeError as e:  # keep training without graphs rather than fail the run
+                if is_out_of_memory(e):  # not a reason to give graphs up: the trainer retries smaller
+                    self.forget()
+                    raise
                 where = traceback.extract_tb(e.__traceback__)[-1]
                 warnings.warn(f"CUDA graph capture of the update failed at {where.filename}:{where.lineno} "
                               f"({where.line}): {e}; running it eagerly")

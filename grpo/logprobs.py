@@ -467,9 +467,8 @@ def _flex_attention(query, key, value, block_mask, scale) -> torch.Tensor:
 
 
 def _completion_states(model, batch: PackedBatch, real: torch.Tensor, share: bool, attention: str) -> torch.Tensor:
-    """Final hidden states [K, D] that predict the real completion tokens (row-major order)."""
-    # Through the model's own forward (so DDP/FSDP wrappers see it and sync gradients), keeping logits for
-    # one position only; the completion logits are then made chunk by chunk from the final hidden states.
+    """Final hidden states [K, D] that predict the real completion tokens (row-major order); the completion
+    logits are then made chunk by chunk from them."""
     if attention == "auto":  # measured: rows wins on an H100, dense on the CPU (module docstring)
         attention = "rows" if batch.input_ids.is_cuda else "dense"
     if not (share and _can_share(model)):
@@ -488,19 +487,37 @@ def _completion_states(model, batch: PackedBatch, real: torch.Tensor, share: boo
         else:
             mask = layout.dense_mask()
         return layout_states(model, layout.input_ids, layout.position_ids, mask, layout.src_seq, layout.src_pos)
-    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids,
-                use_cache=False, logits_to_keep=1, output_hidden_states=True)
+    h = final_states(model, input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     position_ids=batch.position_ids)
     p, t = batch.prompt_width, batch.completion_ids.shape[1]
-    return out.hidden_states[-1][:, p - 1:p - 1 + t][real]  # state before each completion token
+    return h[:, p - 1:p - 1 + t][real]  # state before each completion token
+
+
+def final_states(model, **inputs) -> torch.Tensor:
+    """The final (normed) hidden states [B, L, D] of `model(**inputs)`, through the model's own forward (so
+    DDP/FSDP wrappers see it and sync gradients) with logits kept for one position only. They are taken
+    by a forward hook on the decoder, not by `output_hidden_states`, which keeps every layer's output
+    alive until the forward returns: (layers + 1) x [B, L, D] in a no-grad pass (the old and reference
+    log-probs), and with gradient checkpointing the layer inputs that `grpo.graphed.checkpoints_in` moves
+    out of the way."""
+    base = getattr(model, "module", model)
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if decoder is None or decoder is base:  # no separate decoder module to hook
+        return model(**inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True).hidden_states[-1]
+    box: list[torch.Tensor] = []
+    hook = decoder.register_forward_hook(lambda module, args, out: box.append(out[0]))
+    try:
+        model(**inputs, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return box[-1]
 
 
 def layout_states(model, input_ids, position_ids, mask, src_seq, src_pos) -> torch.Tensor:
     """Final hidden states [K, D] at (src_seq, src_pos) of a shared layout's forward pass (its `mask`: the
-    dense bool mask, a BlockMask or a rows plan), through the model's own forward with logits kept for one
-    position only (the completion logits are made chunk by chunk from these states)."""
-    out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False,
-                logits_to_keep=1, output_hidden_states=True)
-    return out.hidden_states[-1][src_seq, src_pos]
+    dense bool mask, a BlockMask or a rows plan), through the model's own forward (`final_states`; the
+    completion logits are made chunk by chunk from these states)."""
+    return final_states(model, input_ids=input_ids, attention_mask=mask, position_ids=position_ids)[src_seq, src_pos]
 
 
 def token_logprobs(model, batch: PackedBatch, temperature: float = 1.0, chunk_tokens: int = 1024,

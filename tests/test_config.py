@@ -117,6 +117,8 @@ BAD_VALUES = {
     ("OptimConfig", "steps"): 0,
     ("OptimConfig", "prompts_per_step"): 0,
     ("OptimConfig", "micro_batch_size"): 0,
+    ("OptimConfig", "micro_batch_tokens"): -1,
+    ("OptimConfig", "optimizer"): "adam8bit",
     ("OptimConfig", "lr"): 0.0,
     ("OptimConfig", "weight_decay"): -0.1,
     ("OptimConfig", "betas"): [0.9, 1.0],
