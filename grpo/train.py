@@ -223,7 +223,7 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     elif acc.device.type == "cuda":
         # On a GPU the host only builds small tensors and runs the verifiers, and torch's default (a thread
         # per core) made both slower: on the H100 std-step one traced step took 0.596 s with 1 thread and
-        # 0.691 s with 16 (rewards 0.039 vs 0.093 s; scripts/step_trace.py, STEP_TRACE_THREADS=1,
+        # 0.691 s with 16 (rewards 0.039 vs 0.093 s; tools/step_trace.py, STEP_TRACE_THREADS=1,
         # 2026-11-24). Likely cause: OpenMP workers spinning after each parallel region, taking the cores
         # the verifiers' helper process and the tokenizer need.
         torch.set_num_threads(1)
