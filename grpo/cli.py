@@ -63,11 +63,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from grpo.plot import plot_run
+    from grpo.plot import is_pipeline_dir, plot_run
 
     run = Path(args.run_dir)
-    if not (run / "metrics.jsonl").is_file():
-        raise ConfigError(f"{run} has no metrics.jsonl (is it a run directory?)")
+    if not ((run / "metrics.jsonl").is_file() or is_pipeline_dir(run)):
+        raise ConfigError(f"{run} has no metrics.jsonl and no finished stages (is it a run directory?)")
     for path in plot_run(run, args.out):
         print(path)
     return 0
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--overwrite", action="store_true", help="replace the results of an earlier eval in output_dir")
     e.set_defaults(func=cmd_eval)
-    pl = sub.add_parser("plot", help="write PNG training curves from RUN_DIR/metrics.jsonl")
+    pl = sub.add_parser("plot", help="write PNG curves, held-out accuracy and a dashboard of a run (or pipeline)")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="output folder (default RUN_DIR/plots)")
     pl.set_defaults(func=cmd_plot)
