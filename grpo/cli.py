@@ -68,8 +68,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     run = Path(args.run_dir)
     if not ((run / "metrics.jsonl").is_file() or is_pipeline_dir(run)):
         raise ConfigError(f"{run} has no metrics.jsonl and no finished stages (is it a run directory?)")
-    for path in plot_run(run, args.out):
-        print(path)
+    paths = plot_run(run, args.out)
+    for folder in dict.fromkeys(p.parent for p in paths):   # a pipeline: its own plots/ and each stage's
+        names = [p.name for p in paths if p.parent == folder]
+        print(f"{folder}/: {', '.join(names)}")
+    for p in paths:
+        if p.name in ("dashboard.png", "eval_accuracy.png") and p.parent.parent == run:
+            print(f"{'all in one' if p.name == 'dashboard.png' else 'held-out accuracy'}: {p}")
     return 0
 
 
