@@ -306,7 +306,8 @@ def run_report(run_dir: str | Path, summary: dict[str, Any]) -> str:
     """The lines a run ends with: how long it took, where each output is, the final checkpoint's size and
     how to draw the plots."""
     run = Path(run_dir)
-    lines = [f"done: {summary.get('steps')} steps in {summary.get('train_seconds', 0):.0f} s of training"
+    steps = summary.get("steps")
+    lines = [f"done: {steps} step{'' if steps == 1 else 's'} in {summary.get('train_seconds', 0):.0f} s of training"
              + (f" + {summary['eval_seconds']:.0f} s of eval" if summary.get("eval_seconds") else "")]
     lines.append(f"outputs in {run}/:")
     lines += [f"  {name:<20} {what}" for name, what in RUN_FILES if any(run.glob(name))]
