@@ -8,10 +8,9 @@ QUICKSTART_DIR := runs/quickstart
 setup:
 	@bash scripts/setup.sh
 
-# Each quickstart starts afresh (its previous outputs are removed), then draws its plots.
+# Each quickstart starts afresh (--overwrite deletes the previous quickstart's files), then draws its plots.
 quickstart: setup
-	rm -rf $(QUICKSTART_DIR)
-	.venv/bin/grpo run recipes/quickstart.yaml --set run.output_dir=$(QUICKSTART_DIR)
+	.venv/bin/grpo run recipes/quickstart.yaml --overwrite --set run.output_dir=$(QUICKSTART_DIR)
 	.venv/bin/grpo plot $(QUICKSTART_DIR)
 
 test: setup

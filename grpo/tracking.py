@@ -284,8 +284,8 @@ class LineProgress:
         self.close()
 
 
-# What a GRPO run leaves in its directory, in the order the closing lines list it.
-RUN_FILES = [
+# What a GRPO run leaves in its directory and what each file holds, in the order its closing lines list them.
+RUN_REPORT_FILES = [
     ("config.yaml", "the resolved recipe"),
     ("metrics.jsonl", "one line per step: rewards, KL, clipping, lengths, timings"),
     ("completions.jsonl", "every sampled completion with its rewards and advantage"),
@@ -310,7 +310,7 @@ def run_report(run_dir: str | Path, summary: dict[str, Any]) -> str:
     lines = [f"done: {steps} step{'' if steps == 1 else 's'} in {summary.get('train_seconds', 0):.0f} s of training"
              + (f" + {summary['eval_seconds']:.0f} s of eval" if summary.get("eval_seconds") else "")]
     lines.append(f"outputs in {run}/:")
-    lines += [f"  {name:<20} {what}" for name, what in RUN_FILES if any(run.glob(name))]
+    lines += [f"  {name:<20} {what}" for name, what in RUN_REPORT_FILES if any(run.glob(name))]
     final = summary.get("final_checkpoint")
     if final and Path(final).is_dir():
         final = Path(final)
