@@ -34,7 +34,7 @@ import traceback
 
 import torch
 
-from grpo import bench
+from grpo import bench, std_step
 from grpo.shapes import SHAPES, Shape, Workload, shape_named, step_floor
 
 
@@ -102,7 +102,7 @@ def load_tokenizer(args):
     elif args.tokenizer:
         tok = AutoTokenizer.from_pretrained(args.tokenizer)
     elif args.gguf_dir:
-        tok = AutoTokenizer.from_pretrained(args.gguf_dir, gguf_file=bench.GGUF)
+        tok = AutoTokenizer.from_pretrained(args.gguf_dir, gguf_file=std_step.GGUF)
     else:
         from grpo.models import load_tokenizer as bundled
 
@@ -143,13 +143,13 @@ def mean_prompt_len(tok, rows) -> float:
     from grpo.rollout import encode_prompts
 
     examples = [Example(id=str(i), task="arithmetic", prompt=q, answer=a) for i, (q, a) in enumerate(rows)]
-    _, ids = encode_prompts(tok, examples, "plain", "")  # as bench.ours_config renders them
+    _, ids = encode_prompts(tok, examples, "plain", "")  # as std_step.ours_config renders them
     return statistics.fmean(len(x) for x in ids)
 
 
 def run_workload(args, name: str, shape: Shape, config, sd, tok, gpu: bool, rates: dict | None) -> list[dict]:
     """Ours (each precision asked for) and TRL on one (model, tokens) workload; a failure becomes a row."""
-    rows = bench.arithmetic_rows(args.prompts * max(args.steps, args.trl_steps) + 8)
+    rows = std_step.arithmetic_rows(args.prompts * max(args.steps, args.trl_steps) + 8)
     w = Workload(args.prompts, args.group, mean_prompt_len(tok, rows[:args.prompts]), args.tokens)
     base = {"shape": name, "rows": w.rows, "tokens": args.tokens, "prompt_len": round(w.prompt_len, 1)}
     out = []

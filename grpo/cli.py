@@ -63,13 +63,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from grpo.plot import plot_run
+    from grpo.plot import is_pipeline_dir, plot_run
 
     run = Path(args.run_dir)
-    if not (run / "metrics.jsonl").is_file():
-        raise ConfigError(f"{run} has no metrics.jsonl (is it a run directory?)")
-    for path in plot_run(run, args.out):
-        print(path)
+    if not ((run / "metrics.jsonl").is_file() or is_pipeline_dir(run)):
+        raise ConfigError(f"{run} has no metrics.jsonl and no finished stages (is it a run directory?)")
+    paths = plot_run(run, args.out)
+    for folder in dict.fromkeys(p.parent for p in paths):   # a pipeline: its own plots/ and each stage's
+        names = [p.name for p in paths if p.parent == folder]
+        print(f"{folder}/: {', '.join(names)}")
+    for p in paths:
+        if p.name in ("dashboard.png", "eval_accuracy.png") and p.parent.parent == run:
+            print(f"{'all in one' if p.name == 'dashboard.png' else 'held-out accuracy'}: {p}")
     return 0
 
 
@@ -93,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     e.add_argument("--overwrite", action="store_true", help="replace the results of an earlier eval in output_dir")
     e.set_defaults(func=cmd_eval)
-    pl = sub.add_parser("plot", help="write PNG training curves from RUN_DIR/metrics.jsonl")
+    pl = sub.add_parser("plot", help="write PNG curves, held-out accuracy and a dashboard of a run (or pipeline)")
     pl.add_argument("run_dir")
     pl.add_argument("--out", default=None, help="output folder (default RUN_DIR/plots)")
     pl.set_defaults(func=cmd_plot)

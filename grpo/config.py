@@ -126,6 +126,9 @@ class RunConfig:
     seed: int = 0
     save_every: int = 0                   # checkpoint every N steps (0: only at the end)
     keep_last: int = 2
+    save_optimizer: bool = True           # Adam's two moments in checkpoints (2 x fp32 per parameter, twice the
+                                          # fp32 weights): --resume continues exactly; false: weights, schedule,
+                                          # RNG and data position only (a resume starts fresh moments)
     save_completions: bool = True
     trackers: list[str] = field(default_factory=list)   # tensorboard | wandb | trackio (if installed)
     mixed_precision: str = "auto"         # auto: bf16 autocast on GPU and bf16-capable CPUs (AMX), else fp32 | bf16 | no

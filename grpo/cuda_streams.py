@@ -4,7 +4,7 @@ cuBLAS keeps a workspace for each stream a GEMM has run on (32 MiB each on an H1
 `CUBLAS_WORKSPACE_CONFIG`), allocated through the caching allocator and held until the process ends. With a
 fresh `torch.cuda.Stream()` per capture (five decode buckets, the prefill buckets, the update's graphs) plus
 torch's own capture stream, a std-step run held ten of them: 320 MiB of its 3.7 GiB peak
-(`python scripts/mem_probe.py --gguf-dir DIR`, H100, 2026-11-24). Warming up and recording on this one stream
+(`python tools/mem_probe.py --gguf-dir DIR`, H100, 2026-11-24). Warming up and recording on this one stream
 keeps one workspace besides the default stream's.
 """
 from __future__ import annotations

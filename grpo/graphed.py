@@ -72,7 +72,7 @@ def checkpoints_in(layers, arena: torch.Tensor | None):
     checkpoints that copy instead, so the input itself is freed. Non-reentrant checkpointing keeps its
     inputs and recomputes from them in backward: those are now arena slices, written once per forward. At
     std-step the 30 layer inputs were 30 x 37 MiB of the update's peak; the 900 MiB KV cache holds 24 of
-    them (`python scripts/mem_probe.py`, H100). Layers without checkpointing on are left alone."""
+    them (`python tools/mem_probe.py`, H100). Layers without checkpointing on are left alone."""
     wrapped = [layer for layer in layers
                if getattr(layer, "gradient_checkpointing", False) and hasattr(layer, "_gradient_checkpointing_func")]
     if arena is None or not wrapped:

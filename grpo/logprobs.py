@@ -34,7 +34,7 @@ Three forms of the shared layout (`attention=`):
 micro-batch, the padded layout is used, as for an explicit "rows") and "dense" elsewhere. On an H100
 (std-step, compiled layers, 2026-11-24) the update took 0.38-0.45 s with "rows" against 0.46-0.50 s with
 "dense" in the same run (`python -m grpo.bench --skip-trl --update-attention rows|dense`); "flex" was
-slower than "dense" there (forward + backward 0.384 vs 0.357 s, `python scripts/flex_update_check.py`).
+slower than "dense" there (forward + backward 0.384 vs 0.357 s, `python tools/flex_update_check.py`).
 On the 2-core CPU, a
 quickstart-sized micro-batch (2 prompts x 8 completions of 30-48 tokens, SmolLM2 shapes) took 1.87 + 4.76 s
 (forward + backward) with "rows" against 1.66 + 4.43 s with "dense": there the attention is cheap and
@@ -360,7 +360,7 @@ def _rows_attention(query, key, value, plan, scale, gqa: bool | None = None) -> 
 
     The gathers work on [U, L, H, d] views (HF's layout before its transpose), and grouped-query K/V go
     to SDPA as they are where `_sdpa_gqa` says so (`gqa`: force either way). One compiled SmolLM2 layer,
-    forward + backward at std-step shapes on an H100 (`python scripts/rows_attention_bench.py`,
+    forward + backward at std-step shapes on an H100 (`python tools/rows_attention_bench.py`,
     2026-11-24): 3.58 ms of kernels with heads repeated on [U, H, L, d] views, 3.30 ms this way."""
     rows, _, t, pt = plan.shape
     pw = pt - t

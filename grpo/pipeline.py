@@ -182,6 +182,8 @@ def run_pipeline(tree: dict[str, Any], overrides: list[str] | None = None, from_
         record = {"stage": kind, "seconds": time.perf_counter() - t0, "summary": _jsonable(summary)}
         (stage_dir / DONE).write_text(json.dumps(record, indent=2) + "\n")
         results[name] = {"kind": kind, "status": "ran", **record}
+        if plots:
+            _plot(root, pipeline=True)   # held-out accuracy after each stage so far
         write_summary_md(root, stages, results)
     if main:
         write_summary_md(root, stages, results)
@@ -199,15 +201,16 @@ def _action(stage_dir: Path, kind: str, restart: bool) -> str:
     return "fresh"
 
 
-def _plot(stage_dir: Path) -> None:
-    """Training curves of a finished stage; without matplotlib (GPU images may lack it) a warning, not a
-    failed stage: the stage's work is done and must still get its DONE marker."""
+def _plot(stage_dir: Path, pipeline: bool = False) -> None:
+    """Training curves of a finished stage (or, `pipeline`, the accuracy across stages); without matplotlib
+    (GPU images may lack it) a warning, not a failed stage: the stage's work is done and must still get
+    its DONE marker."""
     try:
-        from grpo.plot import plot_run
+        from grpo.plot import plot_pipeline, plot_run
 
-        plot_run(stage_dir)
+        plot_pipeline(stage_dir, stages=False) if pipeline else plot_run(stage_dir)
     except ImportError as e:
-        log.warning("stage %s: no plots (%s)", stage_dir.name, e)
+        log.warning("%s: no plots (%s)", stage_dir.name, e)
 
 
 def _jsonable(x: Any) -> Any:
@@ -243,7 +246,7 @@ def write_summary_md(root: Path, stages, results: dict[str, dict[str, Any]]) -> 
             continue
         lines.append(f"| {i + 1} | {name} | {kind} | {r['status']} | {r.get('seconds', 0):.0f} | "
                      f"{_headline(kind, r.get('summary') or {})} |")
-    pngs = sorted(root.glob("*/plots/*.png"))
+    pngs = sorted(root.glob("plots/*.png")) + sorted(root.glob("*/plots/dashboard.png"))   # a stage: all in one
     if pngs:
         lines += ["", "## Plots", ""] + [f"![{p.parent.parent.name}/{p.stem}]({p.relative_to(root)})" for p in pngs]
     path = root / "summary.md"

@@ -78,7 +78,7 @@ def rust_batch_decode(tokenizer):
     it, then cleans up spaces only when `clean_up_tokenization_spaces` is set, which transformers 5 ignores
     for BPE models), else None. It has no per-row Python and releases the GIL, so it can run on a thread
     while the trainer queues the update (128 x 256 tokens on this 2-core CPU: 4.1 ms against 10-12 ms, and a
-    Python loop beside it is not slowed; `python scripts/detok_bench.py`)."""
+    Python loop beside it is not slowed; `python tools/detok_bench.py`)."""
     backend = getattr(tokenizer, "_tokenizer", None)
     if backend is None or not hasattr(backend, "decode_batch"):
         return None

@@ -284,6 +284,45 @@ class LineProgress:
         self.close()
 
 
+# What a GRPO run leaves in its directory and what each file holds, in the order its closing lines list them.
+RUN_REPORT_FILES = [
+    ("config.yaml", "the resolved recipe"),
+    ("metrics.jsonl", "one line per step: rewards, KL, clipping, lengths, timings"),
+    ("completions.jsonl", "every sampled completion with its rewards and advantage"),
+    ("eval_*.json", "held-out eval results (eval_*.jsonl: every prompt's output)"),
+    ("summary.json", "steps, seconds, eval before/after"),
+]
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB" if n >= 1e6 else f"{n / 1e3:.0f} kB"
+
+
+def _bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def run_report(run_dir: str | Path, summary: dict[str, Any]) -> str:
+    """The lines a run ends with: how long it took, where each output is, the final checkpoint's size and
+    how to draw the plots."""
+    run = Path(run_dir)
+    steps = summary.get("steps")
+    lines = [f"done: {steps} step{'' if steps == 1 else 's'} in {summary.get('train_seconds', 0):.0f} s of training"
+             + (f" + {summary['eval_seconds']:.0f} s of eval" if summary.get("eval_seconds") else "")]
+    lines.append(f"outputs in {run}/:")
+    lines += [f"  {name:<20} {what}" for name, what in RUN_REPORT_FILES if any(run.glob(name))]
+    final = summary.get("final_checkpoint")
+    if final and Path(final).is_dir():
+        final = Path(final)
+        rel = str(final.relative_to(run) if final.is_relative_to(run) else final) + "/"
+        lines.append(f"  {rel:<20} model/ ({_size(_bytes(final / 'model'))}): weights + tokenizer, usable as model.name")
+        if (final / "trainer_state.pt").is_file():
+            lines.append(f"  {'':<20} trainer_state.pt ({_size(_bytes(final / 'trainer_state.pt'))}): for --resume "
+                         "(with Adam's moments unless run.save_optimizer: false)")
+    lines.append(f"plots: grpo plot {run}   (writes {run / 'plots'}/*.png, all in one: dashboard.png)")
+    return "\n".join(lines)
+
+
 def progress(total: int, desc: str, enabled: bool = True, initial: int = 0):
     """A progress bar: tqdm on a terminal or in a notebook, `LineProgress` lines when stderr is not one,
     nothing when `enabled` is false."""

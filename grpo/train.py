@@ -36,7 +36,7 @@ from grpo.memory import Limits, free_device_bytes, auto_token_limit, halve, is_o
 from grpo.models import compile_blocks, frozen_copy, load_model, load_tokenizer
 from grpo.rollout import RolloutBatch, SamplingParams, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
-from grpo.tracking import RunWriter, available_trackers, gather_rows, progress, truncate_jsonl
+from grpo.tracking import RunWriter, available_trackers, gather_rows, progress, run_report, truncate_jsonl
 from grpo.rewards.registry import LoadedReward, RewardError, RewardTable, load_rewards
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     elif acc.device.type == "cuda":
         # On a GPU the host only builds small tensors and runs the verifiers, and torch's default (a thread
         # per core) made both slower: on the H100 std-step one traced step took 0.596 s with 1 thread and
-        # 0.691 s with 16 (rewards 0.039 vs 0.093 s; scripts/step_trace.py, STEP_TRACE_THREADS=1,
+        # 0.691 s with 16 (rewards 0.039 vs 0.093 s; tools/step_trace.py, STEP_TRACE_THREADS=1,
         # 2026-11-24). Likely cause: OpenMP workers spinning after each parallel region, taking the cores
         # the verifiers' helper process and the tokenizer need.
         torch.set_num_threads(1)
@@ -795,8 +795,9 @@ def save(state: TrainState) -> Path | None:
     if not acc.is_main_process:
         return None
     trainer_state = {"step": state.step, "cursor": state.cursor, "epoch": state.epoch, "order": state.order,
-                     "optimizer": state.optimizer.state_dict(), "scheduler": state.scheduler.state_dict(),
-                     "rng": ckpt.rng_state(), "model_name": state.cfg.model.name}
+                     "scheduler": state.scheduler.state_dict(), "rng": ckpt.rng_state(), "model_name": state.cfg.model.name}
+    if state.cfg.run.save_optimizer:
+        trainer_state["optimizer"] = state.optimizer.state_dict()
     import yaml
 
     return ckpt.save_checkpoint(state.cfg.run.output_dir, state.step, acc.unwrap_model(state.model),
@@ -808,7 +809,11 @@ def resume(state: TrainState, path: str | Path) -> None:
     """Restore model, optimizer, scheduler, RNG and data position from a checkpoint."""
     ts = ckpt.load_trainer_state(path)
     ckpt.load_model_weights(path, state.accelerator.unwrap_model(state.model))
-    state.optimizer.load_state_dict(ts["optimizer"])
+    if "optimizer" in ts:
+        state.optimizer.load_state_dict(ts["optimizer"])
+    else:
+        log.warning("%s holds no optimizer state (saved with run.save_optimizer: false): Adam's moments start "
+                    "from zero", path)
     state.scheduler.load_state_dict(ts["scheduler"])
     state.step, state.cursor, state.epoch, state.order = ts["step"], ts["cursor"], ts["epoch"], ts["order"]
     ckpt.set_rng_state(ts["rng"])
@@ -845,6 +850,7 @@ def train(cfg: GRPOConfig, resume_from: str | None = None, model=None, tokenizer
         acc.print(f"resumed from {path} at step {state.step}")
     t0 = time.perf_counter()
     before = run_eval(state, "before") if cfg.eval.before and state.step == 0 else None
+    evals = [before]
     bar = progress(cfg.optim.steps, "GRPO", enabled=cfg.run.progress and acc.is_main_process, initial=state.step)
     while state.step < cfg.optim.steps:
         stats, rows = train_step(state, next_prompts(state))
@@ -857,11 +863,13 @@ def train(cfg: GRPOConfig, resume_from: str | None = None, model=None, tokenizer
         if cfg.run.save_every and state.step % cfg.run.save_every == 0 and state.step < cfg.optim.steps:
             save(state)
         if cfg.eval.every and state.step % cfg.eval.every == 0 and state.step < cfg.optim.steps:
-            run_eval(state, f"step{state.step}")
+            evals.append(run_eval(state, f"step{state.step}"))
     bar.close()
     final = save(state)
     after = run_eval(state, "after") if cfg.eval.after else None
-    summary = {"steps": state.step, "train_seconds": time.perf_counter() - t0,
+    eval_seconds = sum(e.seconds for e in evals + [after] if e)
+    summary = {"steps": state.step, "train_seconds": time.perf_counter() - t0 - eval_seconds,
+               "eval_seconds": eval_seconds,
                "final_checkpoint": str(final) if final else None,
                "eval_before": asdict(before) if before else None, "eval_after": asdict(after) if after else None}
     if before and after:
@@ -869,5 +877,6 @@ def train(cfg: GRPOConfig, resume_from: str | None = None, model=None, tokenizer
         acc.print(f"held-out pass@1: before {before.pass1:.3f} -> after {after.pass1:.3f} "
                   f"({100 * (after.pass1 - before.pass1):+.1f} points)")
     state.writer.write_json("summary.json", summary)
+    acc.print(run_report(out, summary))
     acc.end_training()
     return summary

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The R1 pipeline (recipes/r1.yaml, or RECIPE) on the GPU machine, after ../shared/device/setup_gpu.sh
-# part1 + part2 (wheels in /tmp/site, GGUF in /tmp/smollm2, GSM8K in /tmp/gsm8k).
-#   bash scripts/r1_gpu.sh [--set KEY=VALUE ...]
-# Calls are capped at 10 minutes: run it again in the next call (machine still warm) and it goes on where it
-# stopped (finished stages skipped, an interrupted GRPO stage resumed from its last checkpoint).
+# The R1 pipeline (recipes/r1.yaml, or RECIPE) on one GPU, in time-boxed calls that can be repeated:
+#   GSM8K=/path/to/gsm8k [BASE=model] bash scripts/r1_gpu.sh [--set KEY=VALUE ...]
+# GSM8K: a local copy of openai/gsm8k "main" (train.jsonl / test.jsonl; default /tmp/gsm8k). BASE: the base
+# model, a Hub id, a local folder or a .gguf file (default: the bundled smollm2-135m-instruct).
+# Each call stops after BUDGET_S seconds (default 300); run it again and it goes on where it stopped
+# (finished stages skipped, an interrupted GRPO stage resumed from its last checkpoint).
 # Env: CODE (the project tree to import; default: this checkout), RUN_DIR (default /tmp/r1),
-# OUT (where the small results go), BUDGET_S (the pipeline is stopped after this many seconds; a re-run
-# resumes after the last finished stage). Results: $OUT/summary.md, $OUT/log.txt, $OUT/results.tgz (every
-# file of the run under 8 MB: DONE markers with seconds, eval summaries and per-prompt outputs, metrics).
+# OUT (where the small results go), PREV (finished stage folders of an earlier run to reuse).
+# Results: $OUT/summary.md, $OUT/log.txt, $OUT/results.tgz (every file of the run under 8 MB: DONE markers
+# with seconds, eval summaries and per-prompt outputs, metrics).
 set -uo pipefail
 code=${CODE:-$(cd "$(dirname "$0")/.." && pwd)}
 run=${RUN_DIR:-/tmp/r1}
@@ -16,13 +17,13 @@ recipe=${RECIPE:-recipes/r1.yaml}
 mkdir -p "$out" "$run"
 # PREV: a folder of finished stage directories (with DONE) from an earlier run, reused (skipped) here
 [ -n "${PREV:-}" ] && cp -r "$PREV"/. "$run"/
-export PYTHONPATH=/tmp/site:$code:${PYTHONPATH:-} GRPO_CACHE=${GRPO_CACHE:-/tmp/grpocache} PYTHONUNBUFFERED=1
+export PYTHONPATH=$code:${PYTHONPATH:-} GRPO_CACHE=${GRPO_CACHE:-/tmp/grpocache} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee -a "$out/gpu.txt"
 (cat "$code/COMMIT" 2>/dev/null || git -C "$code" rev-parse HEAD) | tee -a "$out/gpu.txt"
 t0=$(date +%s)
 (cd "$code" && timeout "${BUDGET_S:-300}" python3 -m grpo run "$recipe" \
-   --set vars.gsm8k=/tmp/gsm8k --set vars.base=/tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \
+   --set vars.gsm8k="${GSM8K:-/tmp/gsm8k}" --set vars.base="${BASE:-smollm2-135m-instruct}" \
    --set output_dir="$run" --set shared.run.progress=false "$@") >>"$out/log.txt" 2>&1
 rc=$?
 echo "pipeline rc=$rc after $(( $(date +%s) - t0 )) s" | tee -a "$out/log.txt"

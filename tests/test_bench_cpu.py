@@ -26,7 +26,7 @@ def test_bench_cpu_tiny_runs_ours(tmp_path, monkeypatch):
 
 
 def test_fixed_length_forces_min_new_tokens():
-    from grpo.bench import FixedLength
+    from grpo.std_step import FixedLength
     from grpo.rollout import SamplingParams
 
     seen = []

@@ -41,6 +41,8 @@ def test_tiny_pipeline_runs_skips_and_restarts(tiny_dir, tmp_path):
     assert json.loads((out / "sft_mixed" / "summary.json").read_text())["examples"] == len(rs) + 4
     assert "pass@1" in (out / "summary.md").read_text()
     assert list((out / "cold_start" / "plots").glob("*.png"))
+    assert (out / "plots" / "eval_accuracy.png").is_file()             # accuracy across the stages
+    assert "plots/eval_accuracy.png" in (out / "summary.md").read_text()
     stamps = {n: (out / n / "DONE").stat().st_mtime_ns for n in names}
     assert _run(tiny_dir, out) == 0                                   # all finished: all skipped
     assert all((out / n / "DONE").stat().st_mtime_ns == stamps[n] for n in names)

@@ -97,10 +97,10 @@ def triton_decode_attention(q, k, v, mask, scale: float, block_n: int = 64, num_
                             num_stages: int = 3) -> torch.Tensor:
     """The Triton kernel itself, no dispatch (tests run it on CPU under TRITON_INTERPRET=1).
 
-    Defaults from `scripts/decode_attn_tune.py` on an H100 (128 rows x 3 KV heads x 3 queries, D 64):
+    Defaults from `tools/decode_attn_tune.py` on an H100 (128 rows x 3 KV heads x 3 queries, D 64):
     one warp, 3 stages, 64-slot blocks: 4.8 µs at 128 slots and 7.5 µs at 320 (SDPA: 13.6 and 26.4;
     4 warps: 5.5 and 9.5). With a cache per layer, as in a real step (the K/V come from HBM, not L2;
-    `scripts/decode_kernels_tune.py`, 2026-11-24): 5.5 µs at 64 slots, 10.0 at 192, 14.3 at 320, and no
+    `tools/decode_kernels_tune.py`, 2026-11-24): 5.5 µs at 64 slots, 10.0 at 192, 14.3 at 320, and no
     launch configuration is more than 3% faster. Tried there and slower: splitting the slots over 2-8
     programs with a combine kernel; K and V loaded together; reading only up to the written slot (a
     device scalar as the loop bound: +0.5-1.7 µs); reading each group's prompt slots from its first row

@@ -143,10 +143,10 @@ if triton is not None:
                  mask=r_ok[:, None] & c_ok[None, :])
 
 
-# Launch configurations for an H100 (128 rows, SmolLM2-135M shapes). scripts/fused_decode_tune.py (2026-11-24,
+# Launch configurations for an H100 (128 rows, SmolLM2-135M shapes). tools/fused_decode_tune.py (2026-11-24,
 # one weight set, so warm in L2): norm_qkv_rope 6.9 µs where the unfused RMSNorm + 3 GEMMs + RoPE + 2 cache
 # writes took 20.6 µs; norm_gate_up 8.0 µs, + the down GEMM 4.5 µs, where add + RMSNorm + 3 GEMMs + SiLU·up
-# took 13.5 µs. In a real step each layer's weights come from HBM: scripts/decode_layer_tune.py (30 weight
+# took 13.5 µs. In a real step each layer's weights come from HBM: tools/decode_layer_tune.py (30 weight
 # sets, 2026-11-24) picked deeper pipelines there: norm_qkv_rope 9.55 -> 7.33 µs (3 -> 5 stages), norm_gate_up
 # 8.89 -> 7.79 µs (block_k 64 -> 32, 3 -> 5 stages); the tail of each program's K loop waits on HBM.
 QKV_CONFIG = dict(block_m=16, block_k=32, num_warps=2, num_stages=5)

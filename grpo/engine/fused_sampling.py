@@ -126,7 +126,7 @@ if triton is not None:
                  mask=r_ok & (nxt < slots))
 
 
-# launch configuration: see scripts/decode_kernels_tune.py (H100, 128 rows, SmolLM2-135M's head)
+# launch configuration: see tools/decode_kernels_tune.py (H100, 128 rows, SmolLM2-135M's head)
 HEAD_CONFIG = dict(block_m=64, block_v=128, block_k=32, num_warps=4, num_stages=3)
 PHILOX_ROUNDS = 7  # Philox-4x32-7 passes TestU01's BigCrush (Salmon et al. 2011); Triton's default is 10
 COMMIT_BLOCK_R = 8

@@ -103,7 +103,7 @@ def _helper_works() -> bool:
 def _checkers(pid: int) -> ThreadPoolExecutor:
     """The threads that wait on the helpers (PARALLEL_CHECKS), kept for the process (called with
     os.getpid(): a forked child makes its own). A fresh 8-thread pool per batch cost ~1.2-1.5 ms against
-    ~0.2-0.3 ms on a kept one (`python scripts/detok_bench.py`, 2-core CPU)."""
+    ~0.2-0.3 ms on a kept one (`python tools/detok_bench.py`, 2-core CPU)."""
     return ThreadPoolExecutor(max_workers=PARALLEL_CHECKS, thread_name_prefix="grpo-verify")
 
 
@@ -116,9 +116,9 @@ def verify_all(golds: list, predictions: list[str | None], timeout: float = DEFA
     """`verify` of each (gold, prediction) pair. Those that need sympy run up to PARALLEL_CHECKS at a time:
     each thread waits on its own helper process (the wait releases the GIL), so the sympy checks of one
     batch run side by side; the verdicts do not depend on the order. The four std-step batches of
-    scripts/reward_profile.py (2-core CPU, 2026-11-24): median 57.0 -> 49.0 ms per 128 completions,
+    tools/reward_profile.py (2-core CPU, 2026-11-24): median 57.0 -> 49.0 ms per 128 completions,
     identical reward tables; in a traced H100 step the checks were the update's longest GPU idle
-    (scripts/step_trace.py)."""
+    (tools/step_trace.py)."""
     pairs = [None if p is None else (extract_gold(str(g)), p.strip()) for g, p in zip(golds, predictions)]
     out = [False if pair is None else _quick_verdict(*pair) for pair in pairs]
     slow = [k for k, v in enumerate(out) if v is None]

@@ -14,7 +14,7 @@ sampled from the dense model, and a paragraph of English prose. Per variant:
     score std                     per-token std of the sigmoid router scores across experts (mean; min-max by layer)
     load max/mean                 expert load of the router's choice (with bias), mean over layers
 
-    python scripts/moe_router_init.py [--experts 8 --top-k 2 --shared 1 --steps 200 --threads 1]
+    python tools/moe_router_init.py [--experts 8 --top-k 2 --shared 1 --steps 200 --threads 1]
 """
 from __future__ import annotations
 

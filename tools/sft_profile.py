@@ -1,6 +1,6 @@
 """Time the SFT stage's optimizer steps on the real model and print where one step's device time goes.
 
-  python scripts/sft_profile.py --model /tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --gsm8k /tmp/gsm8k \
+  python tools/sft_profile.py --model /tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --gsm8k /tmp/gsm8k \
       [--steps 20] [--micro 8] [--batch 16] [--set optim.lr=...]
 
 The workload is the r1 recipes' cold start: GSM8K train worked solutions as <think>/<answer> targets,

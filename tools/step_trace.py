@@ -1,6 +1,6 @@
 """Where one std-step goes on the GPU: a whole training step under torch.profiler, summarised per phase.
 
-    python scripts/step_trace.py --gguf-dir /tmp/smollm2 [--warm 3] [bench flags after --]
+    python tools/step_trace.py --gguf-dir /tmp/smollm2 [--warm 3] [std-step flags (grpo.std_step) after --]
 
 Runs `--warm` ordinary steps (compiles, graph captures), then one step with CPU and CUDA activity
 recorded, each phase (sampling, rewards, logprobs forward, backward, optimizer) marked with
@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from grpo import bench  # noqa: E402
+from grpo import std_step  # noqa: E402
 
 
 def marked(name, fn):
@@ -107,17 +107,16 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     gpu = torch.cuda.is_available()
-    b = bench.build_parser().parse_args((["--gguf-dir", args.gguf_dir] if args.gguf_dir else ["--cpu-tiny"]) + rest)
-    bench.fill_defaults(b, gpu=gpu)
+    b = std_step.parse_workload((["--gguf-dir", args.gguf_dir] if args.gguf_dir else ["--cpu-tiny"]) + rest, gpu=gpu)
     dev = "cuda" if gpu else "cpu"
     sync = torch.cuda.synchronize if gpu else (lambda: None)
-    config, sd, tok = bench.load_weights(b)
-    rows = bench.arithmetic_rows(b.prompts * (args.warm + 2))
+    config, sd, tok = std_step.load_weights(b)
+    rows = std_step.arithmetic_rows(b.prompts * (args.warm + 2))
     examples = [Example(id=str(i), task="arithmetic", prompt=q, answer=a) for i, (q, a) in enumerate(rows)]
-    cfg = bench.ours_config(b, gpu, tempfile.mkdtemp())
-    model = bench.build_model(config, sd, bench.ours_dtype(b, gpu), dev)
+    cfg = std_step.ours_config(b, gpu, tempfile.mkdtemp())
+    model = std_step.build_model(config, sd, std_step.ours_dtype(b, gpu), dev)
     state = train.setup(cfg, model=model, tokenizer=tok)
-    state.sampler = bench.FixedLength(state.sampler)
+    state.sampler = std_step.FixedLength(state.sampler)
     if os.environ.get("STEP_TRACE_THREADS"):  # e.g. 1: no intra-op CPU threads for the host-side tensor work
         torch.set_num_threads(int(os.environ["STEP_TRACE_THREADS"]))
     print(f"torch CPU threads: {torch.get_num_threads()}", flush=True)

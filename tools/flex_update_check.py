@@ -1,6 +1,6 @@
 """Shared-prompt update forward on a GPU: FlexAttention BlockMask vs the dense-mask SDPA form.
 
-    python scripts/flex_update_check.py            # std-step shapes; no network, no data sets
+    python tools/flex_update_check.py            # std-step shapes; no network, no data sets
 
 A Llama with SmolLM2-135M's shapes (30 layers, 9 query / 3 KV heads, head_dim 64; random bf16 weights),
 16 prompts of 100-140 tokens (left-padded) x 8 completions of 256 tokens, one 128-row micro-batch as in

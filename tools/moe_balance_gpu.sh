@@ -2,7 +2,7 @@
 # MoE GRPO measurement (issue 6): SmolLM2-135M-Instruct converted to DeepSeekMoE (8 routed experts, top-2,
 # 1 shared), quickstart recipe on the HF sampler (the engine does not serve MoE), mu = 2 so the clip
 # fraction means something. Four runs at once on one GPU: bias balancing on/off, routing replay on/off,
-# and a 10x bias rate. Usage: MODEL=path.gguf|alias OUT=dir [STEPS=16] [LIMIT_S=120] bash scripts/moe_balance_gpu.sh
+# and a 10x bias rate. Usage: MODEL=path.gguf|alias OUT=dir [STEPS=16] [LIMIT_S=120] bash tools/moe_balance_gpu.sh
 set -uo pipefail
 MODEL=${MODEL:-/tmp/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 STEPS=${STEPS:-16}
@@ -27,4 +27,4 @@ run bias_on_replay_off "routing_replay: false" &
 run bias10x_replay_on "bias_update_rate: 0.01" &
 wait
 cat "$OUT/rc.txt"
-$PY scripts/moe_balance_summary.py "$OUT"
+$PY tools/moe_balance_summary.py "$OUT"

@@ -3,8 +3,8 @@
 For each "E:k:S" setting (routed experts : top-k : shared experts) it reports the max |Δlogit| against
 the dense model on held-out text and the held-out perplexity. top_k == E is the exact configuration.
 
-    python scripts/moe_deviation.py --gsm8k-dir /path/to/gsm8k --settings 8:8:1 8:2:1 16:4:1
-    python scripts/moe_deviation.py --tiny          # seconds on CPU
+    python tools/moe_deviation.py --gsm8k-dir /path/to/gsm8k --settings 8:8:1 8:2:1 16:4:1
+    python tools/moe_deviation.py --tiny          # seconds on CPU
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Time the engine's decode attention (Triton kernel configs vs SDPA) at std-step shapes on a GPU.
 
-    python scripts/decode_attn_tune.py            # 128 rows x 3 KV heads x 3 query heads each, D 64
+    python tools/decode_attn_tune.py            # 128 rows x 3 KV heads x 3 query heads each, D 64
 
 Each figure is the mean of 30 calls replayed in a CUDA graph (as the engine runs them), in µs per call.
 """

@@ -1,9 +1,9 @@
 """The fused decode step's GEMM kernels with cold weights, as a real decode step runs them.
 
-    python scripts/decode_layer_tune.py                   # SmolLM2-135M shapes: 128 rows, H 576, 9/3 heads, I 1536
-    python scripts/decode_layer_tune.py --layer-only --qkv 16,32,2,3 --gate-up 64,32,64,4,3   # one layer, given configs
+    python tools/decode_layer_tune.py                   # SmolLM2-135M shapes: 128 rows, H 576, 9/3 heads, I 1536
+    python tools/decode_layer_tune.py --layer-only --qkv 16,32,2,3 --gate-up 64,32,64,4,3   # one layer, given configs
 
-scripts/fused_decode_tune.py times one weight set again and again, so the weights stay in the 50 MB L2; in a
+tools/fused_decode_tune.py times one weight set again and again, so the weights stay in the 50 MB L2; in a
 decode step each layer's weights come from HBM once (30 layers x 7 MB). Here every figure is the mean µs per
 call of 30 calls on 30 distinct weight sets, recorded in one CUDA graph (decode_attn_tune.time_us):
   1. norm_qkv_rope (block_m, block_k, warps, stages) and norm_gate_up (block_m, block_n, block_k, warps,

@@ -1,16 +1,16 @@
 """Reward scoring of std-step batches (16 prompts x G=8, 256 new tokens), timed as the trainer scores them.
 
-  # once: completions of SmolLM2-135M-Instruct on CPU (fp32 engine, temperature 1.0, no early stop), for the
-  # prompts of grpo.bench's steps 0..3 (a few CPU minutes per step)
-  GRPO_CACHE=/tmp/grpocache OMP_NUM_THREADS=2 python scripts/reward_profile.py generate /tmp/reward_texts.json
-  GRPO_CACHE=/tmp/grpocache OMP_NUM_THREADS=2 python scripts/reward_profile.py generate \
+  # once: completions of SmolLM2-135M-Instruct on CPU (fp32 engine, temperature 1.0, no early stop), for
+  # the prompts of std-step steps 0..3 (a few CPU minutes per step)
+  GRPO_CACHE=/tmp/grpocache OMP_NUM_THREADS=2 python tools/reward_profile.py generate /tmp/reward_texts.json
+  GRPO_CACHE=/tmp/grpocache OMP_NUM_THREADS=2 python tools/reward_profile.py generate \
       '/tmp/reward_texts_step{step}.json' --steps 1,2,3
   # then: time grpo.scoring.score_rollout with the default rewards (accuracy + format), one call per file
-  python scripts/reward_profile.py profile /tmp/reward_texts.json /tmp/reward_texts_step{1,2,3}.json \
+  python tools/reward_profile.py profile /tmp/reward_texts.json /tmp/reward_texts_step{1,2,3}.json \
       [--reps 10] [--values out.json] [--check ref.json]
 
 `profile` builds the RolloutBatch and examples the trainer would have (task "arithmetic", the gold answers of
-grpo.bench.arithmetic_rows) and calls score_rollout with the rewards of the default config. Each timed call
+grpo.std_step.arithmetic_rows) and calls score_rollout with the rewards of the default config. Each timed call
 starts as a new training step does: no verdict in the verifier's cache, and a running sympy helper whose
 sympy caches hold nothing of this batch (a fresh helper, warmed up outside the timing; a helper reused on
 the same batch would answer from sympy's cache). Then one call per file under cProfile (main process only:
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def generate(path: str, prompts: int, group: int, tokens: int, seed: int, steps: list[int]) -> None:
     import torch
 
-    from grpo.bench import arithmetic_rows, build_model, chat_prompt_ids, load_weights
+    from grpo.std_step import arithmetic_rows, build_model, chat_prompt_ids, load_weights
     from grpo.engine import EngineSampler
     from grpo.models import bundled_gguf_path
     from grpo.rollout import SamplingParams

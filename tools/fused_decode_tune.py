@@ -1,6 +1,6 @@
 """Time the engine's fused decode kernels against the unfused ops they replace, at std-step shapes on a GPU.
 
-    python scripts/fused_decode_tune.py         # SmolLM2-135M shapes: 128 rows, H 576, 9/3 heads of 64, I 1536
+    python tools/fused_decode_tune.py         # SmolLM2-135M shapes: 128 rows, H 576, 9/3 heads of 64, I 1536
 
 Unfused per layer (engine before grpo.engine.fused_decode): RMSNorm (compiled) + three projections +
 RoPE (compiled) + two cache writes; RMSNorm + gate/up projections + SiLU·up (compiled); residual adds.

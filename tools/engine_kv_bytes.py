@@ -6,8 +6,8 @@ them), builds an EngineSampler on each model and reads `kv_bytes_per_token` (the
 tensors, in its dtype). With --decode it also greedy-decodes a few chat prompts through the engine on
 the converted model and compares the tokens with `mla_generate` (the adapter's latent-cache loop).
 
-    GRPO_CACHE=/tmp/grpocache python scripts/engine_kv_bytes.py --decode
-    python scripts/engine_kv_bytes.py --model <gguf> --decode --device cuda --throughput   # GPU: CUDA graphs
+    GRPO_CACHE=/tmp/grpocache python tools/engine_kv_bytes.py --decode
+    python tools/engine_kv_bytes.py --model <gguf> --decode --device cuda --throughput   # GPU: CUDA graphs
 
 On CUDA the engine captures its decode step in CUDA graphs (and compiles its small ops); --throughput
 then also times 16 prompts x 8 samples x 256 tokens (std-step's rollout) on both models in bf16.

@@ -1,4 +1,4 @@
-"""Experimental decode-attention variants (timed by scripts/decode_kernels_tune.py --attn-variants)."""
+"""Experimental decode-attention variants, timed by `python tools/decode_kernels_tune.py --only variants` (GPU)."""
 import torch
 import triton
 import triton.language as tl

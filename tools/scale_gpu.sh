@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The scaling bench (grpo/bench_scale.py) on the GPU machine, after ../shared/device's setup_gpu.sh part1 and
-# part2 (TRL's wheels in /tmp/site, the SmolLM2 GGUF whose tokenizer the shapes use in /tmp/smollm2).
-#   bash scripts/scale_gpu.sh table   # 3 shapes x 256 tokens with TRL; 135M at 128 x 4096, 1.5B at 128 x 2048 (ours)
-#   bash scripts/scale_gpu.sh extra   # llama3.1-8b; recipe precision; the OOM demonstration under a 32 GiB cap
+# The scaling bench (grpo/bench_scale.py) on a GPU machine: TRL importable (pip install -e '.[bench]', or
+# wheels on PYTHONPATH) and the SmolLM2 GGUF, whose tokenizer the shapes use, in /tmp/smollm2.
+#   bash tools/scale_gpu.sh table   # 3 shapes x 256 tokens with TRL; 135M at 128 x 4096, 1.5B at 128 x 2048 (ours)
+#   bash tools/scale_gpu.sh extra   # llama3.1-8b; recipe precision; the OOM demonstration under a 32 GiB cap
 # Each bench writes its table to the log and its rows to a JSON file under $OUT (or /tmp/scale).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/scale}
 mkdir -p "$out"
-export PYTHONPATH=/tmp/site:$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 bench() {  # name, then bench arguments
   local name=$1
   shift

@@ -12,7 +12,7 @@ the weights and tokens fixed:
 
 Load = max/mean expert load over the batch's real tokens, mean over layers.
 
-    python scripts/moe_bias_sensitivity.py [--threads 1]
+    python tools/moe_bias_sensitivity.py [--threads 1]
 """
 from __future__ import annotations
 

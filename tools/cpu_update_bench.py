@@ -1,6 +1,6 @@
 """One update micro-batch (16 rows = 2 prompts x 8 completions, 80-token prompts) on SmolLM2-135M under CPU bf16
 autocast: forward+backward time with and without shared-prompt packing.
-Run: GRPO_CACHE=... python scripts/cpu_update_bench.py   (the README's 12.5 s -> 5 s, 2026-11-23, 2-core AMD EPYC)"""
+Run: GRPO_CACHE=... python tools/cpu_update_bench.py   (docs/performance.md: 12.6-14.2 s -> 5.0-5.8 s, 2026-11-23, 2-core AMD EPYC)"""
 import time, torch
 torch.set_flush_denormal(True)
 from grpo.models import load_model

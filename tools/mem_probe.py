@@ -1,6 +1,6 @@
 """What is alive at the std-step's peak GPU memory: a few training steps under the allocator's history.
 
-    python scripts/mem_probe.py --gguf-dir /tmp/smollm2 [--steps 3] [--top 25] [bench flags after --]
+    python tools/mem_probe.py --gguf-dir /tmp/smollm2 [--steps 3] [--top 25] [std-step flags (grpo.std_step) after --]
 
 Runs `--steps` ordinary steps with `torch.cuda.memory._record_memory_history` on, prints the allocated
 memory before, at the peak of and after each sampling call, update and optimizer step (the bench's
@@ -24,7 +24,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from grpo import bench  # noqa: E402
+from grpo import std_step  # noqa: E402
 
 
 def owner(frames: list[dict], size: int) -> str:
@@ -98,17 +98,16 @@ def main() -> None:
     from grpo.data.records import Example
 
     assert torch.cuda.is_available(), "mem_probe needs a CUDA device"
-    b = bench.build_parser().parse_args((["--gguf-dir", args.gguf_dir] if args.gguf_dir else ["--cpu-tiny"]) + rest)
-    bench.fill_defaults(b, gpu=True)
-    config, sd, tok = bench.load_weights(b)
-    rows = bench.arithmetic_rows(b.prompts * args.steps)
+    b = std_step.parse_workload((["--gguf-dir", args.gguf_dir] if args.gguf_dir else ["--cpu-tiny"]) + rest, gpu=True)
+    config, sd, tok = std_step.load_weights(b)
+    rows = std_step.arithmetic_rows(b.prompts * args.steps)
     examples = [Example(id=str(i), task="arithmetic", prompt=q, answer=a) for i, (q, a) in enumerate(rows)]
-    cfg = bench.ours_config(b, True, tempfile.mkdtemp())
-    model = bench.build_model(config, sd, bench.ours_dtype(b, True), "cuda")
+    cfg = std_step.ours_config(b, True, tempfile.mkdtemp())
+    model = std_step.build_model(config, sd, std_step.ours_dtype(b, True), "cuda")
     state = train.setup(cfg, model=model, tokenizer=tok)
     if b.keep_cache is not None:
         state.sampler.keep_cache = b.keep_cache
-    state.sampler = bench.FixedLength(state.sampler)
+    state.sampler = std_step.FixedLength(state.sampler)
     phase_peaks(state, train)
     print(f"after setup: allocated {torch.cuda.memory_allocated() / 2**30:.3f} GiB", flush=True)
     # no stacks: gathering Python frames inside the checkpointed, compiled backward crashed (torch 2.11,

@@ -1,5 +1,5 @@
 """CPU sampler throughput on SmolLM2-135M: HF generate (fp32) vs the engine in fp32 and bf16, 8 prompts x G=8 x 48 tokens.
-Run: GRPO_CACHE=... python scripts/cpu_sampler_bench.py   (the README's 240 vs 93 tok/s, 2026-11-23, 2-core AMD EPYC)"""
+Run: GRPO_CACHE=... python tools/cpu_sampler_bench.py   (docs/performance.md: 240 vs 93 tok/s, 2026-11-23, 2-core AMD EPYC)"""
 import time, torch
 torch.set_flush_denormal(True)
 from grpo.models import load_model, load_tokenizer

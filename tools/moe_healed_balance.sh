@@ -3,8 +3,8 @@
 # top-2, 1 shared), heal it by logit distillation from the dense model (scripts/heal_mla.py --no-mla, bias
 # balanced during healing), then two GRPO runs from the healed checkpoint at once: online bias balancing
 # (gamma 1e-3) vs no bias at all (bias zeroed, gamma 0). Loads are logged per step (grpo/moe/*).
-# Usage: MODEL=path.gguf GSM8K=dir OUT=dir [HEAL_S=150] [STEPS=16] [LIMIT_S=150] [PY=python] bash scripts/moe_healed_balance.sh
-#        TINY=1 OUT=dir bash scripts/moe_healed_balance.sh     # CPU smoke test of the plumbing
+# Usage: MODEL=path.gguf GSM8K=dir OUT=dir [HEAL_S=150] [STEPS=16] [LIMIT_S=150] [PY=python] bash tools/moe_healed_balance.sh
+#        TINY=1 OUT=dir bash tools/moe_healed_balance.sh     # CPU smoke test of the plumbing
 set -uo pipefail
 OUT=${OUT:?}
 PY=${PY:-python}
@@ -54,4 +54,4 @@ run healed_bias_on "$W/heal/healed" &
 run healed_no_bias "$W/nobias" &
 wait
 cat "$OUT/rc.txt"
-$PY scripts/moe_balance_summary.py "$OUT"
+$PY tools/moe_balance_summary.py "$OUT"

@@ -1,10 +1,10 @@
 """Decode-step kernels at std-step shapes on a GPU, timed as the engine runs them (CUDA graphs, cold caches).
 
-    python scripts/decode_kernels_tune.py                       # attention + head/sampler kernels
-    python scripts/decode_kernels_tune.py --gguf-dir /tmp/smollm2   # + whole std-step rollouts, engine variants
+    python tools/decode_kernels_tune.py                       # attention + head/sampler kernels
+    python tools/decode_kernels_tune.py --gguf-dir /tmp/smollm2   # + whole std-step rollouts, engine variants
 
 1. Decode attention with a cache per layer (30 layers of [128 rows, 3 KV heads, 320 slots, 64]), one graph
-   of 30 calls walking the layers: the K/V reads come from HBM as in a real step (scripts/decode_attn_tune.py
+   of 30 calls walking the layers: the K/V reads come from HBM as in a real step (tools/decode_attn_tune.py
    reuses one cache, which stays in the 50 MB L2 and flatters small launches). µs per call, by length.
 2. The end of a decode step: final RMSNorm + LM head + draw + bookkeeping, unfused (compiled RMSNorm,
    cuBLAS head, compiled `sample_tokens`, the engine's commit ops) against grpo.engine.fused_sampling's two
@@ -72,7 +72,7 @@ def attention_variants(layers: int = 30):
     from attn_variants import attention as variant
 
     qs, ks, vs, mask = layer_caches(layers)
-    print("1b. decode attention variants (scripts/attn_variants.py), µs per call", flush=True)
+    print("1b. decode attention variants (tools/attn_variants.py), µs per call", flush=True)
     for length in (64, 192, 320):
         ref = da.triton_decode_attention(qs[0], ks[0][:, :, :length], vs[0][:, :, :length], mask[:, :length], 0.125)
         base = graph_us(lambda: [da.triton_decode_attention(q, k[:, :, :length], v[:, :, :length],
@@ -164,7 +164,7 @@ def head(vocab: int = 49152, hidden: int = 576, n: int = 128, max_new: int = 256
 def rollouts(gguf_dir: str):
     from types import SimpleNamespace
 
-    from grpo.bench import arithmetic_rows, build_model, chat_prompt_ids, load_weights
+    from grpo.std_step import arithmetic_rows, build_model, chat_prompt_ids, load_weights
     from grpo.engine import EngineSampler
     from grpo.rollout import SamplingParams
 

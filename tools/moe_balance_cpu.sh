@@ -7,7 +7,7 @@
 #   bias_1e-4     gamma = 1e-4, calibration 200 steps
 #   calib_only    gamma = 0,    calibration 200 steps (the sign rule before training only)
 #   no_bias       gamma = 0,    no calibration (same router init)
-# ~9 min per arm on one core. Usage: OUT=dir [STEPS=8] [ARMS="bias no_bias"] bash scripts/moe_balance_cpu.sh
+# ~9 min per arm on one core. Usage: OUT=dir [STEPS=8] [ARMS="bias no_bias"] bash tools/moe_balance_cpu.sh
 set -uo pipefail
 OUT=${OUT:?}
 STEPS=${STEPS:-8}
@@ -38,4 +38,4 @@ for arm in $ARMS; do
   echo "$arm rc=$?" | tee -a "$OUT/rc.txt"
   cp "$OUT/run_$arm/metrics.jsonl" "$OUT/$arm.metrics.jsonl" 2>/dev/null
 done
-$PY scripts/moe_balance_summary.py "$OUT"
+$PY tools/moe_balance_summary.py "$OUT"

@@ -1,5 +1,8 @@
-"""Table of scripts/moe_balance_{gpu,cpu}.sh runs: steps, expert load max/mean (mean, max over steps, last), clip
-fraction (clip_low + clip_high, mean over steps), reward first -> last, bias range last."""
+"""Table of tools/moe_balance_{gpu,cpu}.sh runs: steps, expert load max/mean (mean, max over steps, last), clip
+fraction (clip_low + clip_high, mean over steps), reward first -> last, bias range last.
+
+    python tools/moe_balance_summary.py OUT     # OUT: the folder those scripts wrote (*.metrics.jsonl)
+"""
 import json
 import sys
 from pathlib import Path

@@ -1,6 +1,6 @@
 """Host-side costs the trainer's scoring path pays per std-step batch, on this machine's CPU.
 
-    python scripts/detok_bench.py [--reps 20]
+    python tools/detok_bench.py [--reps 20]
 
 128 rows x 256 random token ids (seeded) of the bundled SmolLM2 tokenizer:
 - transformers' `batch_decode` against the Rust `decode_batch` behind it (`grpo.rollout.rust_batch_decode`,

@@ -1,10 +1,10 @@
 """One compiled SmolLM2-135M decoder layer, forward + backward on the update's rows layout, per attention variant.
 
-    python scripts/rows_attention_bench.py [--variants hld,lhd,gqa,hld_gqa]
+    python tools/rows_attention_bench.py [--variants hld,lhd,gqa,hld_gqa]
 
 The std-step update (grpo.logprobs.RowsLayout: 16 prompts of P = 56 slots, each followed by its 8 completions of
 T = 256 tokens) spends more kernel time in inductor's copy/RoPE kernels around the attention than in its GEMMs
-(`scripts/step_trace.py`). This times one layer (bf16, `layer.compile(dynamic=True)` as grpo.models.compile_blocks)
+(`tools/step_trace.py`). This times one layer (bf16, `layer.compile(dynamic=True)` as grpo.models.compile_blocks)
 with grpo.logprobs._rows_attention replaced by each variant, checks its output and input gradient against the
 first variant, and prints the largest kernels of each variant:
   hld      the function before 861e5b9: gathers on [U, H, L, d] views, K/V heads repeat_interleave'd

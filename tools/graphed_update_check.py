@@ -1,6 +1,6 @@
 """GPU check of grpo.graphed: CUDA-graphed update forward/backward against the eager `token_logprobs`.
 
-    python scripts/graphed_update_check.py --gguf-dir /tmp/smollm2 [--reps 8]
+    python tools/graphed_update_check.py --gguf-dir /tmp/smollm2 [--reps 8]
 
 SmolLM2-135M in bf16 with compiled layers and gradient checkpointing (the bench's update), one std-step
 micro-batch (16 prompts x 8 completions x 256 tokens, random tokens, prompts of 40-90 tokens). Prints the
@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from grpo import bench  # noqa: E402
+from grpo import std_step  # noqa: E402
 from grpo.graphed import GraphedLogprobs  # noqa: E402
 from grpo.logprobs import pack, token_logprobs  # noqa: E402
 from grpo.models import compile_blocks  # noqa: E402
@@ -51,10 +51,9 @@ def main() -> None:
                    help="graphed side: gradient checkpoints in a scratch buffer the size of std-step's KV cache "
                         "(30 layers x K, V [128, 3, 320, 64] bf16), filled with junk first (grpo.graphed.checkpoints_in)")
     args = p.parse_args()
-    b = bench.build_parser().parse_args(["--gguf-dir", args.gguf_dir])
-    bench.fill_defaults(b, gpu=True)
-    config, sd, tok = bench.load_weights(b)
-    model = bench.build_model(config, sd, torch.bfloat16, "cuda")
+    b = std_step.parse_workload(["--gguf-dir", args.gguf_dir], gpu=True)
+    config, sd, tok = std_step.load_weights(b)
+    model = std_step.build_model(config, sd, torch.bfloat16, "cuda")
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     compile_blocks(model)
     model.train()
