@@ -207,7 +207,7 @@ def test_fast_extraction_regexes_agree_with_the_full_patterns(text):
     assert last_number(text) == (nums[-1].replace(" ", "") if nums else None)
 
 
-@pytest.mark.parametrize("gold", ["843", "0", "-2.5", "1,000", "three", "25\\%", "\\frac{1}{2}", "5 or apples"])
+@pytest.mark.parametrize("gold", ["843", "0", "-2.5", "1,000", "three", "25\\%", "\\frac{1}{2}", "5 red apples"])
 @pytest.mark.parametrize("pred", ["", "\\,", "\\quad", "or", "and", " , ", "\\boxed{}", "\\$", "^\\circ", "."])
 def test_empty_prediction_against_a_number_skips_the_helper_and_agrees(monkeypatch, gold, pred):
     import grpo.rewards.math as rm

@@ -46,7 +46,7 @@ from functools import lru_cache
 
 from grpo.rewards.math.bounded import MAX_HELPERS, POOL, HelperFailed, VerifyTimeout
 from grpo.rewards.math.equivalence import normalise, numbers_equal
-from grpo.rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold
+from grpo.rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold, prediction_answer
 from grpo.rewards.math.normalize import oversized_number, plain_number
 from grpo.rewards.registry import as_text
 
@@ -119,7 +119,8 @@ def verify_all(golds: list, predictions: list[str | None], timeout: float = DEFA
     scripts/reward_profile.py (2-core CPU, 2026-11-24): median 57.0 -> 49.0 ms per 128 completions,
     identical reward tables; in a traced H100 step the checks were the update's longest GPU idle
     (scripts/step_trace.py)."""
-    pairs = [None if p is None else (extract_gold(str(g)), p.strip()) for g, p in zip(golds, predictions)]
+    pairs = [None if p is None else (extract_gold(str(g)), prediction_answer(p).strip())
+             for g, p in zip(golds, predictions)]
     out = [False if pair is None else _quick_verdict(*pair) for pair in pairs]
     slow = [k for k, v in enumerate(out) if v is None]
 
