@@ -247,11 +247,23 @@ def _name_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def _roots_of_one_variable(names: tuple) -> bool:
+    """x_1, x_2, ...: numbered roots of one unknown (a list of values, not a point)."""
+    bases = {re.sub(r"_\{?\d+\}?$", "", n) for n in names}
+    return len(bases) == 1 and all(re.search(r"_\{?\d+\}?$", n) for n in names)
+
+
 def _equation_expr(e):
     """lhs - rhs of an equation or a one-name assignment, as sympy."""
     if isinstance(e, Assignment):
         return sympy_expr(e.names[0]) - sympy_expr(e.values[0])
     return sympy_expr(e.lhs) - sympy_expr(e.rhs)
+
+
+def _numerator(e):
+    """The numerator of e over a common denominator (an equation cleared of fractions)."""
+    import sympy
+    return sympy.fraction(sympy.together(e))[0]
 
 
 def _proportional(ge, pe, positive: bool = False) -> bool:
@@ -278,14 +290,19 @@ def _equations(g, p) -> bool:
     if isinstance(g, (Assignment, Equation)) and isinstance(p, (Assignment, Equation)):
         if (ga and len(g.names) > 1) or (pa and len(p.names) > 1):
             return False  # x = 3, y = -1 against other names
-        return _proportional(_equation_expr(g), _equation_expr(p))  # x = (y-3)/2 is y = 2x + 3; x = 5 is not y = 5
+        ge, pe = _equation_expr(g), _equation_expr(p)  # x = (y-3)/2 is y = 2x + 3; x = 5 is not y = 5
+        return _proportional(ge, pe) or _proportional(*(_numerator(e) for e in (ge, pe)))  # xy = 1 is y = 1/x
     if ga:  # a gold assignment against a bare answer
         if len(g.names) == 1:
             return _same(read(g.values[0]), p)
+        if _roots_of_one_variable(g.names) and isinstance(p, (Listing, SetLit)):
+            return _same(Listing(tuple(read(v) for v in g.values), ","), p)
         return isinstance(p, Bracketed) and _ordered(list(g.values), list(p.items))
     if pa:
         if len(p.names) == 1:
             return _same(g, read(p.values[0]))
+        if _roots_of_one_variable(p.names) and isinstance(g, (Listing, SetLit)):
+            return _same(g, Listing(tuple(read(v) for v in p.values), ","))
         order = sorted(range(len(p.names)), key=lambda k: _name_key(p.names[k]))
         return isinstance(g, Bracketed) and _ordered(list(g.items), [p.values[k] for k in order])
     return False  # a general equation against something that is not one
@@ -343,11 +360,11 @@ def _same(g, p) -> bool:
             return verdict
         if not isinstance(g, (SetLit, Listing)) or not isinstance(p, (SetLit, Listing)):
             return False
+    if isinstance(g, (Listing, SetLit)) or isinstance(p, (Listing, SetLit)):
+        return _unordered(as_items(g), as_items(p), as_sets=isinstance(g, SetLit) or isinstance(p, SetLit))
     if isinstance(g, Bracketed) or isinstance(p, Bracketed):
         return (isinstance(g, Bracketed) and isinstance(p, Bracketed) and (g.left, g.right) == (p.left, p.right)
                 and _ordered(list(g.items), list(p.items)))
-    if isinstance(g, (Listing, SetLit)) or isinstance(p, (Listing, SetLit)):
-        return _unordered(as_items(g), as_items(p), as_sets=isinstance(g, SetLit) or isinstance(p, SetLit))
     if isinstance(g, Atom) and isinstance(p, Atom):
         return atoms_equal(g.text, p.text)
     return False

@@ -61,6 +61,8 @@ _POWER_OF_TEN = re.compile(r"^([+-]?)10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
 _SIMPLE_FRAC = re.compile(r"^([+-]?)\s*(?:\\frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}"
                           r"|\\frac\s*(\d)\s*(\d)|(\d+)\s*/\s*(\d+))$")
 _MIXED = re.compile(r"^([+-]?)(\d+)\s*\\frac\s*(?:\{(\d+)\}\s*\{(\d+)\}|(\d)(\d))$")
+_SCALES = {"thousand": 10 ** 3, "million": 10 ** 6, "billion": 10 ** 9, "trillion": 10 ** 12}
+_SCALE_WORD = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(thousand|million|billion|trillion)$", re.IGNORECASE)
 NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty".split())}
@@ -171,13 +173,20 @@ class Number:
 
 def plain_number(s: str) -> Number | None:
     """Fast path: the answer as an exact number if it is one in plain form, else None. Never uses sympy."""
-    s, unit, word_percent = split_units(clean(s))
+    s = clean(s)
+    if s.startswith("\\text"):
+        s = strip_text_commands(s)  # \text{two}
+    s, unit, word_percent = split_units(s)
     percent = s.endswith("%") or word_percent
     if s.endswith("%"):
         s = s[:-1].strip()
     s = s.replace(" ", "")
     if s.lower() in NUMBER_WORDS:
         return Number(Fraction(NUMBER_WORDS[s.lower()]), percent, None, unit)
+    m = _SCALE_WORD.match(s)
+    if m:  # 2.5 million
+        inner = plain_number(m.group(1))
+        return inner and Number(inner.value * _SCALES[m.group(2).lower()], percent, None, unit)
     if s.startswith("(") and s.endswith(")") and "," not in s:
         s = s[1:-1]
     if s.startswith("+"):

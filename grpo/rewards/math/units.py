@@ -7,10 +7,11 @@ A trailing word is taken off an answer when it is
 - a known unit (``cm``, ``km``, ``ft``, ``hours``, ``kg``, ``mph``, ``dollars``, ``°`` ...), written right
   after the number (``5cm``) or after a space; a one-letter unit (``m``, ``s``, ``g``, ``L``, ``h``) only after
   a space or inside ``\text{}``, since ``5m`` is the monomial 5·m;
-- a label: a word of three or more letters with a vowel after a space (``12 apples``, ``5 students``),
-  or anything inside ``\text{}``/``\mbox{}``/``\mathrm{}``.
+- a label: a word of four or more letters with a vowel, or a common three-letter noun (``men``, ``egg``,
+  ``box`` ...), after a space (``12 apples``, ``5 students``, ``3 men``), or anything inside
+  ``\text{}``/``\mbox{}``/``\mathrm{}``.
 
-Anything else stays: ``3ab``, ``6 ab^2``, ``2 xy`` and ``8 st`` are products of variables, not a number
+Anything else stays: ``3ab``, ``6 ab^2``, ``2 xy``, ``8 st`` and ``4 abc`` are products of variables, not a number
 with a unit (a unit rule that took any two letters made ``verify("2", "2xy")`` true).
 
 Known units carry a dimension and a scale, so ``5 cm`` vs ``5 m`` and ``3 hours`` vs ``3 minutes`` are
@@ -64,9 +65,11 @@ _LABEL_ONLY = {"unit", "units"}  # "7 square units": a count of unit squares, no
 _MATH_WORDS = frozenset("""sin cos tan cot sec csc sinh cosh tanh arcsin arccos arctan log ln exp sqrt frac pi infty
     alpha beta gamma delta epsilon theta lambda mu sigma omega phi tau rho eta zeta kappa nu xi psi chi
     mod max min gcd lcm det and or not cup cap le ge leq geq neq times cdot div pm mp mid""".split())
+_THREE_LETTER_NOUNS = frozenset("""men boy boys kid kids cat cow dog egg pen box car bus cup hat jar pie pig hen fox bee
+    ant bag bat bed cap can fan jet key map mug net pan pot rat toy van way ton tons pts""".split())
 _NUMBER_WORDS = frozenset("""zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen
     fifteen sixteen seventeen eighteen nineteen twenty thirty forty fifty sixty seventy eighty ninety hundred
-    thousand million""".split())
+    thousand million billion trillion""".split())
 
 # one trailing token: a \text-like block (content group 1), a word, a degree sign or a slash; an exponent may follow
 # (the lookbehind keeps a scan linear in the answer's length, and keeps `\pi` a command, not the word "pi")
@@ -89,7 +92,10 @@ class Unit:
 
 
 def _label_word(w: str) -> bool:
-    return len(w) >= 3 and re.search(r"[aeiouy]", w, re.IGNORECASE) is not None
+    """A word that names what is counted: four or more letters with a vowel ("apples"), or a common
+    three-letter noun. Other three-letter runs (``abc``, ``xyz``) are read as products of variables."""
+    low = w.lower()
+    return (len(w) >= 4 and re.search(r"[aeiouy]", w, re.IGNORECASE) is not None) or low in _THREE_LETTER_NOUNS
 
 
 def _word_kind(w: str, spaced: bool) -> str | None:
