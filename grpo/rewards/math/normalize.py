@@ -47,22 +47,22 @@ _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+"
 _SUPERSCRIPT_RUN = re.compile(r"[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
 _ROOT_SIGN = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\\pi|\([^()]*\)|\{[^{}]*\})")
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,\\!|\{,\}|,|\\,|\\ |\\;|\\!| )\d{3})+)(?![\d])")
-_REPEATING = re.compile(r"(\d*)\.(\d*)\\(?:overline|bar|dot)\s*(?:\{(\d+)\}|(\d))")
-_ELLIPSIS = re.compile(r"(\d*)\.(\d+)\s*(?:\\ldots|\\cdots|\\dots|\.\.\.)")
+_REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\(?:overline|bar|dot)\s*(?:\{(\d+)\}|(\d))")
+_ELLIPSIS = re.compile(r"(?<![\d.])(\d*)\.(\d+)\s*(?:\\ldots|\\cdots|\\dots|\.\.\.)")
 _PLAIN = re.compile(r"\s*-?\d[\d,]*(?:\.\d+)?\s*$")
 _WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 # bounds of the fast path: a sampled "answer" such as 1e12345678 made one GRPO step's rewards take 68 s
 # (Fraction builds the integer); beyond these the text goes to the time-limited helper (or compares as text)
 MAX_DIGITS = 400
 MAX_EXPONENT = 400
-_DECIMAL = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
-_SCI_LATEX = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
+_DECIMAL = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+_SCI_LATEX = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
 _POWER_OF_TEN = re.compile(r"^([+-]?)10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
 _SIMPLE_FRAC = re.compile(r"^([+-]?)\s*(?:\\frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}"
                           r"|\\frac\s*(\d)\s*(\d)|(\d+)\s*/\s*(\d+))$")
 _MIXED = re.compile(r"^([+-]?)(\d+)\s*\\frac\s*(?:\{(\d+)\}\s*\{(\d+)\}|(\d)(\d))$")
 _SCALES = {"thousand": 10 ** 3, "million": 10 ** 6, "billion": 10 ** 9, "trillion": 10 ** 12}
-_SCALE_WORD = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(thousand|million|billion|trillion)$", re.IGNORECASE)
+_SCALE_WORD = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(thousand|million|billion|trillion)$", re.IGNORECASE)
 NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty".split())}
