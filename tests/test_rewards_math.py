@@ -209,6 +209,13 @@ def test_issue_19_classes(gold, pred, equal):
     assert verify(gold, pred) is equal
 
 
+def test_pm_that_is_not_plus_minus_does_not_recurse():
+    # "\\pme" (no \\pm command: a letter follows) was split into two copies of itself forever (RecursionError)
+    from grpo.rewards.math.equivalence import answers_equal
+    assert answers_equal("x_1:", "and2°e\\pme") is False
+    assert answers_equal("1 \\mp 2", "-1, 3") is True
+
+
 def test_inequalities_never_raise():
     from grpo.rewards.math.equivalence import answers_equal
     for gold, pred in [("3 \\ge x", "x \\le 3"), ("x > 2", "x - 2"), ("x<3", "3"), ("a < b < c", "c > b > a")]:

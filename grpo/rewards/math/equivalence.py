@@ -38,6 +38,7 @@ _sympy_expr = sympy_expr  # the name the tests and older callers use
 _CHOICE_GOLD = re.compile(r"^(?:\(\s*([A-E])\s*\)\s*(.*)|([A-E]))$")
 _CHOICE_PRED = re.compile(r"^(?:\(\s*([A-Ea-e])\s*\)|([A-Ea-e])(?:\s*[.:)].*)?$)")
 _NOTHING = re.compile(r"^(?:[\s,;.$°]|\bor\b|\band\b)*$", re.IGNORECASE)
+_RATIO = re.compile(r"^([^:=<>]+?)\s*:\s*([^:=<>]+)$")
 _SHORT_WORDS = frozenset({"yes", "no", "odd", "all", "none", "true", "false", "neither", "both"})
 _MAX_SET = 12  # bigger sets/lists are compared after sorting their text, to keep matching cheap
 
@@ -163,6 +164,11 @@ def _word(s: str) -> str | None:
     return None
 
 
+def _letters(s: str) -> str | None:
+    t = strip_text_commands(s).strip().rstrip(".").strip()
+    return re.sub(r"\s+", " ", t.lower()) if re.fullmatch(r"[A-Za-z][A-Za-z '\-]*", t) else None
+
+
 def atoms_equal(gold: str, pred: str) -> bool:
     if gold == pred:
         return True
@@ -174,8 +180,11 @@ def atoms_equal(gold: str, pred: str) -> bool:
     if g is not None and p is not None:
         return numbers_equal(g, p)
     gw, pw = _word(gold), _word(pred)
-    if gw is not None or pw is not None:
-        return gw == pw
+    if gw is not None or pw is not None:  # a word answer: the other side's letters are a word too (DNE)
+        return (gw or _letters(gold)) == (pw or _letters(pred))
+    gr, pr = _RATIO.match(g_core), _RATIO.match(p_core)
+    if gr or pr:  # a ratio a:b is the number a/b (3:4 = 6:8 = 0.75)
+        g_core, p_core = (f"({m.group(1)})/({m.group(2)})" if m else c for m, c in ((gr, g_core), (pr, p_core)))
     try:
         ge, pe = sympy_expr(g_core), sympy_expr(p_core)
     except Exception:  # noqa: BLE001 - unparseable text: only identical text counts
@@ -353,7 +362,10 @@ def _same(g, p) -> bool:
     if isinstance(g, Matrix) or isinstance(p, Matrix):
         return _matrices(g, p)
     if isinstance(g, (Assignment, Equation)) or isinstance(p, (Assignment, Equation)):
-        return _equations(g, p)
+        try:
+            return _equations(g, p)
+        except Exception:  # noqa: BLE001 - a side sympy cannot read: not the same equation
+            return False
     if is_set_like(g) or is_set_like(p) or isinstance(g, Member) or isinstance(p, Member):
         verdict = _sets(g, p)
         if verdict is not None:

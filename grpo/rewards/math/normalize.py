@@ -49,6 +49,8 @@ _ROOT_SIGN = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\\pi|\([^()]*\)|\{[^{}]*
 _THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,\\!|\{,\}|,|\\,|\\ |\\;|\\!| )\d{3})+)(?![\d])")
 _REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\(?:overline|bar|dot)\s*(?:\{(\d+)\}|(\d))")
 _ELLIPSIS = re.compile(r"(?<![\d.])(\d*)\.(\d+)\s*(?:\\ldots|\\cdots|\\dots|\.\.\.)")
+_BASE_SUBSCRIPT = re.compile(r"(?<![\w\\.])([0-9A-Z]*\d[0-9A-Z]*)_\{?\(?([2-9]|[1-3]\d)\)?\}?(?![\w{])")
+_OVER = re.compile(r"\{([^{}]*)\\over(?![A-Za-z])([^{}]*)\}")
 _PLAIN = re.compile(r"\s*-?\d[\d,]*(?:\.\d+)?\s*$")
 _WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 # bounds of the fast path: a sampled "answer" such as 1e12345678 made one GRPO step's rewards take 68 s
@@ -147,6 +149,10 @@ def clean(s: str) -> str:
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = s.replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
     s = re.sub(r"\\langle(?![A-Za-z])", "(", re.sub(r"\\rangle(?![A-Za-z])", ")", s))
+    if "_" in s:  # 1011_2, A3_{16}: a numeral in base b is its digits (Python would read 1011_2 as 10112)
+        s = _BASE_SUBSCRIPT.sub(r"\1", s)
+    if "\\over" in s:
+        s = _OVER.sub(r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\(?:text|mbox|mathrm)\s*\{\s*\\?%\s*\}", "%", s).replace("\\%", "%").replace("\\$", "$")
     s = _THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"\D", "", m.group(2)), s)
     s = _SPACING.sub(" ", s)

@@ -28,9 +28,13 @@ from dataclasses import dataclass
 
 _CONNECTIVE = re.compile(r"\s*(?:\\text\{\s*(or|and)\s*\}|(or|and)\b)\s*", re.IGNORECASE)
 _NAME = r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[A-Za-z0-9]+\}?)?'*"
-_LONE_NAME = re.compile(rf"^(?:{_NAME}|{_NAME}\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])*\s*\)|[A-Z]{{2,3}})$")
+# a variable, a function of variables, a segment (AB), or a named quantity (\text{slope}, area)
+_LONE_NAME = re.compile(rf"^(?:{_NAME}|{_NAME}\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])*\s*\)|[A-Z]{{2,3}}"
+                        r"|\\(?:text|mathrm|textit|operatorname)\{[A-Za-z ]+\}|(?=[A-Za-z]*[aeiou])[A-Za-z]{4,})$")
 _NOT_NAMES = frozenset({"\\pi", "e", "i", "\\infty", "\\emptyset", "\\varnothing"})
 _MATRIX = re.compile(r"^(.*?)\\begin\{([pbvBV]?matrix|array|smallmatrix)\}(?:\{[^}]*\})?(.*?)\\end\{\2\}\s*$", re.DOTALL)
+_PM = re.compile(r"\\pm(?![A-Za-z])")
+_MP = re.compile(r"\\mp(?![A-Za-z])")
 _RELATION_OPS = ("<=", ">=", "!=", "<", ">")
 _NAMED_SETS = [(re.compile(p, re.IGNORECASE), name) for p, name in [
     (r"^(?:\\emptyset|\\varnothing|\\\{\s*\\\}|\{\s*\}|\\o|\\text\{\s*(?:the\s+)?empty\s+set\s*\})$", "empty"),
@@ -195,11 +199,12 @@ def lone_name(s: str) -> bool:
 
 
 def expand_pm(s: str) -> list[str]:
-    r"""``a \pm b`` -> [``a + b``, ``a - b``] (``\mp`` the other way round), for every \pm in s at once."""
-    if "\\pm" not in s and "\\mp" not in s:
+    r"""``a \pm b`` -> [``a + b``, ``a - b``] (``\mp`` the other way round), for every \pm in s at once; [s] when
+    there is none (each result has none left, so `read` cannot expand forever)."""
+    if not (_PM.search(s) or _MP.search(s)):
         return [s]
-    plus = re.sub(r"\\mp(?![A-Za-z])", "-", re.sub(r"\\pm(?![A-Za-z])", "+", s))
-    minus = re.sub(r"\\mp(?![A-Za-z])", "+", re.sub(r"\\pm(?![A-Za-z])", "-", s))
+    plus = _MP.sub("-", _PM.sub("+", s))
+    minus = _MP.sub("+", _PM.sub("-", s))
     return [plus, minus]
 
 

@@ -98,8 +98,9 @@ def _label_word(w: str) -> bool:
     return (len(w) >= 4 and re.search(r"[aeiouy]", w, re.IGNORECASE) is not None) or low in _THREE_LETTER_NOUNS
 
 
-def _word_kind(w: str, spaced: bool) -> str | None:
-    """'unit', 'label', 'power', 'per' or None (mathematics) for one trailing word."""
+def _word_kind(w: str, spaced: bool, before_label: bool = False) -> str | None:
+    """'unit', 'label', 'power', 'per' or None (mathematics) for one trailing word; `before_label`: a label word
+    follows it, so a three-letter word with a vowel is an adjective ("5 red apples"), not a product."""
     low = _CASE_SENSITIVE.get(w, w.lower())
     if low in _DIVIDE:
         return "per"
@@ -115,7 +116,7 @@ def _word_kind(w: str, spaced: bool) -> str | None:
         return "unit"
     if low in _LABEL_ONLY or low in ("percent",):
         return "label"
-    if spaced and _label_word(w):
+    if spaced and (_label_word(w) or before_label and len(w) == 3 and re.search(r"[aeiouy]", w, re.IGNORECASE)):
         return "label"
     return None
 
@@ -143,7 +144,7 @@ def split_units(s: str) -> tuple[str, Unit | None, bool]:
         core = core.strip("".join(_OTHER_CURRENCY)).strip()
         return (core, None, False) if _MATHY_CORE.search(core) else (s, None, False)
     tokens: list[tuple[str, int]] = []  # (word, power), in reading order
-    percent = stripped = False
+    percent = stripped = seen_label = False
     while core:
         m = _TAIL_TOKEN.search(core)
         if not m:
@@ -164,13 +165,14 @@ def split_units(s: str) -> tuple[str, Unit | None, bool]:
                 if not all(_word_kind(w, True) == "unit" for w in parts):
                     break
                 words = [parts[0], "/", parts[1]]
-            elif _word_kind(word, spaced) is None or (word == "°" and _TRIG.search(before)):
+            elif (_word_kind(word, spaced, seen_label) is None or (word == "°" and _TRIG.search(before))):
                 break  # mathematics (3ab, 6 ab^2), or the degrees of a trig argument (\sin 30°)
             else:
                 words = [word]
         if not before.strip() or _ENDS_IN_OPERATOR.search(before):
             break  # nothing left, or the core would end in an operator: these letters are the answer itself
         percent = percent or any(w.lower() == "percent" for w in words)
+        seen_label = seen_label or any(_word_kind(w, True, True) == "label" for w in words)
         tokens = [(w, power if k == len(words) - 1 else 1) for k, w in enumerate(words)] + tokens
         core, stripped = before.rstrip(), True
     if not (stripped or currency) or not (_MATHY_CORE.search(core) or core.lower() in _NUMBER_WORDS):
