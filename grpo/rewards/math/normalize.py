@@ -149,6 +149,7 @@ def clean(s: str) -> str:
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
     s = s.replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
     s = re.sub(r"\\langle(?![A-Za-z])", "(", re.sub(r"\\rangle(?![A-Za-z])", ")", s))
+    s = re.sub(r"\\lbrace(?![A-Za-z])", "\\{", re.sub(r"\\rbrace(?![A-Za-z])", "\\}", s))
     if "_" in s:  # 1011_2, A3_{16}: a numeral in base b is its digits (Python would read 1011_2 as 10112)
         s = _BASE_SUBSCRIPT.sub(r"\1", s)
     if "\\over" in s:

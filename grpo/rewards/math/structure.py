@@ -29,7 +29,7 @@ from dataclasses import dataclass
 _CONNECTIVE = re.compile(r"\s*(?:\\text\{\s*(or|and)\s*\}|(or|and)\b)\s*", re.IGNORECASE)
 _NAME = r"(?:[A-Za-z]|\\[A-Za-z]+)(?:_\{?[A-Za-z0-9]+\}?)?'*"
 # a variable, a function of variables, a segment (AB), or a named quantity (\text{slope}, area)
-_LONE_NAME = re.compile(rf"^(?:{_NAME}|{_NAME}\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])*\s*\)|[A-Z]{{2,3}}"
+_LONE_NAME = re.compile(rf"^(?:{_NAME}|{_NAME}(?:\^\{{-1\}}|\^-1)?\(\s*[A-Za-z](?:\s*,\s*[A-Za-z])*\s*\)|[A-Z]{{2,3}}"
                         r"|\\(?:text|mathrm|textit|operatorname)\{[A-Za-z ]+\}|(?=[A-Za-z]*[aeiou])[A-Za-z]{4,})$")
 _NOT_NAMES = frozenset({"\\pi", "e", "i", "\\infty", "\\emptyset", "\\varnothing"})
 _MATRIX = re.compile(r"^(.*?)\\begin\{([pbvBV]?matrix|array|smallmatrix)\}(?:\{[^}]*\})?(.*?)\\end\{\2\}\s*$", re.DOTALL)
