@@ -109,10 +109,8 @@ def _word_kind(w: str, spaced: bool, before_label: bool = False) -> str | None:
     if low in _MATH_WORDS or low in _NUMBER_WORDS:
         return None
     if low in _KNOWN or low in _SPEED:
-        if low in _ONE_LETTER and not spaced:
-            return None
-        if len(low) == 2 and not spaced and low in ("in",):
-            return None
+        if not spaced and (low in _ONE_LETTER or low == "in"):
+            return None  # 5m and 2in are products; 5 m and 2 in are lengths
         return "unit"
     if low in _LABEL_ONLY or low in ("percent",):
         return "label"
@@ -165,7 +163,7 @@ def split_units(s: str) -> tuple[str, Unit | None, bool]:
                 if not all(_word_kind(w, True) == "unit" for w in parts):
                     break
                 words = [parts[0], "/", parts[1]]
-            elif (_word_kind(word, spaced, seen_label) is None or (word == "°" and _TRIG.search(before))):
+            elif _word_kind(word, spaced, seen_label) is None or (word == "°" and _TRIG.search(before)):
                 break  # mathematics (3ab, 6 ab^2), or the degrees of a trig argument (\sin 30°)
             else:
                 words = [word]
