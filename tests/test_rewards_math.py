@@ -114,6 +114,114 @@ def test_at_least_as_good_as_math_verify():
     assert ours >= sum(theirs(p) == p["label"] for p in PAIRS)
 
 
+# --- the labelled set (tests/data/math_answer_pairs.jsonl: 1050 pairs in 30 categories, labelled by hand)
+
+LABELLED = Path(__file__).parent / "data" / "math_answer_pairs.jsonl"
+HOLDOUT = Path(__file__).parent / "data" / "math_answer_pairs_holdout.jsonl"
+
+
+def _labelled(path=LABELLED):
+    from grpo.rewards.bench import load_pairs
+    return load_pairs(path)
+
+
+def _ours_right(pairs) -> list[bool]:
+    from grpo.rewards.math import verify_all
+    return [v == p["label"] for v, p in zip(verify_all([p["gold"] for p in pairs], [p["pred"] for p in pairs]), pairs)]
+
+
+def test_labelled_set_accuracy():
+    """Unambiguous accuracy on the whole labelled set (ambiguous pairs are left out), and per category: no
+    category may fall far behind the rest."""
+    pairs = _labelled()
+    assert len(pairs) >= 600 and len({p["category"] for p in pairs}) >= 25
+    right = _ours_right(pairs)
+    wrong = [(p["category"], p["gold"], p["pred"], p["label"]) for p, ok in zip(pairs, right) if not ok]
+    assert sum(right) / len(pairs) >= 0.96, wrong[:30]
+    for cat in {p["category"] for p in pairs}:
+        got = [ok for p, ok in zip(pairs, right) if p["category"] == cat]
+        assert sum(got) / len(got) >= 0.8, (cat, [w for w in wrong if w[0] == cat])
+
+
+def _compare_with_math_verify(pairs):
+    from grpo.rewards.bench import math_verify_judge
+    judge = math_verify_judge()
+    if judge is None:
+        pytest.skip("math-verify (a dev dependency) is not installed")
+    ours = sum(_ours_right(pairs))
+    theirs = sum(judge(p["gold"], p["pred"]) == p["label"] for p in pairs)
+    assert ours / len(pairs) >= 0.96 and ours >= theirs, (ours, theirs, len(pairs))
+
+
+def test_labelled_sample_at_least_as_good_as_math_verify():
+    """Every 4th unambiguous pair (every category is in it): math-verify takes ~30-80 ms a pair, so the whole
+    set is the slow test below."""
+    pairs = _labelled()[::4]
+    assert len({p["category"] for p in pairs}) == len({p["category"] for p in _labelled()})
+    _compare_with_math_verify(pairs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", [LABELLED, HOLDOUT], ids=["tuned", "holdout"])
+def test_labelled_set_at_least_as_good_as_math_verify(path):
+    _compare_with_math_verify(_labelled(path))
+
+
+# the classes of #19 that gave false positives: a number with letters after it is not the number, and an
+# assignment to one name is not an assignment to another
+@pytest.mark.parametrize("gold,pred", [
+    ("2", "2xy"), ("3ab", "3"), ("6", "6 ab^2"), ("3ba^2", "3"), ("6ab^2", "6a^2b"), ("7", "7ab"), ("5", "5 x"),
+    ("8", "8 st"), ("4", "4 abc"), ("12", "12xyz"), ("9", "9 mn"), ("4", "4 xy^2"), ("2", "2 pq"), ("5x", "5"),
+    ("10pq", "10"), ("24", "24 ab"), ("1", "1 ab"), ("2", "2 \\pi"), ("5\\text{ cm}", "5 m"), ("5 km", "5 m"),
+    ("3 hours", "3 minutes"), ("8\\text{ cm}^3", "8 \\text{ cm}^2"), ("6 \\text{ feet}", "6 inches"),
+])
+def test_no_false_positive_monomials_and_units(gold, pred):
+    assert not verify(gold, pred) and not verify(pred, gold)
+
+
+@pytest.mark.parametrize("gold,pred", [
+    ("x=5", "y=5"), ("k=3", "a=3"), ("x = 5", "t=5"), ("x_1=2", "x_2=2"), ("a=5", "b=5"), ("z=-2", "2=z"),
+    ("x=3, y=-1", "x=3, z=-1"), ("x=2, y=5", "a=2, b=5"), ("(x,y)=(3,-1)", "(a,b)=(3,-1)"), ("f(x) = 2x", "g(x) = 2x"),
+    ("\\theta = \\frac{\\pi}{4}", "\\phi = \\frac{\\pi}{4}"), ("x<3", "y<3"), ("t > 0", "s > 0"), ("x=1, y=2", "x=1"),
+])
+def test_no_false_positive_equation_names(gold, pred):
+    assert not verify(gold, pred) and not verify(pred, gold)
+
+
+@pytest.mark.parametrize("gold,pred", [  # what the two rules above must still accept
+    ("5", "5 cm"), ("12", "12 apples"), ("3", "3 men"), ("5\\text{ cm}", "5 centimeters"), ("20\\text{ m}^2", "20 \\text{ square meters}"),
+    ("3ab", "3ba"), ("3ba^2", "3a^2b"), ("5xy", "5 x y"), ("60 \\text{ mph}", "60 \\text{ miles per hour}"),
+    ("x=5", "5"), ("5", "y=5"), ("x = 5", "5 = x"), ("(3,-1)", "(x, y) = (3, -1)"), ("(3,-1)", "y=-1, x=3"),
+    ("y=2x+3", "2y=4x+6"), ("y = 2x + 3", "x = (y-3)/2"), ("-1,2", "x_1 = -1, x_2 = 2"),
+])
+def test_units_and_assignments_still_accepted(gold, pred):
+    assert verify(gold, pred)
+
+
+@pytest.mark.parametrize("gold,pred,equal", [  # the other classes of #19, one example each
+    ("x \\le 3", "3 \\ge x", True), ("x \\le 3", "3 \\le x", False), ("(-\\infty,3]", "x\\le3", True),
+    ("(2,\\infty)", "x\\ge2", False), ("\\mathbb{R}", "(-\\infty,\\infty)", True), ("\\varnothing", "\\emptyset", True),
+    ("(-\\infty,-1)\\cup(2,\\infty)", "x<-1 \\text{ or } x>2", True), ("10000", "10,\\!000", True),
+    ("10,\\!000", "1,000", False), ("\\frac13", "0.\\overline{3}", True), ("0.\\overline{3}", "0.3", False),
+    ("\\pi", "π", True), ("-5", "−5", True), ("5", "−5", False), ("B", "\\textbf{(B)}", True), ("\\textbf{(D)}", "(E)", False),
+])
+def test_issue_19_classes(gold, pred, equal):
+    assert verify(gold, pred) is equal
+
+
+def test_pm_that_is_not_plus_minus_does_not_recurse():
+    # "\\pme" (no \\pm command: a letter follows) was split into two copies of itself forever (RecursionError)
+    from grpo.rewards.math.equivalence import answers_equal
+    assert answers_equal("x_1:", "and2°e\\pme") is False
+    assert answers_equal("1 \\mp 2", "-1, 3") is True
+
+
+def test_inequalities_never_raise():
+    from grpo.rewards.math.equivalence import answers_equal
+    for gold, pred in [("3 \\ge x", "x \\le 3"), ("x > 2", "x - 2"), ("x<3", "3"), ("a < b < c", "c > b > a")]:
+        assert isinstance(answers_equal(gold, pred), bool)
+
+
 def test_number_words_and_units():
     assert verify("3", "three") and verify("20", "twenty") and not verify("3", "four")
     assert verify("0.5x", "\\frac{x}{2}") and verify("36\\pi", "36\\pi \\text{ cm}^2")
@@ -207,7 +315,7 @@ def test_fast_extraction_regexes_agree_with_the_full_patterns(text):
     assert last_number(text) == (nums[-1].replace(" ", "") if nums else None)
 
 
-@pytest.mark.parametrize("gold", ["843", "0", "-2.5", "1,000", "three", "25\\%", "\\frac{1}{2}", "5 or apples"])
+@pytest.mark.parametrize("gold", ["843", "0", "-2.5", "1,000", "three", "25\\%", "\\frac{1}{2}", "5 red apples"])
 @pytest.mark.parametrize("pred", ["", "\\,", "\\quad", "or", "and", " , ", "\\boxed{}", "\\$", "^\\circ", "."])
 def test_empty_prediction_against_a_number_skips_the_helper_and_agrees(monkeypatch, gold, pred):
     import grpo.rewards.math as rm

@@ -3,30 +3,53 @@ r"""Math answer verification and the `accuracy` reward.
 `verify(gold, prediction)` decides whether a final answer equals the gold answer;
 `accuracy_reward` is the TRL-style reward built on it (1.0 / 0.0, None where not applicable).
 
-Grading conventions (kept consistent everywhere in this package):
+Grading conventions (kept consistent everywhere in this package; the labelled pairs in
+``tests/data/math_answer_pairs.jsonl`` show each one, ``python -m grpo.rewards.bench --only labelled`` scores them):
 
-- **Numbers** are compared exactly as fractions: ``0.5 = 1/2 = \frac12 = 50\%``-as-value is *not*
-  automatic; see percentages. ``1,000 = 1000``; ``1.50 = 1.5``; ``1.5e3 = 1.5\times10^3 = 1500``.
-- **Rounded decimals**: a gold written as a decimal with k places accepts a prediction whose exact
+- **What is compared.** A prediction that still reads as a completion (a ``\boxed{}``, an ``<answer>`` tag,
+  ``####``, "the answer is") is reduced to its final answer (`extract`); math-mode delimiters (``$…$``,
+  ``\(…\)``, ``\[…\]``) and a whole-answer ``\boxed{}`` are dropped on both sides. Unicode reads as its LaTeX
+  (``π``, the minus sign ``−``, ``√2``, ``×``, ``½``, ``x²``, ``≤``, ``∅``, ``ℝ``).
+- **Numbers** are compared exactly as fractions: ``1.50 = 3/2 = \frac32 = 1\frac12``; thousands separators
+  ``1,000``, ``10,\!000`` (MATH's), ``10{,}000``, ``10\,000``, ``10 000``; ``1.5e3 = 1.5\times10^3 = 1500``;
+  ``2.5 million``; number words up to twenty and the tens, hundred, thousand, million; repeating decimals
+  ``0.\overline{3} = 0.\dot{3} = 0.333\ldots = 1/3`` (``0.3`` is not 1/3).
+- **Rounded decimals**: a gold written as a decimal with k >= 2 places accepts a prediction whose exact
   value is *not* a terminating decimal and rounds to the gold at k places (gold ``0.33``, prediction
   ``1/3``; gold ``3.14``, prediction ``\pi``). A prediction written as a decimal must equal the gold
   exactly (gold ``1/3``, prediction ``0.333`` is wrong; gold ``2.5``, prediction ``2.54`` is wrong).
-- **Percentages**: when exactly one side carries ``%``, ``p\%`` matches ``p`` and ``p/100``
-  (gold ``25``, prediction ``25\%`` or ``0.25`` as a percent question's answer).
-- **Units, currency, degrees, ``\text{}``** around a number are ignored (``\$5``, ``5 dollars``,
-  ``5\text{ cm}^2``, ``30^\circ``). A mixed number ``2\frac12`` is 5/2.
+- **Percentages**: when exactly one side carries ``%`` (or "percent"), ``p\%`` matches ``p`` and ``p/100``
+  (gold ``25``, prediction ``25\%`` or ``0.25``).
+- **Units** (`units`): a known unit after a number (``5 cm``, ``5\text{ cm}^2``, ``60 mph``, ``30^\circ``,
+  ``\$5``) or a label (``12 apples``, anything in ``\text{}``) is not part of the answer. When both sides
+  carry a known unit they must have the same dimension and are compared after conversion (``5 cm`` is
+  not ``5 m``, ``3 hours`` is not ``3 minutes``, ``cm^3`` is not ``cm^2``; ``3 hours`` is ``180 minutes``).
+  Letters that are neither are mathematics: ``3ab``, ``3ba^2``, ``6 ab^2``, ``2xy``, ``4 abc`` and ``5m`` are
+  products (``verify("2", "2xy")`` is False); a one-letter unit needs a space (``5 m``).
 - **Expressions** are equal when sympy proves ``a - b = 0`` or, for constants, 30-digit evaluation
-  agrees to 1e-20 relative (``\frac{1}{\sqrt2} = \frac{\sqrt2}{2}``, ``2^{10} = 1024``); expressions
-  with variables must also agree at 5 random rational points if `simplify` cannot decide.
-- **Equations**: ``x = 5`` matches ``5`` when the left side is a lone variable (or ``f(x)``); two general
-  equations are equal when their ``lhs - rhs`` agree up to sign.
-- **Intervals and tuples** ``(…)``/``[…]``: bracket kinds must match, elements in order.
-  **Sets** ``\{…\}``, bare comma lists and unions of intervals: order does not matter, multiplicity does.
-  "or"/"and" between answers reads as a comma. A column/row matrix matches a tuple of its entries.
-- **Matrices** (pmatrix, bmatrix, …) compare entry by entry.
-- **Multiple choice**: a gold letter A–E (optionally in parentheses) accepts a prediction that starts
-  with that letter, any case, e.g. ``(b)``, ``B.``, ``\text{(B)}``.
-- **Words** (``\text{Monday}``) compare case-insensitively.
+  agrees to 1e-20 relative (``\frac{1}{\sqrt2} = \frac{\sqrt2}{2}``, ``2^{10} = 1024``, ``\sin 30^\circ = 1/2``,
+  ``\log_2 8 = 3``); expressions with variables must also agree at 5 random rational points if `simplify`
+  cannot decide. LaTeX is read as printed (``\sin 2x`` is sin(2x), ``|x|``, ``\lfloor x \rfloor``); ``x_1`` and
+  ``x_2`` are different variables.
+- **Equations**: an assignment — a lone name on one side (``x = 5``, ``5 = x``, ``f(x) = …``, ``a_n = …``), a tuple
+  of names (``(x, y) = (3, -1)``) or a list (``x = 3, y = -1``) — matches an assignment to the *same* names with
+  equal values (``x = 5`` vs ``y = 5`` is False), or the bare value (a tuple in the order of the gold's names,
+  or in alphabetical order of the prediction's). Other equations are equal when their ``lhs - rhs``, cleared
+  of fractions, are a nonzero constant multiple of each other (``y = 2x + 3``, ``2y = 4x + 6``, ``y - 2x = 3``).
+- **Inequalities, intervals and sets of reals** are compared as sets: ``x \le 3 = 3 \ge x = (-\infty, 3]``,
+  ``2x < 6`` is ``x < 3``, ``[1,3] \cup [2,5] = [1,5]``, "or" is a union and "and" an intersection,
+  ``\mathbb{R}``, ``\emptyset``/``\varnothing``/``\{\}``, set-builder ``\{x \mid x > 2\}`` and ``x \in S`` included.
+  Two inequalities must be in the same variable (``x < 3`` vs ``y < 3`` is False); an interval matches an
+  inequality in any one variable.
+- **Tuples and intervals** ``(…)``/``[…]`` against each other: bracket kinds must match, elements in order
+  (``\langle…\rangle`` is a tuple). **Sets** ``\{…\}`` and bare lists (roots, items joined by "or"/"and"):
+  order does not matter (a set ignores repeats, a list counts them); ``a \pm b`` is the two answers.
+- **Matrices** (pmatrix, bmatrix, array, …) compare cell by cell (a scalar before the matrix multiplies
+  it); a column/row vector matches a tuple of its entries.
+- **Multiple choice**: a gold letter A–E (``B``, ``(B)``, ``\textbf{(B)}``, ``\textbf{(B) }12``) accepts a
+  prediction that starts with that letter in any case (``(b)``, ``B.``, ``\text{B}``, ``\textbf{(B)}``), or,
+  where the gold gives one, the choice's value.
+- **Words** (``\text{Monday}``, yes/no, names) compare case-insensitively.
 - Anything that cannot be parsed is equal only if its normalised text is identical.
 
 Speed and bounds: a plain-number pair is decided in-process without sympy (the fast path).
@@ -34,7 +57,7 @@ Everything else runs in a helper process with a wall-clock limit (`grpo.rewards.
 times out counts as not equal (logged), so one pathological prediction cannot stall training. sympy's
 parser `eval`s the answer, in a namespace without Python's I/O, exec/eval, import or printers (``print(5)``
 reads as a product of symbols), and answers with string literals, attribute access, subscripts or ``*args``
-are not parsed (`equivalence._screen_source`). A helper that still dies or garbles its reply on a prediction
+are not parsed (`parse._screen_source`). A helper that still dies or garbles its reply on a prediction
 scores it not equal (logged) as long as a helper answers a trivial check; only a broken helper stops a run.
 """
 from __future__ import annotations
@@ -46,7 +69,7 @@ from functools import lru_cache
 
 from grpo.rewards.math.bounded import MAX_HELPERS, POOL, HelperFailed, VerifyTimeout
 from grpo.rewards.math.equivalence import normalise, numbers_equal
-from grpo.rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold
+from grpo.rewards.math.extract import MAX_ANSWER_CHARS, extract_answer, extract_gold, prediction_answer
 from grpo.rewards.math.normalize import oversized_number, plain_number
 from grpo.rewards.registry import as_text
 
@@ -119,7 +142,8 @@ def verify_all(golds: list, predictions: list[str | None], timeout: float = DEFA
     tools/reward_profile.py (2-core CPU, 2026-11-24): median 57.0 -> 49.0 ms per 128 completions,
     identical reward tables; in a traced H100 step the checks were the update's longest GPU idle
     (tools/step_trace.py)."""
-    pairs = [None if p is None else (extract_gold(str(g)), p.strip()) for g, p in zip(golds, predictions)]
+    pairs = [None if p is None else (extract_gold(str(g)), prediction_answer(p).strip())
+             for g, p in zip(golds, predictions)]
     out = [False if pair is None else _quick_verdict(*pair) for pair in pairs]
     slow = [k for k, v in enumerate(out) if v is None]
 

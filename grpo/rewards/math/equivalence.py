@@ -1,12 +1,25 @@
-r"""Structural and symbolic equivalence of two answer strings (runs sympy; call it through
-`grpo.rewards.math.verify`, which bounds it with a timeout).
+r"""Equivalence of two answer strings (runs sympy; call it through `grpo.rewards.math.verify`, which bounds it
+with a timeout).
 
-Structures are recognised on the *gold* answer's shape and the prediction is read the same way:
-multiple-choice letter, matrix, set ``\{…\}``, interval/tuple ``(…)``/``[…]`` (bracket kinds must match,
-elements in order), union of intervals (order free), bare comma list (order free), equation, text,
-expression. Atoms are compared exactly: plain numbers as fractions, everything else with sympy
-(``simplify(a - b) == 0``, then a 30-digit numeric check for constants and a random-point check for
-expressions with free symbols; a difference clearly nonzero at the first point decides before `simplify`).
+Both answers are normalised (`normalize.clean`) and read into shapes (`structure.read`); then, in order:
+
+- a gold choice letter (``B``, ``(B)``, ``\textbf{(B)}``, ``\textbf{(B) }12``) accepts a prediction that opens
+  with that letter (``(b)``, ``B.``, ``\text{B}``) or, where the gold gives one, the choice's value;
+- matrices compare cell by cell (a scalar written before a matrix multiplies it); a column or row vector
+  matches a tuple of its entries;
+- equations: an assignment (``x = 5``, ``5 = x``, ``f(x) = …``, ``(x, y) = (3, -1)``, ``x = 3, y = -1``) matches an
+  assignment to the same names with equal values, and a bare value (a tuple: in the written order of the
+  gold's names, or alphabetical order of the prediction's); ``x = 5`` and ``y = 5`` are different answers.
+  Two equations that are not assignments to the same names are equal when ``lhs - rhs`` of one is a nonzero
+  constant times that of the other (``y = 2x + 3``, ``2y = 4x + 6``, ``y - 2x = 3``);
+- sets of reals (intervals against inequalities, unions, ``\mathbb{R}``, ``\emptyset``, set-builder): equal
+  sets (`sets`), inequalities in the same variable;
+- tuples and intervals ``(…)``/``[…]``: brackets must match, elements in order;
+- sets ``\{…\}`` and bare lists (roots): order free (a set ignores repeats, a list counts them);
+- single answers: `atoms_equal` — plain numbers exactly as fractions with units and percent rules,
+  words case-insensitively, everything else with sympy (``simplify(a - b) == 0``, then a 30-digit numeric
+  check for constants and a random-point check for expressions with free symbols; a difference clearly
+  nonzero at the first point decides before `simplify`).
 """
 from __future__ import annotations
 
@@ -14,149 +27,29 @@ import math
 import random
 import re
 from fractions import Fraction
-from functools import lru_cache
 
-from grpo.rewards.math.normalize import (Number, clean, drop_units, latex_to_sympy_source, plain_number,
-                                    strip_text_commands)
+from grpo.rewards.math.normalize import Number, clean, plain_number, split_units, strip_text_commands
+from grpo.rewards.math.parse import _parser_globals, _screen_source, sympy_expr  # noqa: F401 - re-exported
+from grpo.rewards.math.sets import as_items, is_set_like, real_set, sets_equal
+from grpo.rewards.math.structure import (Assignment, Atom, Bracketed, Equation, Listing, Matrix, Member, NamedSet,
+                                         Relation, SetBuilder, SetLit, SetOp, read, split_top)  # noqa: F401
 
-_CHOICE = re.compile(r"^\(?\s*([A-E])\s*\)?$")
-_CHOICE_PRED = re.compile(r"^(?:\\text\{)?\(?\s*([A-Ea-e])\s*(?:\)|\.|:|\}|$)")
-_MATRIX = re.compile(r"\\begin\{([pbvBV]?matrix|array)\}(?:\{[^}]*\})?(.*?)\\end\{\1\}", re.DOTALL)
-_SIMPLE_LHS = re.compile(r"^[A-Za-z](?:_\{?\w+\}?)?(?:\([A-Za-z]\))?$")
-_CONNECTIVES = re.compile(r"\s*(?:\\text\{\s*(?:or|and)\s*\}|\b(?:or|and)\b)\s*")
-_TEXT_UNIT = re.compile(r"\\(?:text|mbox|mathrm)\{[^{}]*\}(?:\^\{?\d\}?)?")
-_MAX_SET = 12  # bigger sets are compared in order after sorting their text, to keep matching cheap
-
-
-# ------------------------------------------------------------------------------------ splitting
-def split_top(s: str, sep: str = ",") -> list[str]:
-    """Split on `sep` outside (), [], {} nesting."""
-    parts, depth, start, i = [], 0, 0, 0
-    while i < len(s):
-        c = s[i]
-        if c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif depth == 0 and s.startswith(sep, i):
-            parts.append(s[start:i])
-            start = i + len(sep)
-            i = start
-            continue
-        i += 1
-    parts.append(s[start:])
-    return [p.strip() for p in parts]
+_sympy_expr = sympy_expr  # the name the tests and older callers use
+_CHOICE_GOLD = re.compile(r"^(?:\(\s*([A-E])\s*\)\s*(.*)|([A-E]))$")
+_CHOICE_PRED = re.compile(r"^(?:\(\s*([A-Ea-e])\s*\)|([A-Ea-e])(?:\s*[.:)].*)?$)")
+_NOTHING = re.compile(r"^(?:[\s,;.$°]|\bor\b|\band\b)*$", re.IGNORECASE)
+_RATIO = re.compile(r"^([^:=<>]+?)\s*:\s*([^:=<>]+)$")
+_SHORT_WORDS = frozenset({"yes", "no", "odd", "all", "none", "true", "false", "neither", "both"})
+_MAX_SET = 12  # bigger sets/lists are compared after sorting their text, to keep matching cheap
 
 
-def _brackets(s: str) -> tuple[str, str, str] | None:
-    """('(', ']', inner) if s is one bracketed group (the outer brackets match each other)."""
-    if len(s) < 2 or s[0] not in "([" or s[-1] not in ")]":
-        return None
-    depth = 0
-    for k, c in enumerate(s):
-        depth += 1 if c in "([{" else -1 if c in ")]}" else 0
-        if depth == 0 and k != len(s) - 1:
-            return None
-    return s[0], s[-1], s[1:-1]
-
-
-def _set_inner(s: str) -> str | None:
-    if s.startswith("\\{") and s.endswith("\\}"):
-        return s[2:-2]
-    return None
+def normalise(s: str) -> str:
+    """`clean`, and "" for an answer with nothing in it (only commas, connectives, a currency or degree sign)."""
+    s = clean(s)
+    return "" if _NOTHING.match(s) else s
 
 
 # ------------------------------------------------------------------------------------- atoms
-def _sympy_expr(s: str):
-    import sympy
-    from sympy.parsing.sympy_parser import (convert_xor, implicit_multiplication_application, parse_expr,
-                                            standard_transformations)
-    src = latex_to_sympy_source(s)
-    if "%" in src:
-        src = src.replace("%", "/100")
-    _screen_source(src)
-    # O is a plain letter: as sympy's Order, a sentence such as "Omega overcame ..." turned into O(...) terms whose
-    # substitution ran series/limit code (~1.3 s) and raised TypeError on comparison; no answer here is big-O
-    names = {"e": sympy.E, "E": sympy.E, "i": sympy.I, "pi": sympy.pi, "oo": sympy.oo, "lamda": sympy.Symbol("lamda"),
-             "O": sympy.Symbol("O")}
-    tr = standard_transformations + (implicit_multiplication_application, convert_xor)
-    return parse_expr(src, local_dict=names, transformations=tr, evaluate=True, global_dict=dict(_parser_globals()))
-
-
-# parse_expr runs `eval` on the (transformed) answer, so what an answer can reach is what the namespace holds.
-# A name missing from it parses as plain symbols (``print(5)`` reads as p*r*I*n*t*5, never a call of Python's
-# print). Kept from Python's builtins: only these (max/min are sympy's Max/Min); `__builtins__` is emptied so
-# eval cannot fall back to the real ones.
-_SAFE_BUILTINS = ("abs", "all", "any", "divmod", "len", "pow", "round", "sorted", "sum")
-# Dropped from sympy's namespace: what parses text as code (sympy parses a string with the full builtins;
-# `S` and `sympify` stay but refuse text), prints, prompts, plots, starts programs or changes global state, and
-# what turns an expression into text, a source of strings (the printers also by `_unsafe_sympy_name`'s rule).
-_UNSAFE_SYMPY = frozenset("""
-    parse_expr lambdify var capture preview init_printing init_session interactive_traversal
-    pprint pprint_try_use_unicode pprint_use_unicode pretty_print pager_print textplot plot plot_implicit
-    plot_parametric test doctest seterr register_handler remove_handler public cacheit memoize_property timed
-    latex multiline_latex mathml pretty srepr sstr sstrrepr python pycode ccode cxxcode fcode glsl_code jscode
-    julia_code maple_code mathematica_code octave_code rcode rust_code smtlib_code dotprint filldedent
-    default_sort_key StrPrinter TableForm list2numpy matrix2numpy""".split())
-
-
-def _unsafe_sympy_name(name: str) -> bool:
-    return name in _UNSAFE_SYMPY or name.startswith("print") or name.endswith("_code") or name.startswith("_")
-
-
-def _screen_source(src: str) -> None:
-    """Refuse Python that no answer needs and that could reach past the parser namespace: string literals
-    (sympy parses a string with its full default namespace, builtins included), attribute access (``x.y``; a
-    decimal point is part of a number token), subscripts (``f(x)[0]``) and argument unpacking (``f(*a)``),
-    which could pick text out of what a function returns. Raises ValueError, which the caller treats as
-    unparseable text (equal only to identical text)."""
-    import io
-    import keyword
-    import tokenize
-    if "'" in src or '"' in src:
-        raise ValueError("quotes in an answer")
-    prev = None
-    for tok in tokenize.generate_tokens(io.StringIO(src.strip()).readline):
-        if tok.type == tokenize.OP:
-            after_operand = prev is not None and (
-                prev.type == tokenize.NUMBER or prev.string in (")", "]", "}")
-                or (prev.type == tokenize.NAME and not keyword.iskeyword(prev.string)))
-            if tok.string == "." or (tok.string == "[" and after_operand):
-                raise ValueError("attribute access or subscript in an answer")
-            if tok.string in ("*", "**") and prev is not None and prev.string in ("(", ","):
-                raise ValueError("argument unpacking in an answer")
-        if tok.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.COMMENT):
-            prev = tok
-
-
-def _sympify_no_text(a, *args, **kwargs):
-    """`S` / `sympify` inside an answer: numbers and expressions only; a string would be parsed as code."""
-    import sympy
-    if isinstance(a, (str, bytes, bytearray)):
-        raise TypeError("sympify of text inside an answer")
-    return sympy.sympify(a, *args, **kwargs)
-
-
-@lru_cache(maxsize=1)
-def _parser_globals() -> dict:
-    """parse_expr's global namespace, built once (without `global_dict` it runs ``from sympy import *`` and
-    copies the builtins at every call, ~0.7 ms, half of parsing a short answer). Callers pass a copy, so one
-    parse can change no other's namespace. As sympy's default (1.14) less what an answer must not run: see
-    `_SAFE_BUILTINS` and `_UNSAFE_SYMPY`."""
-    import builtins
-
-    from sympy import Max, Min
-    names: dict = {}
-    exec("from sympy import *", names)  # sympy's own default namespace (1.14), trimmed below
-    for name in [k for k in names if _unsafe_sympy_name(k)]:
-        del names[name]
-    names.update({k: getattr(builtins, k) for k in _SAFE_BUILTINS})
-    names["max"], names["min"] = Max, Min
-    names["S"] = names["sympify"] = _sympify_no_text
-    names["__builtins__"] = {}
-    return names
-
-
 def _sympy_equal(a, b) -> bool:
     import sympy
     if a == b:
@@ -224,16 +117,10 @@ def _differs_at(a, b, diff, point) -> bool:
     return math.isfinite(scale) and size > 1e-9 * scale
 
 
-def _drop_text_units(s: str) -> str:
-    """'36\\pi \\text{ cm}^2' -> '36\\pi': \\text blocks after an expression are units."""
-    s = drop_units(s)
-    stripped = _TEXT_UNIT.sub("", s).strip()
-    return stripped if stripped else s
-
-
 def _rounded_match(gold: Number, exact: Fraction) -> bool:
-    """A decimal gold with k places accepts an exact prediction that rounds (half away from 0) to it."""
-    if gold.places is None or gold.places == 0:
+    """A decimal gold with k >= 2 places accepts an exact prediction that rounds (half away from 0) to it (one
+    place is too coarse a tolerance to read as rounding: gold 0.3 against 2/7)."""
+    if gold.places is None or gold.places < 2:
         return False
     q = Fraction(10) ** gold.places
     scaled = abs(exact) * q
@@ -242,11 +129,17 @@ def _rounded_match(gold: Number, exact: Fraction) -> bool:
 
 
 def numbers_equal(gold: Number, pred: Number) -> bool:
-    """Exact equality; a % on either side also accepts the value divided by 100 (25% = 25 = 0.25)."""
-    candidates = [pred.value]
+    """Exact equality (in the same unit where both carry a known one; different dimensions are never equal);
+    a % on either side also accepts the value divided by 100 (25% = 25 = 0.25)."""
+    g, p = gold.value, pred.value
+    if gold.unit is not None and pred.unit is not None:
+        if gold.unit.dims != pred.unit.dims:
+            return False
+        g, p = g * gold.unit.scale, p * pred.unit.scale
+    candidates = [p]
     if pred.percent != gold.percent:
-        candidates += [pred.value / 100] if pred.percent else [pred.value * 100]
-    if gold.value in candidates:
+        candidates += [p / 100] if pred.percent else [p * 100]
+    if g in candidates:
         return True
     return pred.places is None and not _terminates(pred.value) and _rounded_match(gold, pred.value)
 
@@ -259,45 +152,75 @@ def _terminates(x: Fraction) -> bool:
     return d == 1
 
 
+def _word(s: str) -> str | None:
+    """The lower-cased text of a word answer ("Monday", "no solution", "Bob", \\text{even}), else None; short
+    letter strings such as ``ab`` or ``xyz`` are products of variables, not words."""
+    texty = bool(re.search(r"\\(?:text|textbf|textit|mathrm|mbox)\s*\{", s))
+    t = strip_text_commands(s).strip().rstrip(".").strip()
+    if not re.fullmatch(r"[A-Za-z][A-Za-z '\-]*", t):
+        return None
+    if texty or re.search(r"[A-Za-z]{4}", t) or t.lower() in _SHORT_WORDS or re.fullmatch(r"[A-Z][a-z]{2}", t):
+        return re.sub(r"\s+", " ", t.lower())
+    return None
+
+
+def _letters(s: str) -> str | None:
+    t = strip_text_commands(s).strip().rstrip(".").strip()
+    return re.sub(r"\s+", " ", t.lower()) if re.fullmatch(r"[A-Za-z][A-Za-z '\-]*", t) else None
+
+
 def atoms_equal(gold: str, pred: str) -> bool:
     if gold == pred:
         return True
+    g_core, g_unit, _ = split_units(gold)
+    p_core, p_unit, _ = split_units(pred)
+    if g_unit is not None and p_unit is not None and g_unit.dims != p_unit.dims:
+        return False  # 5 cm against 5 m² or 5 s
     g, p = plain_number(gold), plain_number(pred)
     if g is not None and p is not None:
         return numbers_equal(g, p)
-    gt, pt = strip_text_commands(gold), strip_text_commands(pred)
-    if re.fullmatch(r"[A-Za-z][A-Za-z ]*[A-Za-z]", gt.strip()):  # a word answer ("Monday", "odd")
-        return gt.strip().lower() == pt.strip().lower()
+    gw, pw = _word(gold), _word(pred)
+    if gw is not None or pw is not None:  # a word answer: the other side's letters are a word too (DNE)
+        return (gw or _letters(gold)) == (pw or _letters(pred))
+    gr, pr = _RATIO.match(g_core), _RATIO.match(p_core)
+    if gr or pr:  # a ratio a:b is the number a/b (3:4 = 6:8 = 0.75)
+        g_core, p_core = (f"({m.group(1)})/({m.group(2)})" if m else c for m, c in ((gr, g_core), (pr, p_core)))
     try:
-        ge, pe = _sympy_expr(_drop_text_units(gold)), _sympy_expr(_drop_text_units(pred))
+        ge, pe = sympy_expr(g_core), sympy_expr(p_core)
     except Exception:  # noqa: BLE001 - unparseable text: only identical text counts
-        return clean(gt).replace(" ", "") == clean(pt).replace(" ", "")
-    if g is not None and g.places and p is None and pe.is_number:
+        return clean(strip_text_commands(gold)).replace(" ", "") == clean(strip_text_commands(pred)).replace(" ", "")
+    import sympy
+    if g_unit is not None and p_unit is not None and g_unit.scale != p_unit.scale:
+        ge, pe = ge * sympy.Rational(g_unit.scale), pe * sympy.Rational(p_unit.scale)
+    if g is not None and g.places and p is None and getattr(pe, "is_number", False):
         try:  # a rounded decimal gold accepts an exact non-terminating prediction (1/3 for 0.33)
-            import sympy
             exact = Fraction(str(sympy.Rational(sympy.N(pe, 40)))) if not pe.is_Rational else Fraction(str(pe))
             if pe.is_Rational and _terminates(exact):
                 return exact == g.value
             return _rounded_match(g, exact)
         except Exception:  # noqa: BLE001
             return False
-    if g is not None and g.percent:
-        try:
+    try:
+        if g is not None and g.percent:
             return _sympy_equal(ge, pe) or _sympy_equal(ge / 100, pe)
-        except Exception:  # noqa: BLE001
-            return False
-    return _sympy_equal(ge, pe)
+        return _sympy_equal(ge, pe)
+    except Exception:  # noqa: BLE001
+        return False
 
 
 # --------------------------------------------------------------------------------- structures
-def _unordered(golds: list[str], preds: list[str]) -> bool:
+def _unordered(golds: list, preds: list, as_sets: bool = False) -> bool:
+    """Every gold item matched by its own prediction item (a multiset); `as_sets`: repeats do not count."""
+    if len(golds) > _MAX_SET or len(preds) > _MAX_SET:
+        return sorted(map(repr, golds)) == sorted(map(repr, preds))
+    if as_sets:
+        return (all(any(_same(g, p) for p in preds) for g in golds)
+                and all(any(_same(g, p) for g in golds) for p in preds))
     if len(golds) != len(preds):
         return False
-    if len(golds) > _MAX_SET:
-        return sorted(golds) == sorted(preds)
     left = list(preds)
     for g in golds:
-        hit = next((k for k, p in enumerate(left) if answers_equal(g, p)), None)
+        hit = next((k for k, p in enumerate(left) if _same(g, p)), None)
         if hit is None:
             return False
         left.pop(hit)
@@ -305,39 +228,165 @@ def _unordered(golds: list[str], preds: list[str]) -> bool:
 
 
 def _ordered(golds: list[str], preds: list[str]) -> bool:
-    return len(golds) == len(preds) and all(answers_equal(g, p) for g, p in zip(golds, preds))
+    return len(golds) == len(preds) and all(_same(read(g), read(p)) for g, p in zip(golds, preds))
 
 
-def _matrix_cells(s: str) -> list[list[str]] | None:
-    m = _MATRIX.search(s)
-    if not m:
+def _matrix_cells(m: Matrix) -> list[list[str]]:
+    if m.scale is None:
+        return [list(r) for r in m.rows]
+    return [[f"({m.scale})({c})" for c in r] for r in m.rows]
+
+
+def _matrices(g, p) -> bool:
+    if isinstance(g, Matrix) and isinstance(p, Matrix):
+        gc, pc = _matrix_cells(g), _matrix_cells(p)
+        return len(gc) == len(pc) and all(_ordered(a, b) for a, b in zip(gc, pc))
+    m, other = (g, p) if isinstance(g, Matrix) else (p, g)
+    if not isinstance(other, Bracketed):
+        return False
+    cells = _matrix_cells(m)
+    if min(len(cells), len(cells[0])) != 1:
+        return False
+    flat = [c for row in cells for c in row]
+    return _ordered(flat, list(other.items)) if m is g else _ordered(list(other.items), flat)
+
+
+def _name_key(name: str) -> list:
+    """Natural order of names: x_2 before x_10."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def _roots_of_one_variable(names: tuple) -> bool:
+    """x_1, x_2, ...: numbered roots of one unknown (a list of values, not a point)."""
+    bases = {re.sub(r"_\{?\d+\}?$", "", n) for n in names}
+    return len(bases) == 1 and all(re.search(r"_\{?\d+\}?$", n) for n in names)
+
+
+def _equation_expr(e):
+    """lhs - rhs of an equation or a one-name assignment, as sympy."""
+    if isinstance(e, Assignment):
+        return sympy_expr(e.names[0]) - sympy_expr(e.values[0])
+    return sympy_expr(e.lhs) - sympy_expr(e.rhs)
+
+
+def _numerator(e):
+    """The numerator of e over a common denominator (an equation cleared of fractions)."""
+    import sympy
+    return sympy.fraction(sympy.together(e))[0]
+
+
+def _proportional(ge, pe, positive: bool = False) -> bool:
+    """Is ge = c * pe for a constant c != 0 (c > 0 if `positive`)? c is read off at a point where pe != 0."""
+    import sympy
+    if ge == 0 or pe == 0:
+        return ge == pe
+    free = sorted(ge.free_symbols | pe.free_symbols, key=str)
+    for point in _random_points(free)[:3]:
+        num, den = ge.xreplace(point), pe.xreplace(point)
+        if den.is_zero is False and num.is_zero is False and den.is_finite and num.is_finite:
+            c = sympy.nsimplify(sympy.simplify(num / den))
+            if c.free_symbols or (positive and not c.is_positive):
+                return False
+            return _sympy_equal(ge, c * pe)
+    return False
+
+
+def _equations(g, p) -> bool:
+    ga, pa = isinstance(g, Assignment), isinstance(p, Assignment)
+    if ga and pa and set(g.names) == set(p.names):
+        values = dict(zip(p.names, p.values))
+        return all(_same(read(v), read(values[n])) for n, v in zip(g.names, g.values))
+    if isinstance(g, (Assignment, Equation)) and isinstance(p, (Assignment, Equation)):
+        if (ga and len(g.names) > 1) or (pa and len(p.names) > 1):
+            return False  # x = 3, y = -1 against other names
+        ge, pe = _equation_expr(g), _equation_expr(p)  # x = (y-3)/2 is y = 2x + 3; x = 5 is not y = 5
+        return _proportional(ge, pe) or _proportional(*(_numerator(e) for e in (ge, pe)))  # xy = 1 is y = 1/x
+    if ga:  # a gold assignment against a bare answer
+        if len(g.names) == 1:
+            return _same(read(g.values[0]), p)
+        if _roots_of_one_variable(g.names) and isinstance(p, (Listing, SetLit)):
+            return _same(Listing(tuple(read(v) for v in g.values), ","), p)
+        return isinstance(p, Bracketed) and _ordered(list(g.values), list(p.items))
+    if pa:
+        if len(p.names) == 1:
+            return _same(g, read(p.values[0]))
+        if _roots_of_one_variable(p.names) and isinstance(g, (Listing, SetLit)):
+            return _same(g, Listing(tuple(read(v) for v in p.values), ","))
+        order = sorted(range(len(p.names)), key=lambda k: _name_key(p.names[k]))
+        return isinstance(g, Bracketed) and _ordered(list(g.items), [p.values[k] for k in order])
+    return False  # a general equation against something that is not one
+
+
+_SIGN = {"<": (1, True), "<=": (1, False), ">": (-1, True), ">=": (-1, False)}
+
+
+def _relations(g: Relation, p: Relation) -> bool:
+    """Two single relations in several variables: the same strictness and ``rhs - lhs`` (oriented to "> 0")
+    a positive multiple of each other (``x + y < 3`` and ``y < 3 - x``); ``!=`` up to any nonzero factor."""
+    if len(g.ops) != 1 or len(p.ops) != 1 or (g.ops[0] == "!=") != (p.ops[0] == "!="):
+        return False
+    ge, pe = sympy_expr(g.sides[1]) - sympy_expr(g.sides[0]), sympy_expr(p.sides[1]) - sympy_expr(p.sides[0])
+    if g.ops[0] == "!=":
+        return _proportional(ge, pe)
+    (gs, gstrict), (ps, pstrict) = _SIGN[g.ops[0]], _SIGN[p.ops[0]]
+    return gstrict == pstrict and _proportional(gs * ge, ps * pe, positive=True)
+
+
+def _sets(g, p) -> bool | None:
+    """Set-of-reals comparison, or None when either side is not such a set."""
+    try:
+        gs, ps = real_set(g), real_set(p)
+    except Exception:  # noqa: BLE001 - not a set sympy can build (symbolic endpoints...)
+        gs = ps = None
+    if gs is None or ps is None:
+        if isinstance(g, Relation) and isinstance(p, Relation):
+            try:
+                return _relations(g, p)
+            except Exception:  # noqa: BLE001
+                return False
         return None
-    rows = [r for r in re.split(r"\\\\", m.group(2)) if r.strip()]
-    return [[c.strip() for c in r.split("&")] for r in rows]
+    if gs[1] is not None and ps[1] is not None and gs[1] != ps[1]:
+        return False  # x < 3 and y < 3
+    try:
+        return bool(sets_equal(gs[0], ps[0]))
+    except Exception:  # noqa: BLE001
+        return False
 
 
-def _equation_sides(s: str) -> tuple[str, str] | None:
-    parts = split_top(s, "=")
-    return (parts[0], parts[1]) if len(parts) == 2 else None
+def _same(g, p) -> bool:
+    """Are the two answer shapes the same answer? (the rules of the module docstring, in order)"""
+    if isinstance(g, Member) and not is_set_like(p):
+        g = g.of
+    if isinstance(p, Member) and not is_set_like(g):
+        p = p.of
+    if isinstance(g, Matrix) or isinstance(p, Matrix):
+        return _matrices(g, p)
+    if isinstance(g, (Assignment, Equation)) or isinstance(p, (Assignment, Equation)):
+        try:
+            return _equations(g, p)
+        except Exception:  # noqa: BLE001 - a side sympy cannot read: not the same equation
+            return False
+    if is_set_like(g) or is_set_like(p) or isinstance(g, Member) or isinstance(p, Member):
+        verdict = _sets(g, p)
+        if verdict is not None:
+            return verdict
+        if not isinstance(g, (SetLit, Listing)) or not isinstance(p, (SetLit, Listing)):
+            return False
+    if isinstance(g, (Listing, SetLit)) or isinstance(p, (Listing, SetLit)):
+        return _unordered(as_items(g), as_items(p), as_sets=isinstance(g, SetLit) or isinstance(p, SetLit))
+    if isinstance(g, Bracketed) or isinstance(p, Bracketed):
+        return (isinstance(g, Bracketed) and isinstance(p, Bracketed) and (g.left, g.right) == (p.left, p.right)
+                and _ordered(list(g.items), list(p.items)))
+    if isinstance(g, Atom) and isinstance(p, Atom):
+        return atoms_equal(g.text, p.text)
+    return False
 
 
-def _drop_simple_lhs(s: str) -> str:
-    """'x = 5' -> '5' (a lone variable, subscripted variable or f(x) on the left)."""
-    sides = _equation_sides(s)
-    if sides and _SIMPLE_LHS.match(sides[0].replace(" ", "")):
-        return sides[1]
-    return s
-
-
-def normalise(s: str) -> str:
-    s = clean(s)
-    if s.startswith("\\boxed{") and s.endswith("}"):
-        s = s[7:-1]
-    s = _CONNECTIVES.sub(", ", s).strip(" ,")
-    parts = split_top(s, "\\pm")
-    if len(parts) == 2 and "," not in s:  # a \pm b is the two answers a + b, a - b
-        s = f"{parts[0]}+{parts[1]}, {parts[0]}-{parts[1]}"
-    return s
+def _choice_equal(letter: str, value: str, pred: str) -> bool:
+    m = _CHOICE_PRED.match(strip_text_commands(pred).strip())
+    if m:
+        return (m.group(1) or m.group(2)).upper() == letter
+    return bool(value) and answers_equal(value, pred)
 
 
 def answers_equal(gold: str, pred: str) -> bool:
@@ -345,32 +394,7 @@ def answers_equal(gold: str, pred: str) -> bool:
     gold, pred = normalise(gold), normalise(pred)
     if gold == pred:
         return True
-    m = _CHOICE.match(strip_text_commands(gold))
+    m = _CHOICE_GOLD.match(strip_text_commands(gold).strip())
     if m:
-        pm = _CHOICE_PRED.match(pred)
-        return bool(pm) and pm.group(1).upper() == m.group(1)
-    gm = _matrix_cells(gold)
-    if gm is not None:
-        pm_cells = _matrix_cells(pred)
-        if pm_cells is None:
-            pb = _brackets(pred)  # a column/row vector written as a tuple
-            flat = [c for row in gm for c in row]
-            return bool(pb) and min(len(gm), len(gm[0])) == 1 and _ordered(flat, split_top(pb[2]))
-        return len(gm) == len(pm_cells) and all(_ordered(g, p) for g, p in zip(gm, pm_cells))
-    gs, ps = _set_inner(gold), _set_inner(pred)
-    if gs is not None:
-        items = ps if ps is not None else pred
-        return _unordered(split_top(gs), split_top(items))
-    if "\\cup" in gold:
-        return _unordered(split_top(gold, "\\cup"), split_top(pred, "\\cup"))
-    gb, pb = _brackets(gold), _brackets(pred)
-    if gb and "," in gb[2] and split_top(gb[2]) != [gb[2]]:
-        return bool(pb) and gb[:2] == pb[:2] and _ordered(split_top(gb[2]), split_top(pb[2]))
-    golds, preds = split_top(gold), split_top(pred)
-    if len(golds) > 1 or len(preds) > 1:
-        return _unordered([_drop_simple_lhs(g) for g in golds], [_drop_simple_lhs(p) for p in preds])
-    gsides, psides = _equation_sides(gold), _equation_sides(pred)
-    if gsides and psides and not _SIMPLE_LHS.match(gsides[0].replace(" ", "")):
-        g_expr, p_expr = f"({gsides[0]})-({gsides[1]})", f"({psides[0]})-({psides[1]})"
-        return atoms_equal(g_expr, p_expr) or atoms_equal(g_expr, f"-({p_expr})")
-    return atoms_equal(_drop_simple_lhs(gold), _drop_simple_lhs(pred))
+        return _choice_equal(m.group(1) or m.group(3), (m.group(2) or "").strip(), pred)
+    return _same(read(gold), read(pred))

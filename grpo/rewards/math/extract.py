@@ -28,6 +28,7 @@ _ANSWER_IS = re.compile(r"answer\s+is\s*[:：]?\s*(.+?)(?:\.(?:\s|$)|\n|$)", re.
 _NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _UP_TO_LAST_DIGIT = re.compile(r".*\d", re.DOTALL)
 _UP_TO_NOT_IN_NUMBER = re.compile(r".*[^\d\s,./-]", re.DOTALL)  # to the last character no _NUMBER match holds
+_COMPLETION_MARKERS = re.compile(r"\\boxed|\\fbox|<answer>|####|answer\s+is", re.IGNORECASE)
 MAX_ANSWER_CHARS = 1000  # longer "answers" are not answers: they are compared as-is and never parsed
 
 
@@ -92,6 +93,17 @@ def extract_answer(completion: str, fallback: str | None = "last_number") -> str
     if fallback == "last_number":
         return last_number(completion)
     return None
+
+
+def prediction_answer(prediction: str) -> str:
+    r"""What `verify` compares for a prediction: the final answer inside it when it still reads as a completion
+    (a ``\boxed{}``, an ``<answer>`` tag, ``####``, "the answer is"; found as `extract_answer` without the
+    last-number fallback), else the prediction itself. An answer that was already extracted stays as it is."""
+    if len(prediction) <= 20 * MAX_ANSWER_CHARS and _COMPLETION_MARKERS.search(prediction):
+        found = extract_answer(prediction, fallback=None)
+        if found is not None:
+            return found
+    return prediction
 
 
 def extract_gold(answer: str) -> str:

@@ -1,15 +1,19 @@
-r"""Text-level normalisation of answers, the plain-number fast path, and LaTeX -> sympy source text.
+r"""Text-level normalisation of answers and the plain-number fast path. No sympy here: `plain_number` decides
+GSM8K-style answers in-process, and everything else is only rewritten as text.
 
-Nothing here imports sympy: `plain_number` is the fast path used for GSM8K-style answers, and
-`latex_to_sympy_source` only rewrites text (sympy parses it later, inside the bounded worker).
+`clean` (used on every answer): math-mode wrappers (``$…$``, ``\(…\)``, ``\[…\]``) and a whole-answer
+``\boxed{}`` are taken off; Unicode is read as its LaTeX (``π``, the minus sign ``−``, ``√2``, ``×``, ``·``,
+``≤``, ``½``, ``x²``, ``∅``, ``ℝ``); ``\dfrac``/``\tfrac`` are ``\frac``; sizing and spacing commands go;
+relation commands become ``<=``, ``>=``, ``!=`` (``\leq``, ``\geqslant``, ``\ne``, ``\lt``); degrees of any spelling
+become ``°``; ``\%`` and ``\text{\%}`` are ``%``; thousands separators are removed (``1,000``, ``10,\!000`` —
+MATH's own —, ``10{,}000``, ``10\,000``, ``10 000``: groups of exactly three digits); a repeating decimal
+becomes its fraction (``0.\overline{3}``, ``0.1\overline{6}``, ``0.\dot{3}``, ``0.333\ldots`` -> ``\frac{1}{3}``,
+``\frac{1}{6}``); a final full stop goes.
 
-Conventions (see grpo.rewards.math for the full list): thousands separators are commas between groups of
-exactly three digits (``1,000``, ``1{,}000``, ``1\,000``); a leading currency sign (``$``, ``\$``, ``€``,
-``£``, ``¥``) and trailing unit words (``5 cm``, ``12 apples``, ``5\text{ cm}^2``) are ignored;
-``^\circ`` and ``°`` are dropped; a trailing ``%`` is kept as a flag (handled by the comparison); a mixed
-number ``2\frac{1}{2}`` means 5/2; a number word up to twenty (and the tens, hundred, thousand,
-million) is that number. A unit must be a word of two or more letters or a ``\text{}``: ``0.5x`` is an
-expression, ``5 cm`` a number.
+`plain_number`: the exact value of an answer that is a plain number — an integer, decimal, ``a/b``,
+``\frac{a}{b}``, a mixed number ``2\frac{1}{2}`` (= 5/2), scientific notation (``1.5e3``,
+``1.5\times10^{3}``), a number word up to twenty and the tens, hundred, thousand, million — with a ``%``
+flag and its unit (see `grpo.rewards.math.units`), or None.
 """
 from __future__ import annotations
 
@@ -17,24 +21,50 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-_SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad|\\displaystyle|\\textstyle|\\left|\\right|\\big|\\Big|~")
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname|mathit|rm)\s*\{([^{}]*)\}")
-_DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ|\\degree")
-_CURRENCY = re.compile(r"^(?:\\\$|\$|€|£|¥|\\euro|USD|usd)\s*")
-_UNIT_TAIL = re.compile(r"^([+-]?(?:\d[\d,]*\.?\d*|\.\d+)(?:\s*/\s*\d+)?)\s*(?:(?:\\text\{[^{}]*\}|\\mbox\{[^{}]*\}|\\mathrm\{[^{}]*\}|[A-Za-z]{2,}(?![A-Za-z])\.?)"
-                        r"(?:\^\{?\d\}?)?\s*)+$")
-_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,|\{,\}|\\,)\d{3})+)(?![\d])")
+from grpo.rewards.math.units import MAX_UNIT_ANSWER_CHARS, Unit, drop_units, split_units  # noqa: F401
+
+_SPACING = re.compile(r"(?<!\\)\\[,;:! ]|\\q?quad|\\displaystyle|\\textstyle|\\scriptstyle|\\left(?![a-z])|\\right(?![a-z])"
+                      r"|\\[bB]igg?[lr]?(?![a-z])|~|\\hspace\{[^{}]*\}")
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|textnormal|mathrm|mathbf|mbox|operatorname|mathit|rm|bf)"
+                       r"\s*\{([^{}]*)\}")
+_DEGREES = re.compile(r"\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\circ|\\degree|\^\s*\{\s*°\s*\}|\^\s*°")
+_RELATIONS = [(re.compile(p), r) for p, r in [
+    (r"\\(?:leqslant|leq|le)(?![A-Za-z])|≤|⩽", "<="), (r"\\lt(?![A-Za-z])", "<"),
+    (r"\\(?:geqslant|geq|ge)(?![A-Za-z])|≥|⩾", ">="), (r"\\gt(?![A-Za-z])", ">"),
+    (r"\\(?:neq|ne)(?![A-Za-z])|≠", "!=")]]
+_UNICODE = {"−": "-", "–": "-", "‐": "-", "－": "-", "﹣": "-", "π": r"\pi ", "×": r"\times ", "·": r"\cdot ",
+            "⋅": r"\cdot ", "∙": r"\cdot ", "÷": r"\div ", "∞": r"\infty ", "∅": r"\emptyset ", "ℝ": r"\mathbb{R}",
+            "ℤ": r"\mathbb{Z}", "ℕ": r"\mathbb{N}", "ℚ": r"\mathbb{Q}", "ℂ": r"\mathbb{C}", "∪": r"\cup ",
+            "∩": r"\cap ", "∈": r"\in ", "±": r"\pm ", "∓": r"\mp ", "θ": r"\theta ", "α": r"\alpha ", "β": r"\beta ",
+            "γ": r"\gamma ", "φ": r"\phi ", "λ": r"\lambda ", "μ": r"\mu ", "σ": r"\sigma ", "ω": r"\omega ",
+            "…": r"\ldots ", "′": "'", "：": ":", "，": ", ", "\u00a0": " ", "\u2009": " ", "\u202f": " ",
+            "\u2002": " ", "\u2003": " ", "∛": r"\sqrt[3]", "⟨": r"\langle ", "⟩": r"\rangle ",
+            "½": r"\frac{1}{2}", "⅓": r"\frac{1}{3}", "⅔": r"\frac{2}{3}", "¼": r"\frac{1}{4}", "¾": r"\frac{3}{4}",
+            "⅕": r"\frac{1}{5}", "⅖": r"\frac{2}{5}", "⅗": r"\frac{3}{5}", "⅘": r"\frac{4}{5}", "⅙": r"\frac{1}{6}",
+            "⅚": r"\frac{5}{6}", "⅛": r"\frac{1}{8}", "⅜": r"\frac{3}{8}", "⅝": r"\frac{5}{8}", "⅞": r"\frac{7}{8}"}
+_UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
+_SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
+_SUPERSCRIPT_RUN = re.compile(r"[⁻⁺]?[⁰¹²³⁴⁵⁶⁷⁸⁹]+")
+_ROOT_SIGN = re.compile(r"√\s*(\d+(?:\.\d+)?|[A-Za-z]|\\pi|\([^()]*\)|\{[^{}]*\})")
+_THOUSANDS = re.compile(r"(?<![\d.])(\d{1,3})((?:(?:,\\!|\{,\}|,|\\,|\\ |\\;|\\!| )\d{3})+)(?![\d])")
+_REPEATING = re.compile(r"(?<![\d.])(\d*)\.(\d*)\\(?:overline|bar|dot)\s*(?:\{(\d+)\}|(\d))")
+_ELLIPSIS = re.compile(r"(?<![\d.])(\d*)\.(\d+)\s*(?:\\ldots|\\cdots|\\dots|\.\.\.)")
+_BASE_SUBSCRIPT = re.compile(r"(?<![\w\\.])([0-9A-Z]*\d[0-9A-Z]*)_\{?\(?([2-9]|[1-3]\d)\)?\}?(?![\w{])")
+_OVER = re.compile(r"\{([^{}]*)\\over(?![A-Za-z])([^{}]*)\}")
+_PLAIN = re.compile(r"\s*-?\d[\d,]*(?:\.\d+)?\s*$")
+_WRAPPERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 # bounds of the fast path: a sampled "answer" such as 1e12345678 made one GRPO step's rewards take 68 s
 # (Fraction builds the integer); beyond these the text goes to the time-limited helper (or compares as text)
 MAX_DIGITS = 400
 MAX_EXPONENT = 400
-MAX_UNIT_ANSWER_CHARS = 200
-_DECIMAL = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
-_SCI_LATEX = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
-_SIMPLE_FRAC = re.compile(r"^([+-]?)\s*(?:\\[dtc]?frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}"
-                          r"|\\[dtc]?frac\s*(\d)\s*(\d)|(\d+)\s*/\s*(\d+))$")
-_MIXED = re.compile(r"^([+-]?)(\d+)\s*\\[dtc]?frac\s*\{(\d+)\}\s*\{(\d+)\}$")
-_UNIT_WORDS_KEEP = {"pi", "e", "i", "sqrt"}  # words that are mathematics, not units
+_DECIMAL = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+_SCI_LATEX = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
+_POWER_OF_TEN = re.compile(r"^([+-]?)10\s*\^\s*\{?\s*([+-]?\d+)\s*\}?$")
+_SIMPLE_FRAC = re.compile(r"^([+-]?)\s*(?:\\frac\s*\{\s*([+-]?\d+)\s*\}\s*\{\s*([+-]?\d+)\s*\}"
+                          r"|\\frac\s*(\d)\s*(\d)|(\d+)\s*/\s*(\d+))$")
+_MIXED = re.compile(r"^([+-]?)(\d+)\s*\\frac\s*(?:\{(\d+)\}\s*\{(\d+)\}|(\d)(\d))$")
+_SCALES = {"thousand": 10 ** 3, "million": 10 ** 6, "billion": 10 ** 9, "trillion": 10 ** 12}
+_SCALE_WORD = re.compile(r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(thousand|million|billion|trillion)$", re.IGNORECASE)
 NUMBER_WORDS = {w: i for i, w in enumerate(
     "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
     "seventeen eighteen nineteen twenty".split())}
@@ -50,80 +80,150 @@ def strip_text_commands(s: str) -> str:
     return s
 
 
-def clean(s: str) -> str:
-    """Spacing commands, sizing, degrees, currency and thousands separators removed; whitespace squeezed."""
+def _whole_group(s: str, prefix: str) -> str | None:
+    r"""The inside of `prefix{…}` when that group is the whole of s (``\boxed{…}``), else None."""
+    if not (s.startswith(prefix + "{") and s.endswith("}")):
+        return None
+    depth = 0
+    for k in range(len(prefix), len(s)):
+        depth += {"{": 1, "}": -1}.get(s[k], 0)
+        if depth == 0:
+            return s[len(prefix) + 1:-1] if k == len(s) - 1 else None
+    return None
+
+
+def strip_wrappers(s: str) -> str:
+    r"""Take off math-mode delimiters and a whole-answer ``\boxed{}``/``\fbox{}`` (repeatedly) and a final full stop."""
     s = s.strip()
+    if not s or (s[0] not in "$\\" and s[-1] != "."):
+        return s  # nothing to take off (most answers: the fast path's numbers)
+    prev = None
+    while prev != s:
+        prev = s = s.strip()
+        for left, right in _WRAPPERS:
+            if len(s) > len(left) + len(right) and s.startswith(left) and s.endswith(right) and not s.endswith("\\" + right):
+                s = s[len(left): len(s) - len(right)]
+                break
+        for box in ("\\boxed", "\\fbox"):
+            inner = _whole_group(s, box)
+            if inner is not None:
+                s = inner
+        s = s.rstrip(".").rstrip()
+    return s
+
+
+def _repeating_value(whole: str, fixed: str, period: str) -> str:
+    """``\\frac{p}{q}`` for whole.fixed(period)(period)..."""
+    q = 10 ** len(fixed) * (10 ** len(period) - 1)
+    p = int(whole or "0") * q + int((fixed + period) or "0") - int(fixed or "0")
+    f = Fraction(p, q)
+    return f"\\frac{{{f.numerator}}}{{{f.denominator}}}"
+
+
+def _ellipsis(m: re.Match) -> str:
+    """0.333... / 0.1666...: the shortest period (and shortest non-repeating start) seen at least twice."""
+    whole, digits = m.group(1), m.group(2)
+    if len(digits) > 40:  # the search is cubic in the digits; no answer writes a period this long
+        return m.group(0)
+    for start in range(len(digits)):
+        for p in range(1, (len(digits) - start) // 2 + 1):
+            tail, period = digits[start:], digits[start:start + p]
+            if (period * len(tail))[:len(tail)] == tail:
+                return _repeating_value(whole, digits[:start], period)
+    return m.group(0)
+
+
+def _unicode(s: str) -> str:
+    s = _SUPERSCRIPT_RUN.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPT) + "}", s)
+    s = _ROOT_SIGN.sub(lambda m: "\\sqrt{" + m.group(1) + "}", s)
+    s = s.replace("√", "\\sqrt")
+    return _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)
+
+
+def clean(s: str) -> str:
+    """The conventions of the module docstring, applied to one answer's text."""
+    if _PLAIN.match(s):  # the GSM8K fast path: digits, commas, one decimal point
+        return _THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), s.strip()) if "," in s else s.strip()
+    s = _unicode(s.strip()) if not s.isascii() else s.strip()
+    s = strip_wrappers(s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\cfrac", "\\frac")
-    s = _SPACING.sub(" ", s)
-    s = _DEGREES.sub("", s)
-    s = s.replace("\\%", "%").replace("\\$", "$")
-    s = _CURRENCY.sub("", s.strip())
+    s = s.replace("\\dbinom", "\\binom").replace("\\tbinom", "\\binom")
+    s = re.sub(r"\\langle(?![A-Za-z])", "(", re.sub(r"\\rangle(?![A-Za-z])", ")", s))
+    s = re.sub(r"\\lbrace(?![A-Za-z])", "\\{", re.sub(r"\\rbrace(?![A-Za-z])", "\\}", s))
+    if "_" in s:  # 1011_2, A3_{16}: a numeral in base b is its digits (Python would read 1011_2 as 10112)
+        s = _BASE_SUBSCRIPT.sub(r"\1", s)
+    if "\\over" in s:
+        s = _OVER.sub(r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\(?:text|mbox|mathrm)\s*\{\s*\\?%\s*\}", "%", s).replace("\\%", "%").replace("\\$", "$")
     s = _THOUSANDS.sub(lambda m: m.group(1) + re.sub(r"\D", "", m.group(2)), s)
+    s = _SPACING.sub(" ", s)
+    s = _DEGREES.sub("°", s)
+    for pattern, repl in _RELATIONS:
+        s = pattern.sub(repl, s)
+    if "." in s:
+        s = _REPEATING.sub(lambda m: _repeating_value(m.group(1), m.group(2), m.group(3) or m.group(4)), s)
+        s = _ELLIPSIS.sub(_ellipsis, s)
     s = re.sub(r"\s+", " ", s).strip()
-    return s.rstrip(".").strip()
-
-
-def drop_units(s: str) -> str:
-    """'5 cm' -> '5', '12\\text{ apples}' -> '12'; unchanged if what follows the number is mathematics.
-    Each unit word must be a maximal run of letters: with `[A-Za-z]{2,}` alone a long word could be split
-    into chunks in exponentially many ways, and a sampled answer like "12 apples...!" stalled the regex
-    for over a minute (a GRPO step's rewards on the H100). Longer inputs are not "number + unit" answers."""
-    if len(s) > MAX_UNIT_ANSWER_CHARS:
-        return s
-    m = _UNIT_TAIL.match(s)
-    if not m:
-        return s
-    tail = s[len(m.group(1)):]
-    words = re.findall(r"[A-Za-z]+", strip_text_commands(tail))
-    if any(w in _UNIT_WORDS_KEEP for w in words):
-        return s
-    return m.group(1).strip()
+    return strip_wrappers(s)
 
 
 @dataclass(frozen=True)
 class Number:
     """A plain number: exact value, whether it carried a % sign, decimal places written (None if not a
-    decimal), and whether it was written as a terminating decimal/integer (for the rounding rule)."""
+    decimal; for the rounding rule), and its known unit (None if none or only a label such as "apples")."""
 
     value: Fraction
     percent: bool = False
     places: int | None = None
+    unit: Unit | None = None
 
 
 def plain_number(s: str) -> Number | None:
     """Fast path: the answer as an exact number if it is one in plain form, else None. Never uses sympy."""
-    s = drop_units(clean(s))
-    percent = s.endswith("%")
-    if percent:
+    s = clean(s)
+    if s.startswith("\\text"):
+        s = strip_text_commands(s)  # \text{two}
+    s, unit, word_percent = split_units(s)
+    percent = s.endswith("%") or word_percent
+    if s.endswith("%"):
         s = s[:-1].strip()
     s = s.replace(" ", "")
     if s.lower() in NUMBER_WORDS:
-        return Number(Fraction(NUMBER_WORDS[s.lower()]), percent)
+        return Number(Fraction(NUMBER_WORDS[s.lower()]), percent, None, unit)
+    m = _SCALE_WORD.match(s)
+    if m:  # 2.5 million
+        inner = plain_number(m.group(1))
+        return inner and Number(inner.value * _SCALES[m.group(2).lower()], percent, None, unit)
     if s.startswith("(") and s.endswith(")") and "," not in s:
         s = s[1:-1]
+    if s.startswith("+"):
+        s = s[1:]
     if _DECIMAL.match(s):
         if _decimal_too_big(s):
             return None  # Fraction("1e9999999") alone takes seconds: such numbers are not GSM8K/MATH answers
         mantissa, sci, _ = s.lower().partition("e")
         places = len(mantissa.split(".")[1]) if "." in mantissa and not sci else None
-        return Number(Fraction(s), percent, places)
-    m = _SCI_LATEX.match(s)
+        return Number(Fraction(s), percent, places, unit)
+    m = _SCI_LATEX.match(s) or _POWER_OF_TEN.match(s)
     if m:
         exp = int(m.group(2))
-        if abs(exp) > MAX_EXPONENT or len(m.group(1)) > MAX_DIGITS:
+        mantissa = m.group(1) + "1" if m.re is _POWER_OF_TEN else m.group(1)
+        if abs(exp) > MAX_EXPONENT or len(mantissa) > MAX_DIGITS:
             return None
-        return Number(Fraction(m.group(1)) * Fraction(10) ** exp, percent)
+        return Number(Fraction(mantissa) * Fraction(10) ** exp, percent, None, unit)
     m = _SIMPLE_FRAC.match(s)
     if m:
         sign = -1 if m.group(1) == "-" else 1
         num, den = next((m.group(i), m.group(i + 1)) for i in (2, 4, 6) if m.group(i) is not None)
         if max(len(num), len(den)) > MAX_DIGITS or int(den) == 0:
             return None
-        return Number(sign * Fraction(int(num), int(den)), percent)
+        return Number(sign * Fraction(int(num), int(den)), percent, None, unit)
     m = _MIXED.match(s)
-    if m and max(len(g) for g in m.groups()[1:]) <= MAX_DIGITS and int(m.group(4)) != 0:
-        sign = -1 if m.group(1) == "-" else 1
-        return Number(sign * (int(m.group(2)) + Fraction(int(m.group(3)), int(m.group(4)))), percent)
+    if m and max(len(g or "") for g in m.groups()[1:]) <= MAX_DIGITS:
+        num, den = (m.group(3), m.group(4)) if m.group(3) is not None else (m.group(5), m.group(6))
+        if int(den) != 0:
+            sign = -1 if m.group(1) == "-" else 1
+            return Number(sign * (int(m.group(2)) + Fraction(int(num), int(den))), percent, None, unit)
     return None
 
 
@@ -141,84 +241,3 @@ def oversized_number(s: str) -> bool:
         return _decimal_too_big(s)
     m = re.fullmatch(r"[+-]?(\d+)/(\d+)", s)
     return bool(m) and max(len(m.group(1)), len(m.group(2))) > MAX_DIGITS
-
-
-# ------------------------------------------------------------------------ LaTeX -> sympy source text
-_FUNCS = ("arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "sin", "cos", "tan", "cot", "sec", "csc",
-          "log", "ln", "exp")
-_SYMBOLS = {"pi": " pi ", "infty": " oo ", "infinity": " oo ", "cdot": "*", "times": "*", "div": "/",
-            "alpha": " alpha ", "beta": " beta ", "gamma": " gamma ", "theta": " theta ", "phi": " phi ",
-            "lambda": " lamda ", "mu": " mu ", "sigma": " sigma ", "omega": " omega ", "tau": " tau ",
-            "le": "<=", "leq": "<=", "ge": ">=", "geq": ">=", "neq": "!=", "ne": "!="}
-
-
-def _group(s: str, i: int) -> tuple[str, int]:
-    """The argument starting at s[i]: a {...} group (braces matched), a \\command, or one character."""
-    while i < len(s) and s[i] == " ":
-        i += 1
-    if i >= len(s):
-        raise ValueError("missing argument")
-    if s[i] == "{":
-        depth = 0
-        for k in range(i, len(s)):
-            depth += {"{": 1, "}": -1}.get(s[k], 0)
-            if depth == 0:
-                return s[i + 1:k], k + 1
-        raise ValueError("unbalanced braces")
-    if s[i] == "\\":
-        m = re.match(r"\\[A-Za-z]+", s[i:])
-        if m:
-            return m.group(0), i + len(m.group(0))
-    return s[i], i + 1
-
-
-def latex_to_sympy_source(s: str) -> str:
-    r"""Rewrite a LaTeX expression as text for sympy's `parse_expr` (\frac, \sqrt[n], ^, functions, pi)."""
-    out: list[str] = []
-    i = 0
-    while i < len(s):
-        c = s[i]
-        if c == "\\":
-            m = re.match(r"\\([A-Za-z]+)", s[i:])
-            if not m:
-                out.append(" ")
-                i += 2 if i + 1 < len(s) else 1
-                continue
-            name, i = m.group(1), i + len(m.group(0))
-            if name in ("frac", "dfrac", "tfrac", "cfrac", "binom"):
-                a, i = _group(s, i)
-                b, i = _group(s, i)
-                fa, fb = latex_to_sympy_source(a), latex_to_sympy_source(b)
-                out.append(f"binomial({fa},{fb})" if name == "binom" else f"(({fa})/({fb}))")
-            elif name == "sqrt":
-                root = None
-                if i < len(s) and s[i] == "[":
-                    close = s.index("]", i)
-                    root, i = s[i + 1:close], close + 1
-                a, i = _group(s, i)
-                arg = latex_to_sympy_source(a)
-                out.append(f"sqrt({arg})" if root is None else f"(({arg})**(1/({latex_to_sympy_source(root)})))")
-            elif name == "log" and i < len(s) and s[i] == "_":
-                base, i = _group(s, i + 1)
-                out.append(f"(1/log({latex_to_sympy_source(base)}))*log ")
-            elif name in _FUNCS:
-                out.append(" log " if name == "ln" else f" {name} ")
-            elif name in _SYMBOLS:
-                out.append(_SYMBOLS[name])
-            else:
-                out.append(" ")  # unknown command (\mathrm, \left ...): drop the command, keep its argument
-            continue
-        if c == "{":
-            out.append("(")
-        elif c == "}":
-            out.append(")")
-        elif c == "^":
-            out.append("**")
-        elif c == "_":  # subscripts become part of the name: x_1 -> x1, a_{10} -> a10
-            a, i = _group(s, i + 1)
-            out.append(re.sub(r"\W", "", a))
-            continue
-        else:
-            out.append(c)
-        i += 1
-    return "".join(out)
