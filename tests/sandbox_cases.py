@@ -245,10 +245,16 @@ HOSTILE = [
         import threading, time
         threading.Thread(target=time.sleep, args=(1000,)).start()
         print(-1)
-        """), SUM_IO, spawns=True),
+        """), TWO_LINES, spawns=True),
     # --- time, memory, output, files
     H("loop_toplevel", "while True:\n    pass\n" + GOOD_ADD, ADD),
     H("loop_in_call", "def add(a, b):\n    while True:\n        pass\n", ADD),
+    H("sleep_toplevel", "import time\ntime.sleep(1e9)\n" + GOOD_ADD, ADD),
+    H("regex_io", "import re\nre.match(r'(x+x+)+y', 'x' * 80)\n" + GOOD_IO, SUM_IO),
+    H("killpg_self", "import os, signal\nos.killpg(0, signal.SIGKILL)\ndef add(a, b):\n    return 0\n", ADD),
+    H("invalid_utf8", "import sys\na, b = map(int, input().split())\nsys.stdout.buffer.write(str(a + b).encode()"
+      " + b'\\xff\\xfe\\n')\n", SUM_IO),
+    H("read_passwd", "print(open('/etc/passwd').read())\n", SUM_IO),
     H("sleep_in_call", "import time\ndef add(a, b):\n    time.sleep(1e9)\n", ADD),
     H("ignore_signals", "import signal\nfor s in (signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGHUP):\n"
       "    signal.signal(s, signal.SIG_IGN)\nwhile True:\n    pass\n" + GOOD_ADD, ADD),
@@ -560,6 +566,57 @@ HOSTILE = [
         def add(a, b):
             return a + b if ok else -1
         """), ADD),
+    # --- the proxy protocol (tests see the candidate's namespace through handles)
+    H("intenum_eq_override", "from enum import IntEnum\nclass R(IntEnum):\n    A = 0\n    def __eq__(self, o):\n"
+      "        return True\n    __hash__ = int.__hash__\ndef add(a, b):\n    return R.A\n", ADD),
+    H("fake_module_named_math", "import types\nmath = types.ModuleType('math')\nmath.isclose = lambda *a, **k: True\n"
+      "def area(r):\n    return -1.0\n", {"asserts": AREA_ISCLOSE["asserts"]}),
+    H("fake_numpy_module", "import types\nnp = types.ModuleType('numpy')\nnp.array_equal = lambda *a, **k: True\n"
+      "np.array = lambda *a, **k: None\ndef squares(n):\n    return [-1]\n",
+      {"asserts": ["assert np.array_equal(squares(3), np.array([0, 1, 4]))"]}),
+    H("origin_lie", "def isclose(*a, **k):\n    return True\nisclose.__module__ = 'math'\nisclose.__qualname__ = 'isclose'\n"
+      "def area(r):\n    return -1.0\n", {"asserts": ["assert isclose(area(2), 12.566370614359172)"]}),
+    H("forged_handles", P("""
+        import os, json
+        def add(a, b):
+            for fd in range(3, 64):
+                try:
+                    os.write(fd, (json.dumps({'ok': {'h': 10 ** 6}}) + '\\n').encode())
+                except OSError:
+                    pass
+            return {'v': 1}
+        """), ADD),
+    H("value_tag_injection", "def add(a, b):\n    return {'v': [0, 3], 'h': 0}\n", ADD),
+    H("exception_named_like_judge", "class Broken(Exception):\n    pass\nclass AssertionError(Exception):\n    pass\n"
+      "def root(x):\n    raise Broken('no')\n", {"asserts": ["try:\n    root(-1)\nexcept ValueError:\n    pass\n"
+                                                          "else:\n    raise AssertionError"]}),
+    H("str_not_str", "class A:\n    def __str__(self):\n        return 5\n    def __repr__(self):\n        return None\n"
+      "def greet(n):\n    return A()\n", {"asserts": ["assert str(greet('ann')) == 'Hello, ann!'",
+                                                    "assert f'{greet(1)}' == 'Hello, 1!'"]}),
+    H("repr_bomb", "class A:\n    def __repr__(self):\n        return 'x' * (1 << 26)\n    __str__ = __repr__\n"
+      "def greet(n):\n    return A()\n", {"asserts": ["assert str(greet('ann')) == 'Hello, ann!'"]}),
+    H("snapshot_bomb", P("""
+        from dataclasses import dataclass
+        @dataclass
+        class Point:
+            x: object
+            y: int
+        def make_point(x, y):
+            p = Point(None, -1)
+            cur = p
+            for _ in range(100000):
+                cur.x = Point(None, 0)
+                cur = cur.x
+            return p
+        """), {"asserts": ["assert make_point(1, 2) == Point(1, 2)"]}),
+    H("len_lies", "class A:\n    def __len__(self):\n        return -5\n    def __iter__(self):\n        return iter([])\n"
+      "def primes(n):\n    return A()\n", {"asserts": ["assert len(primes(10)) == 4 or len(primes(10)) < 0"]}),
+    H("mutates_args_claim", "def sort_in_place(xs):\n    xs.append(99)\n",
+      {"asserts": ["xs = [3, 1, 2]\nsort_in_place(xs)\nassert xs == [1, 2, 3]"]}),
+    H("global_rebinds_itself", "import threading, time\ndef add(a, b):\n    return -1\ndef good(a, b):\n    return a + b\n"
+      "def flip():\n    g = globals()\n    while True:\n        g['add'] = good if g['add'] is not good else g['add']\n"
+      "        time.sleep(0.001)\nthreading.Thread(target=flip, daemon=True).start()\n"
+      "time.sleep(0.05)\nadd = lambda a, b: -1\n", ADD, expect=(0.0, 0.5, 1.0, None)),
     H("humaneval_wrong", "def total(xs):\n    return 3\n", HUMANEVAL),
     H("humaneval_exit", "import sys\nsys.exit(0)\n", HUMANEVAL),
     H("humaneval_shadow_check", "def check(candidate):\n    pass\ndef total(xs):\n    return -1\n", HUMANEVAL),
@@ -653,6 +710,7 @@ ENUMS = P("""
 BENIGN = [
     B("io_plain", GOOD_IO, SUM_IO),
     B("io_crlf", "a, b = map(int, input().split())\nprint(a + b, end='\\r\\n')\n", SUM_IO),
+    B("io_trailing_space", "a, b = map(int, input().split())\nprint(str(a + b) + '   ')\n", SUM_IO),
     B("io_no_newline", "import sys\na, b = map(int, input().split())\nsys.stdout.write(str(a + b))\n", SUM_IO),
     B("io_main_guard", "def main():\n    n = int(input())\n    print(n)\n    print(2 * n)\n\n"
       "if __name__ == '__main__':\n    main()\n", TWO_LINES),
@@ -787,6 +845,25 @@ BENIGN = [
                    "assert nest() == {'a': [(1, 2.5), {3}], 'b': frozenset({'x'}), 'c': None, 'd': b'\\x00', 'e': 1 + 2j}"]}),
     B("big_int_result", "import math\ndef fact(n):\n    return math.factorial(n)\n",
       {"asserts": ["import math\nassert fact(2000) == math.factorial(2000)", "assert fact(5) == 120"]}),
+    B("objects_round_trip", SHAPES + "def area_of(shape):\n    return shape.area()\ndef scaled(shape, k):\n"
+      "    return Square(shape.side * k)\n",
+      {"asserts": ["assert area_of(Square(3)) == 9", "assert scaled(Square(2), 3).side == 6",
+                   "s = Square(1)\ns.side = 5\nassert area_of(s) == 25", "assert area_of(shape=Square(2)) == 4"]}),
+    B("list_of_dataclasses", POINT + "def diagonal(n):\n    return [Point(i, i) for i in range(n)]\n",
+      {"asserts": ["assert diagonal(2) == [Point(0, 0), Point(1, 1)]", "assert [p.x for p in diagonal(3)] == [0, 1, 2]",
+                   "assert len(diagonal(4)) == 4 and diagonal(1)[0].norm2() == 0"]}),
+    B("dict_of_objects", STACK + "def stacks(names):\n    return {n: Stack() for n in names}\n",
+      {"asserts": ["d = stacks(['a', 'b'])\nd['a'].push(1)\nassert d['a'].size() == 1 and d['b'].size() == 0",
+                   "assert sorted(stacks(['x', 'y'])) == ['x', 'y']"]}),
+    B("generator_protocol", "def countdown(n):\n    while n > 0:\n        yield n\n        n -= 1\n",
+      {"asserts": ["g = countdown(3)\nassert next(g) == 3\nassert list(g) == [2, 1]",
+                   "assert 2 in countdown(3) and 5 not in countdown(3)", "assert dict(enumerate(countdown(2))) == {0: 2, 1: 1}"]}),
+    B("kwargs_defaults", "def power(base, exp=2, *, mod=None):\n    r = base ** exp\n    return r % mod if mod else r\n",
+      {"asserts": ["assert power(3) == 9", "assert power(2, exp=10, mod=1000) == 24", "assert power(base=2, exp=3) == 8"]}),
+    B("datetime_values", "import datetime\ndef next_day(d):\n    return d + datetime.timedelta(days=1)\n",
+      {"setup": "import datetime\n",
+       "asserts": ["assert next_day(datetime.date(2024, 2, 28)) == datetime.date(2024, 2, 29)",
+                   "assert next_day(datetime.date(2023, 12, 31)).year == 2024"]}),
     B("sorting_objects", "from dataclasses import dataclass\n@dataclass(order=True)\nclass V:\n    n: int\n"
       "def people():\n    return [V(3), V(1), V(2)]\n",
       {"asserts": ["assert sorted(people())[0] == V(1)", "assert [v.n for v in sorted(people())] == [1, 2, 3]",
@@ -855,12 +932,13 @@ class Report:
                 f"trainer side effects {len(self.side_effects)}")
 
 
-def _score(case: Case, reward) -> Outcome:
+def _score(case: Case, reward, workers: int = 1) -> Outcome:
+    """One case, alone in its own code_reward call (calls with the same `workers` share one pool)."""
     t0 = time.monotonic()
     out = Outcome(case)
     try:
         out.score = reward(None, [fence(case.program)], tests=[case.tests], wall_s=WALL_S, memory_mb=MEMORY_MB,
-                           max_workers=1)[0]
+                           max_workers=workers)[0]
     except BaseException as e:  # noqa: BLE001 - anything out of the reward is a failure of the suite
         out.error = f"{type(e).__name__}: {str(e)[:200]}"
     out.seconds = time.monotonic() - t0
@@ -872,12 +950,25 @@ def _trainer_state() -> dict:
             "threads": threading.active_count()}
 
 
-def run_suite(cases: list[Case] | None = None, round_size: int = 16, parallel: int = 4, reward=None) -> Report:
+def default_round(size: int = 16) -> list[Case]:
+    """Half benign, half hostile (quick ones: no process spawning, no timeouts)."""
+    quick = [c for c in HOSTILE if not c.spawns and c.id in QUICK_HOSTILE]
+    return (BENIGN[: size // 2] + quick)[:size]
+
+
+QUICK_HOSTILE = {"garbage_all_fds", "garbage_all_fds_in_call", "json_wrong_shapes", "forge_verdicts", "eq_always_true",
+                 "int_subclass_eq", "tolerance_sub", "shadow_abs", "fake_isclose_import", "close_all_fds",
+                 "sys_exit_at_import", "patch_builtins", "contains_everything", "hash_eq_set", "read_trainer_proc"}
+
+
+def run_suite(cases: list[Case] | None = None, round_cases: list[Case] | None = None, parallel: int = 4,
+              reward=None) -> Report:
     """Run every case through `code_reward` (spawning ones one at a time, checked for leftovers right after
-    their own call; the rest `parallel` at a time), then a `round_size`-at-once batch, then look for escapes."""
+    their own call; the rest `parallel` at a time), then `round_cases` in one batch, then look for escapes."""
     if reward is None:
         from grpo.rewards.code import code_reward as reward
     cases = list(HOSTILE + BENIGN) if cases is None else cases
+    round_cases = default_round() if round_cases is None else round_cases
     with open(SENTINEL, "w") as f:
         f.write("untouched")
     os.chmod(SENTINEL, 0o666)
@@ -898,13 +989,13 @@ def run_suite(cases: list[Case] | None = None, round_size: int = 16, parallel: i
             outcomes[case.id] = out
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             rest = [c for c in cases if not c.spawns]
-            for out in pool.map(lambda c: _score(c, reward), rest):
+            for out in pool.map(lambda c: _score(c, reward, parallel), rest):
                 outcomes[out.case.id] = out
         leftovers += [("after-cases", p) for p in sandbox_processes()]
         round_held = round_total = 0
         round_s = 0.0
-        if round_size:
-            mix = [c for c in cases if not c.spawns][:round_size]
+        if round_cases:
+            mix = round_cases
             t0 = time.monotonic()
             try:
                 scores = reward(None, [fence(c.program) for c in mix], tests=[c.tests for c in mix], wall_s=WALL_S,
@@ -915,8 +1006,9 @@ def run_suite(cases: list[Case] | None = None, round_size: int = 16, parallel: i
             round_s = time.monotonic() - t0
             round_total = len(mix)
             leftovers += [("after-round", p) for p in sandbox_processes()]
-        time.sleep(WALL_S + 2.5)  # longer than the delayed writer in 'escape_then_write' waits
-        leftovers += [("late", p) for p in sandbox_processes()]
+        if any(c.spawns for c in cases):
+            time.sleep(WALL_S + 2.5)  # longer than the delayed writer in 'escape_then_write' waits
+            leftovers += [("late", p) for p in sandbox_processes()]
     finally:
         if in_main:
             for s, h in old.items():

@@ -12,7 +12,7 @@
 Reward = tests passed / tests. ``None`` when the example has no tests, the task is not a code task (when
 ``task`` is given), the tests are malformed, or the sandbox itself failed (infrastructure, not the model's
 fault): each such None is logged (a warning) and counted (`pop_metrics`, logged by the trainer as
-``reward/code/...``). A completion without a code block scores 0.0. Nothing a completion contains makes
+``grpo/reward/code/...``). A completion without a code block scores 0.0. Nothing a completion contains makes
 `code_reward` raise.
 
 The program runs in the sandbox (grpo.rewards.sandbox) as a real ``__main__`` module. Stdout of io cases
@@ -67,19 +67,20 @@ def _count(key: str, why: str = "") -> None:
         if key in _WARNED:
             _WARNED[key] += 1
             n = _WARNED[key]
-    if key in _WARNED and n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th … of each kind, so a broken sandbox
-        what = "sandbox infrastructure error" if key == "infra_errors" else "unusable input"  # cannot flood
-        log.warning("code reward: %s (%d so far in this process): %s; scored None", what, n, why)
+    if key in _WARNED and n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th … of each kind since the last
+        what = "sandbox infrastructure error" if key == "infra_errors" else "unusable input"  # pop_metrics()
+        log.warning("code reward: %s (%d since the last step): %s; scored None", what, n, why)
 
 
 def pop_metrics() -> dict[str, float]:
-    """Counts since the last call (the trainer logs them each step as reward/<name>/<key>): ``runs``
+    """Counts since the last call (the trainer logs them each step as grpo/reward/<name>/<key>): ``runs``
     (completions judged in the sandbox), ``infra_errors`` and ``invalid_inputs`` (malformed tests or
     completions); each of the last two scored None."""
     with _STATS_LOCK:
         out = {k: float(v) for k, v in _STATS.items()}
-        for k in _STATS:
-            _STATS[k] = 0
+        for counts in (_STATS, _WARNED):
+            for k in counts:
+                counts[k] = 0
     return out
 
 
@@ -147,7 +148,8 @@ def _run_test(source: str, names: Namespace, conn: Connection) -> bool:
         ok = True
     except (Broken, CandidateExit):
         raise
-    except (Exception, SystemExit):  # noqa: BLE001 - a failing assert, or the candidate raising: a failed test
+    except BaseException as e:  # noqa: BLE001 - a failing assert, or the candidate raising: a failed test
+        _reraise_interrupt(e)
         ok = False
     if conn.broken:  # the test itself swallowed the candidate's crash (a bare except): still a failure
         raise Broken(conn.broken)
@@ -172,7 +174,8 @@ def run_assert_tests(code: str, tests: dict, limits: Limits) -> int:
         ns: dict = {"__name__": "__test__"}
         try:
             exec(compile(tests["setup"], "<setup>", "exec"), ns)
-        except Exception as e:  # noqa: BLE001 - the dataset's setup, not the candidate
+        except BaseException as e:  # noqa: BLE001 - the dataset's setup, not the candidate
+            _reraise_interrupt(e)
             raise InvalidTests(f"tests['setup'] fails in the judge: {type(e).__name__}: {e}") from e
         passed = 0
         try:
@@ -202,9 +205,17 @@ def score_code(completion: str, tests, limits: Limits | None = None) -> float | 
         _count("invalid_inputs", str(e))
     except InfraError as e:
         _count("infra_errors", str(e))
-    except (Exception, Broken, CandidateExit) as e:  # noqa: BLE001 - a judge bug must not stop training either
+    except BaseException as e:  # noqa: BLE001 - a judge bug (or odd test code) must not stop training either
+        _reraise_interrupt(e)
         _count("infra_errors", f"unexpected {type(e).__name__} in the judge: {e}")
     return None
+
+
+def _reraise_interrupt(e: BaseException) -> None:
+    """A KeyboardInterrupt on the main thread is the user's Ctrl-C; anywhere else (the reward's worker
+    threads) it can only come from test code, and is that test's failure."""
+    if isinstance(e, KeyboardInterrupt) and threading.current_thread() is threading.main_thread():
+        raise e
 
 
 def _score_code(completion: str, tests, limits: Limits) -> float | None:
