@@ -1,4 +1,4 @@
-"""Reward throughput benchmark: ``python -m grpo.rewards.bench [--n 20000] [--latex-n 1000] [--code-n 32]``.
+"""Reward throughput benchmark: ``python -m grpo.rewards.bench [--n 20000] [--latex-n 1000] [--code-n 32] [--sandbox]``.
 
 Prints checks/s for math verification on GSM8K-style completions (plain numbers: the fast path),
 on LaTeX-style answers (the bounded sympy helper), and for the code reward (sandboxed runs, default
@@ -11,6 +11,7 @@ import argparse
 import random
 import time
 
+from grpo.rewards import bench_sandbox
 from grpo.rewards.code import code_reward, default_workers
 from grpo.rewards.math import DEFAULT_TIMEOUT_S, _verify_cached, accuracy_reward
 
@@ -81,7 +82,11 @@ def main(argv=None) -> None:
     ap.add_argument("--latex-n", type=int, default=1000, help="LaTeX-style checks")
     ap.add_argument("--code-n", type=int, default=32, help="code completions")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sandbox", action="store_true", help="only the sandbox throughput section")
+    ap.add_argument("--sandbox-n", type=int, default=48, help="programs per worker count (sandbox section)")
     args = ap.parse_args(argv)
+    if args.sandbox:
+        return bench_sandbox.report(args.sandbox_n)
     rng = random.Random(args.seed)
     bench_math(*_latex_batch(8, rng))  # start the sympy helper outside the timing
     rate, slowest, wrong = bench_math(*_gsm8k_batch(args.n, rng))
@@ -94,6 +99,7 @@ def main(argv=None) -> None:
     print(f"code (4 tests each): {args.code_n:4d} completions  {rate:7.1f} completions/s  "
           f"({4 * rate:.1f} tests/s, {default_workers()} workers)  total {total:.1f} s  "
           f"all passed: {all(s == 1.0 for s in scores)}")
+    bench_sandbox.report(args.sandbox_n)
 
 
 if __name__ == "__main__":
