@@ -228,3 +228,20 @@ def test_reward_counters_reach_the_training_metrics(tmp_path, tok):
     train(cfg, model=tiny_model(tok), tokenizer=tok)
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert [r["grpo/reward/counted/calls"] for r in rows] == [1.0, 1.0]
+
+
+ESCAPER = ("import os, time\nif os.fork() == 0:\n    os.setsid()\n    if os.fork() == 0:\n        time.sleep(1000)\n"
+           "    os._exit(0)\ntime.sleep(0.3)\ndef add(a, b):\n    return a + b\nprint(3)\n")
+
+
+def test_namespace_teardown_kills_escapers_without_scanning_proc(monkeypatch):
+    """In a PID namespace, killing its init takes every process of the run with it (a setsid'd grandchild
+    too), so the slow /proc scan is not needed; without namespaces the scan still runs."""
+    if not sandbox.isolation_report()["namespaces"]:
+        pytest.skip("needs PID namespaces")
+    import sandbox_cases
+
+    scans = []
+    monkeypatch.setattr(sandbox, "kill_stragglers", lambda *a: scans.append(a))
+    assert score_code(fence(ESCAPER), {"io": [{"input": "", "output": "3"}], **ADD}) == 1.0
+    assert scans == [] and sandbox_cases.sandbox_processes() == []
