@@ -617,6 +617,16 @@ HOSTILE = [
       "def flip():\n    g = globals()\n    while True:\n        g['add'] = good if g['add'] is not good else g['add']\n"
       "        time.sleep(0.001)\nthreading.Thread(target=flip, daemon=True).start()\n"
       "time.sleep(0.05)\nadd = lambda a, b: -1\n", ADD, expect=(0.0, 0.5, 1.0, None)),
+    H("humaneval_replace_prompt_helper", "def encode_cyclic(s):\n    return s\ndef decode_cyclic(s):\n    return s\n",
+      {"setup": "def encode_cyclic(s: str):\n    \"\"\"Rotate groups of three.\"\"\"\n"
+                "    groups = [s[3 * i:min(3 * i + 3, len(s))] for i in range((len(s) + 2) // 3)]\n"
+                "    return ''.join((g[1:] + g[0]) if len(g) == 3 else g for g in groups)\n\n"
+                "def decode_cyclic(s: str):\n    \"\"\"Inverse of encode_cyclic.\"\"\"\n",
+       "check": "def check(candidate):\n    for s in ('abcdef', 'hello world', 'xy'):\n"
+                "        assert candidate(encode_cyclic(s)) == s\n", "entry_point": "decode_cyclic"}),
+    H("setup_helper_replaced", "def close(a, b):\n    return True\ndef area(r):\n    return -1.0\n",
+      {"setup": "def close(a, b):\n    return abs(a - b) < 1e-6\n",
+       "asserts": ["assert close(area(2), 12.566370614359172)"]}),
     H("humaneval_wrong", "def total(xs):\n    return 3\n", HUMANEVAL),
     H("humaneval_exit", "import sys\nsys.exit(0)\n", HUMANEVAL),
     H("humaneval_shadow_check", "def check(candidate):\n    pass\ndef total(xs):\n    return -1\n", HUMANEVAL),
@@ -740,6 +750,16 @@ BENIGN = [
     B("humaneval_typed_prompt", "from typing import List\n\ndef _helper(x: int) -> int:\n    return x\n\n"
       "def total(xs: List[int]) -> int:\n    return sum(_helper(x) for x in xs)\n",
       {**HUMANEVAL, "setup": "from typing import List\n\ndef total(xs: List[int]) -> int:\n    \"\"\"Sum.\"\"\"\n"}),
+    B("humaneval_prompt_helper", "def decode_cyclic(s):\n    groups = [s[3 * i:min(3 * i + 3, len(s))] for i in "
+      "range((len(s) + 2) // 3)]\n    return ''.join((g[-1] + g[:-1]) if len(g) == 3 else g for g in groups)\n",
+      {"setup": "def encode_cyclic(s: str):\n    \"\"\"Rotate groups of three.\"\"\"\n"
+                "    groups = [s[3 * i:min(3 * i + 3, len(s))] for i in range((len(s) + 2) // 3)]\n"
+                "    return ''.join((g[1:] + g[0]) if len(g) == 3 else g for g in groups)\n\n"
+                "def decode_cyclic(s: str):\n    \"\"\"Inverse of encode_cyclic.\"\"\"\n",
+       "check": "def check(candidate):\n    for s in ('abcdef', 'hello world', 'xy'):\n"
+                "        assert candidate(encode_cyclic(s)) == s\n", "entry_point": "decode_cyclic"}),
+    B("asserts_with_prompt_stub", "def add(a, b):\n    return a + b\n",
+      {"setup": "def add(a: int, b: int) -> int:\n    \"\"\"Sum of a and b.\"\"\"\n    ...\n", **ADD}),
     B("humaneval_float_check", "def mean(xs):\n    return sum(xs) / len(xs)\n",
       {"check": "import math\ndef check(candidate):\n    assert abs(candidate([1.0, 2.0]) - 1.5) < 1e-6\n"
                 "    assert math.isclose(candidate([3, 4, 5]), 4.0)\n", "entry_point": "mean",

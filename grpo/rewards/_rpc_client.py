@@ -466,11 +466,13 @@ class Namespace:
     """Binds the candidate's globals into the test namespace (see the module docstring for the rules) and
     keeps them current: after the candidate ran code, names the tests have not rebound are re-read."""
 
-    def __init__(self, ns: dict, conn: Connection, entry_point: str | None) -> None:
+    def __init__(self, ns: dict, conn: Connection, entry_point: str | None, setup: str = "") -> None:
         self.ns, self.conn = ns, conn
         self.allowed_builtins = {entry_point} if entry_point else set()
         setup_names = {k for k in ns if not k.startswith("__")}
-        self.stubs = {k for k in setup_names if _defined_in_setup(ns[k])}
+        # the candidate replaces the entry point and the setup's stubs, never a helper the tests may use
+        # (HumanEval/38's check decodes with the prompt's own encode_cyclic)
+        self.stubs = (stub_names(setup) | {entry_point}) & setup_names
         self.protected = setup_names - self.stubs
         self.bound: dict[str, object] = {}
         self.seen_ops = -1
@@ -548,8 +550,18 @@ class _LiveNames:
 _MISSING = object()
 
 
-def _defined_in_setup(value) -> bool:
-    code = getattr(value, "__code__", None)
-    if code is not None:
-        return getattr(code, "co_filename", None) == "<setup>"
-    return isinstance(value, type) and value.__module__ == "__test__"
+def stub_names(setup: str) -> set[str]:
+    """Top-level functions and classes of `setup` whose body is only a docstring, ``pass`` or ``...``:
+    the signatures a prompt gives for the candidate to write."""
+    import ast
+
+    try:
+        tree = ast.parse(setup)
+    except (SyntaxError, ValueError):
+        return set()
+
+    def empty(stmt) -> bool:
+        return isinstance(stmt, ast.Pass) or isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+
+    return {node.name for node in tree.body
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and all(map(empty, node.body))}

@@ -179,7 +179,7 @@ def run_assert_tests(code: str, tests: dict, limits: Limits) -> int:
             raise InvalidTests(f"tests['setup'] fails in the judge: {type(e).__name__}: {e}") from e
         passed = 0
         try:
-            names = Namespace(ns, conn, tests["entry_point"])
+            names = Namespace(ns, conn, tests["entry_point"], tests["setup"])
             names.bind(conn.hello())
             sources = list(tests["asserts"])
             if tests["check"]:
