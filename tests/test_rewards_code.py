@@ -245,3 +245,8 @@ def test_namespace_teardown_kills_escapers_without_scanning_proc(monkeypatch):
     monkeypatch.setattr(sandbox, "kill_stragglers", lambda *a: scans.append(a))
     assert score_code(fence(ESCAPER), {"io": [{"input": "", "output": "3"}], **ADD}) == 1.0
     assert scans == [] and sandbox_cases.sandbox_processes() == []
+
+
+def test_functions_named_like_modules_are_still_seen():
+    code = "def copy(xs):\n    return list(xs)\ndef array(n):\n    return [0] * n\n"
+    assert score_code(fence(code), {"asserts": ["assert copy((1, 2)) == [1, 2]", "assert array(2) == [0, 0]"]}) == 1.0

@@ -40,7 +40,11 @@ SHARED_MODULES = frozenset({"math", "cmath", "itertools", "functools", "collecti
                             "random", "json", "numpy", "enum", "dataclasses", "array", "textwrap", "unicodedata",
                             "abc", "numbers", "calendar"})
 PURE_MODULES = SHARED_MODULES - {"random", "numpy", "json"}
-MODULE_ALIASES = {"np": "numpy"}
+# Names tests use as module namespaces (math.isclose, np.allclose): bound only to this process's module,
+# never to a candidate object of that name. (Not copy, array, enum …: plausible function names.)
+MODULE_NAMES = frozenset({"math", "cmath", "re", "itertools", "functools", "collections", "operator", "heapq",
+                          "bisect", "statistics", "fractions", "decimal", "typing", "datetime", "random", "json",
+                          "string", "numpy", "np"})
 _VALUE_BASES = (int, float, complex, str, bytes, tuple, frozenset)
 _MUTABLE = (list, dict, set, bytearray)
 
@@ -501,7 +505,7 @@ class Namespace:
             module_name = enc["m"][0] if type(enc["m"]) is list and enc["m"] else None
             module = shared_module(module_name)
             return module if module is not None else _MISSING
-        if name in SHARED_MODULES or name in MODULE_ALIASES:
+        if name in MODULE_NAMES:
             return _MISSING  # a module's name bound to something else: never a stand-in for the module
         own = _pure_object(origin)
         return own if own is not None else self.conn.decode(enc)
