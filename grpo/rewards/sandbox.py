@@ -7,12 +7,15 @@ Guarantees (each enforced by the kernel or by the parent, never by code the cand
   open files, core dumps = 0;
 - **namespaces** where the kernel allows (root, or unprivileged user namespaces): a new network
   namespace (only a down loopback: no network), a new PID namespace (the child is its PID 1, so when it
-  dies every process it started dies too, including double-forked / setsid escapes) and a new mount
-  namespace in which /tmp, /var/tmp and /dev/shm are the run's own temporary directory;
+  dies every process it started dies too, including double-forked / setsid escapes; teardown kills it
+  through a pidfd) with its own /proc (the trainer's processes are invisible), and a new mount namespace
+  in which /tmp, /var/tmp and /dev/shm are the run's own temporary directory;
 - **a separate uid** when started as root (60000 + slot), so the candidate cannot signal or trace the
   trainer, cannot write outside world-writable places, and RLIMIT_NPROC bounds fork bombs;
-- an **empty environment**, a **fresh temporary working directory** removed afterwards, stdout/stderr
-  read by the parent **with a cap** (the rest is drained and dropped).
+- an **empty environment** (but for one-thread BLAS pools), a **fresh temporary working directory**
+  removed afterwards, stdout/stderr read by the parent **with a cap** (the rest is drained and dropped);
+- the program runs as a **real ``__main__`` module** (registered in sys.modules), with the trainer's
+  site-packages on sys.path.
 
 Where namespaces are unavailable the run still happens (with rlimits, the process group kill, and a
 scan that kills any process still carrying the run's token) but the network is *not* isolated;
