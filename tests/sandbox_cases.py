@@ -843,6 +843,11 @@ BENIGN = [
       "for i in range(2, int(N ** 0.5) + 1):\n    if SIEVE[i]:\n        SIEVE[i * i::i] = [False] * len(range(i * i, N + 1, i))\n"
       "def is_prime(n):\n    return SIEVE[n]\n",
       {"asserts": ["assert is_prime(999983)", "assert not is_prime(10 ** 6)", "assert SIEVE[7] is True"]}),
+    B("big_global_numpy_and_counter", "import numpy as np\nfrom collections import Counter\n"
+      "TABLE = np.arange(10 ** 6, dtype=np.int64) * 2\nCOUNTS = Counter(range(100000))\ndef double(i):\n"
+      "    return int(TABLE[i])\n",
+      {"asserts": ["assert double(123456) == 246912", "assert TABLE[10] == 20 and len(TABLE) == 10 ** 6",
+                   "assert COUNTS[5] == 1"]}),
     B("classmethods_properties", "class Temperature:\n    def __init__(self, c):\n        self._c = c\n"
       "    @classmethod\n    def from_f(cls, f):\n        return cls((f - 32) * 5 / 9)\n    @property\n"
       "    def celsius(self):\n        return self._c\n    @staticmethod\n    def boiling():\n        return 100\n",

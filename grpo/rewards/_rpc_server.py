@@ -303,18 +303,22 @@ class _Server:
 
 
 def _small(x, left):
-    """What is left of a budget of `left` values after counting plain data `x` (negative: too big)."""
+    """What is left of a budget of `left` values after counting data `x` (negative: too big)."""
     t = type(x)
-    if t in (list, tuple, set, frozenset, dict):
+    if t in (str, bytes, bytearray):
+        return left - 1 - len(x) // 64
+    m = _mod("collections")
+    if isinstance(x, (list, tuple, set, frozenset, dict)) or m is not None and isinstance(x, m.deque):
         if len(x) > left:
             return -1
-        for v in (x if t is not dict else (i for kv in x.items() for i in kv)):
+        for v in (x.items() if isinstance(x, dict) else x):
             left = _small(v, left - 1)
             if left < 0:
                 return left
         return left
-    if t in (str, bytes, bytearray):
-        return left - 1 - len(x) // 64
+    m = _mod("numpy")
+    if m is not None and isinstance(x, m.ndarray):
+        return left - x.size
     return left - 1
 
 
