@@ -239,12 +239,21 @@ def test_namespace_teardown_kills_escapers_without_scanning_proc(monkeypatch):
     too), so the slow /proc scan is not needed; without namespaces the scan still runs."""
     if not sandbox.isolation_report()["namespaces"]:
         pytest.skip("needs PID namespaces")
-    import sandbox_cases
-
     scans = []
+    real_scan = sandbox.sandbox_pids
     monkeypatch.setattr(sandbox, "kill_stragglers", lambda *a: scans.append(a))
+    tokens = []
+    real_start = sandbox.Sandbox.start
+
+    def start(self):
+        proc = real_start(self)
+        tokens.append((self.token, self.uid))
+        return proc
+
+    monkeypatch.setattr(sandbox.Sandbox, "start", start)
     assert score_code(fence(ESCAPER), {"io": [{"input": "", "output": "3"}], **ADD}) == 1.0
-    assert scans == [] and sandbox_cases.sandbox_processes() == []
+    assert scans == [] and len(tokens) == 2
+    assert [pid for token, uid in tokens for pid in real_scan(token, uid)] == []
 
 
 def test_functions_named_like_modules_are_still_seen():
