@@ -746,6 +746,9 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
     g_trunc = _gathered(acc, rollout.truncated)
     step_s = time.perf_counter() - t0
     extra = {"grpo/" + k: v for k, v in _adapter_metrics(state).items()}
+    for r in state.rewards:  # counters a reward keeps, e.g. the code sandbox's infrastructure errors
+        if callable(getattr(r.fn, "pop_metrics", None)):
+            extra.update({f"grpo/reward/{r.label}/{k}": float(v) for k, v in r.fn.pop_metrics().items()})
     if "aux_loss" in upd:
         extra["grpo/moe/aux_loss"] = upd["aux_loss"]
     extra.update({f"grpo/update/{k}": upd[k] for k in ("oom_retries", "micro_batches", "micro_batch_tokens")})

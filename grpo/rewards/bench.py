@@ -1,4 +1,5 @@
-"""Reward benchmark: ``python -m grpo.rewards.bench [--only math|labelled|code] [--n 20000] [--latex-n 1000] [--code-n 32]``.
+"""Reward benchmark: ``python -m grpo.rewards.bench [--only math|labelled|code|sandbox] [--n 20000] [--latex-n 1000]
+[--code-n 32] [--sandbox-n 48]`` (``--sandbox`` is ``--only sandbox``).
 
 Prints checks/s for math verification on GSM8K-style completions (plain numbers: the fast path),
 on LaTeX-style answers (the bounded sympy helper), and for the code reward (sandboxed runs, default
@@ -22,6 +23,7 @@ import re
 import time
 from pathlib import Path
 
+from grpo.rewards import bench_sandbox
 from grpo.rewards.code import code_reward, default_workers
 from grpo.rewards.math import DEFAULT_TIMEOUT_S, _verify_cached, accuracy_reward, verify
 
@@ -177,8 +179,12 @@ def main(argv=None) -> None:
     ap.add_argument("--latex-n", type=int, default=1000, help="LaTeX-style checks")
     ap.add_argument("--code-n", type=int, default=32, help="code completions")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--only", choices=["math", "labelled", "code"], help="run one section (default: all)")
+    ap.add_argument("--only", choices=["math", "labelled", "code", "sandbox"], help="run one section (default: all)")
+    ap.add_argument("--sandbox", action="store_true", help="only the sandbox throughput section (--only sandbox)")
+    ap.add_argument("--sandbox-n", type=int, default=48, help="programs per worker count (sandbox section)")
     args = ap.parse_args(argv)
+    if args.sandbox or args.only == "sandbox":
+        return bench_sandbox.report(args.sandbox_n)
     rng = random.Random(args.seed)
     if args.only in (None, "math", "labelled"):
         bench_math(*_latex_batch(8, rng))  # start the sympy helper outside the timing
@@ -197,6 +203,7 @@ def main(argv=None) -> None:
     print(f"code (4 tests each): {args.code_n:4d} completions  {rate:7.1f} completions/s  "
           f"({4 * rate:.1f} tests/s, {default_workers()} workers)  total {total:.1f} s  "
           f"all passed: {all(s == 1.0 for s in scores)}")
+    bench_sandbox.report(args.sandbox_n)
 
 
 if __name__ == "__main__":
