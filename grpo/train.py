@@ -136,7 +136,7 @@ def check_reward_columns(rewards: list[LoadedReward], examples: list[Example]) -
         for name, p in sig.parameters.items():
             required = p.default is inspect.Parameter.empty and p.kind in (
                 inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            if required and name not in have and name not in r.spec.kwargs:
+            if required and name not in have and name not in r.call_kwargs:
                 raise ConfigError(f"reward '{r.label}' needs the dataset column '{name}', which the training "
                                   f"data does not have (columns: {', '.join(sorted(have))})")
 
@@ -717,7 +717,8 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
         if "adv" not in scored:
             t_r = time.perf_counter()
             try:
-                table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix)
+                table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix,
+                                      cfg.data.template)
             except RewardError as e:
                 raise RewardError(f"step {state.step + 1}: {e}") from e
             totals = torch.tensor(table.totals(), dtype=torch.float32)
