@@ -134,6 +134,7 @@ class RunConfig:
     mixed_precision: str = "auto"         # auto: bf16 autocast on GPU and bf16-capable CPUs (AMX), else fp32 | bf16 | no
     torch_threads: int = 0                # 0: 1 when training on CUDA (grpo.train.setup), else torch's default
     progress: bool = True
+    no_signal_warn_steps: int = 5         # warn after N steps in a row where every group's rewards are equal (0: off)
 
 
 @dataclass
@@ -523,7 +524,7 @@ def _check_eval(e: EvalConfig, need: Need) -> None:
 def _check_run(r: RunConfig, need: Need) -> None:
     need(bool(r.output_dir.strip()), "output_dir", "must name a directory")
     need(0 <= r.seed < 2**32, "seed", f"must be in [0, 2**32), got {r.seed}")   # numpy's seed range
-    at_least(need, r, 0, "save_every", "torch_threads")
+    at_least(need, r, 0, "save_every", "torch_threads", "no_signal_warn_steps")
     at_least(need, r, 1, "keep_last")
     one_of(need, r, "mixed_precision", ("auto", "bf16", "no"))
     from grpo.tracking import _TRACKER_MODULES

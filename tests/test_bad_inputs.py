@@ -27,6 +27,9 @@ def words(completions, **kw):
 def infinite(completions, **kw):
     return [float("inf")] * len(completions)
 
+def not_a_number(completions, **kw):
+    return [0.0] + [float("nan")] * (len(completions) - 1)
+
 def needs_solution(completions, solution, **kw):
     return [0.0] * len(completions)
 
@@ -155,7 +158,11 @@ ROWS = [
     ("reward returns a scalar", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:scalar"}]), [],
      "step 1: reward 'scalar' returned float, expected a list"),
     ("reward returns inf", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:infinite"}]), [],
-     "step 1: reward 'infinite' returned inf for sample 0; rewards must be finite"),
+     "step 1: reward 'infinite' returned inf for sample 0 (id "),
+    ("reward returns NaN", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:not_a_number"}]), [],
+     "step 1: reward 'not_a_number' returned NaN for sample 1 (id "),
+    ("reward kwarg misspelled", lambda r, e: r.update(rewards=[{"name": "format", "kwargs": {"prefx": "<think>"}}]),
+     [], "reward 'format': kwargs key 'prefx' is not a parameter of format. Did you mean 'prefix'?"),
     # model paths
     ("model path not found", lambda r, e: r["model"].update(name=str(e / "nope")), [], "model path not found"),
     ("model dir without weights", lambda r, e: r["model"].update(name=str(e / "no_weights")), [], "has a config.json but no weights"),
