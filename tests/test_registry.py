@@ -329,3 +329,18 @@ def test_a_function_without_kwargs_gets_only_what_it_declares():
     loaded = load_rewards([RewardSpec(register_and_name("bare", bare))])
     assert score(loaded, ["p", "p"], ["4", "5"], [[1], [2]], {"answer": ["4", "4"], "task": ["x", "x"]}).values \
         == [[1.0], [0.0]]
+
+
+def test_builtin_rewards_give_the_same_scores_for_strings_and_chat_messages():
+    """The built-ins read completions through as_text: TRL's standard form (strings, data.template plain)
+    and its conversational form (one assistant message) score alike."""
+    texts = ["<think>Step 1. add</think><answer>4</answer>", "the answer is 5 5 5 5 5 5", ""]
+    chats = [[{"role": "assistant", "content": t}] for t in texts]
+    cols = {"answer": ["4", "4", None], "task": ["math", "math", "math"], "tests": [None] * 3}
+    from grpo.rewards.registry import BUILTIN_REWARDS
+
+    loaded = load_rewards([RewardSpec(n) for n in BUILTIN_REWARDS])
+    as_strings = score(loaded, ["q"] * 3, texts, None, cols)
+    as_chats = score(loaded, [[{"role": "user", "content": "q"}]] * 3, chats, None, cols)
+    assert as_strings.values == as_chats.values
+    assert as_strings.column("accuracy") == [1.0, 0.0, None] and as_strings.column("format") == [1.0, 0.0, 0.0]

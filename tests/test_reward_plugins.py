@@ -97,6 +97,10 @@ count_b = CountChar("b")
 
 def constant(completions, **kwargs):
     return [1.0] * len(completions)
+
+
+def odd_nan(completions, **kwargs):
+    return [float("nan") if i % 2 else 0.5 for i in range(len(completions))]
 '''
 
 
@@ -207,6 +211,19 @@ def test_async_rewards_and_callable_classes_train_unchanged(tmp_path, tok):
                                 "count_b": float(text.count("b")), "CountChar": float(text.count("1"))}
     metrics = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
     assert "reward/async_len" in metrics and "reward/CountChar/none_frac" in metrics
+
+
+def test_nan_under_on_error_none_is_counted_and_left_out(tmp_path, tok, caplog):
+    f = write(tmp_path, "plugins.py", ASYNC_AND_CLASSES)
+    cfg = run_cfg(tmp_path, [{"name": f"{f}:odd_nan", "on_error": "none"}, f"{f}:async_len"])
+    with caplog.at_level(logging.WARNING, logger="grpo.rewards.registry"):
+        train(cfg, model=tiny_model(tok), tokenizer=tok)
+    rows = completions(tmp_path)
+    assert [r["rewards"]["odd_nan"] for r in rows] == [0.5, None] * 6
+    metrics = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
+    assert metrics["reward/odd_nan/errors"] == 6 and metrics["reward/odd_nan/none_frac"] == 0.5
+    assert metrics["reward/unscored_frac"] == 0.0  # async_len scored every row
+    assert "reward 'odd_nan' returned NaN for sample 1" in caplog.text
 
 
 def test_a_run_with_constant_rewards_warns_loudly(tmp_path, tok, caplog):
