@@ -118,22 +118,20 @@ def _load_file_attr(path: str, attr: str, ref: str) -> RewardFn:
     p = Path(path).expanduser()
     if not p.is_file():
         raise RewardError(f"reward '{ref}': file not found: {p}")
-    mod_name = f"_grpo_user_reward_{abs(hash(str(p.resolve())))}"
-    if mod_name in sys.modules:  # imported once: rewards from one file share its module state
-        module = sys.modules[mod_name]
-        if not hasattr(module, attr):
-            raise RewardError(f"reward '{ref}': {p} defines no '{attr}'")
-        return getattr(module, attr)
-    spec = importlib.util.spec_from_file_location(mod_name, p)
-    if spec is None or spec.loader is None:
-        raise RewardError(f"reward '{ref}': cannot load {p} as a Python module")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[mod_name] = module
-    try:
-        spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001
-        sys.modules.pop(mod_name, None)
-        raise RewardError(f"reward '{ref}': importing {p} failed: {type(e).__name__}: {e}") from e
+    # imported once while unchanged: the rewards one file defines share its module state (a client, a cache)
+    mod_name = f"_grpo_user_reward_{abs(hash((str(p.resolve()), p.stat().st_mtime_ns)))}"
+    module = sys.modules.get(mod_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(mod_name, p)
+        if spec is None or spec.loader is None:
+            raise RewardError(f"reward '{ref}': cannot load {p} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001
+            sys.modules.pop(mod_name, None)
+            raise RewardError(f"reward '{ref}': importing {p} failed: {type(e).__name__}: {e}") from e
     if not hasattr(module, attr):
         raise RewardError(f"reward '{ref}': {p} defines no '{attr}'")
     return getattr(module, attr)
