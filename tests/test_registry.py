@@ -236,6 +236,14 @@ class LengthJudge:
         return [-self.scale * abs(self.target - len(c)) for c in completions]
 
 
+class Client:
+    def __init__(self, **options):  # e.g. passed on to an HTTP client
+        self.options = options
+
+    def __call__(self, completions, **kwargs):
+        return [float(self.options["base"])] * len(completions)
+
+
 class AsyncJudge:
     async def __call__(self, prompts, completions, **kwargs):
         await asyncio.sleep(0)
@@ -294,6 +302,9 @@ def test_callable_instances_and_classes(async_plugin):
     assert table.values == [[-2.0, 3.0, -4.0], [0.0, 1.0, -8.0]]
     with pytest.raises(RewardError, match=r"'targt' is not a parameter of LengthJudge\(\)\. Did you mean 'target'"):
         load_rewards([RewardSpec(f"{async_plugin}:LengthJudge", kwargs={"targt": 5})])
+    client = load_rewards([RewardSpec(f"{async_plugin}:Client", kwargs={"base": 2, "timeout_s": 3})])
+    assert client[0].fn.options == {"base": 2, "timeout_s": 3}  # a constructor's **kwargs takes any key
+    assert score(client, ["p"], ["x"], None, {}).values == [[2.0]]
 
 
 # ---------------------------------------------------------------- recipe kwargs

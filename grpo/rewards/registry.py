@@ -45,7 +45,7 @@ the function (for a class: its constructor) declares. A key that no declared par
 with a did-you-mean even when the function takes ``**kwargs``: ``**kwargs`` is where dataset columns land,
 and a recipe key nothing declares would vanish there unread, which is almost always a typo. prompts,
 completions and completion_ids cannot be set from the recipe. A function without ``**kwargs`` receives only
-the arguments it declares.
+the arguments it declares. (A class's constructor with ``**kwargs`` takes any key: no column lands there.)
 
 Built-in rewards are looked up lazily (import path strings), so importing this module imports neither
 sympy nor the sandbox.
@@ -210,15 +210,16 @@ def _parameters(fn: Any) -> tuple[list[str], bool] | None:
 
 def check_kwargs(label: str, target: Any, kwargs: dict[str, Any], what: str = "") -> None:
     """RewardError for a recipe kwarg that `target` does not declare by name (the rule in the module
-    docstring), with a did-you-mean."""
+    docstring), with a did-you-mean. A constructor (`what` given) with **kwargs takes any key: no dataset
+    column lands there."""
     params = _parameters(target)
     if params is None:
         return
-    named, _ = params
+    named, open_ended = params
     for key in kwargs:
-        if key in TRL_ARGUMENTS:
+        if key in TRL_ARGUMENTS and not what:
             raise RewardError(f"reward '{label}': kwargs cannot set '{key}' (the trainer passes it)")
-        if key in named:
+        if key in named or (what and open_ended):
             continue
         choices = [p for p in named if p not in TRL_ARGUMENTS]
         close = difflib.get_close_matches(key, choices, n=1)
