@@ -91,6 +91,7 @@ class StepStats:
     step_seconds: float
     gen_seconds: float
     gen_tokens_per_s: float
+    unscored_frac: float = 0.0            # rows no reward scored (None from every reward): left out of the loss
     reward_seconds: float = 0.0           # scoring the rollout (CPU: verifiers, sandbox)
     update_seconds: float = 0.0           # log-probs, backward and optimizer step(s)
     extra: dict[str, float] = field(default_factory=dict)
@@ -689,8 +690,7 @@ def _check_finite_grad_norm(state: TrainState, agg: dict[str, list], num_micro: 
 
 def reward_stats(table: RewardTable) -> dict[str, float]:
     """Per reward: mean and std over the samples it scored ("<name>", "<name>_std"), the share it left
-    None ("<name>/none_frac") and how many of those were failures ("<name>/errors", on_error: none);
-    "unscored_frac": rows no reward scored (left out of the loss)."""
+    None ("<name>/none_frac") and how many of those were failures ("<name>/errors", on_error: none)."""
     n = max(len(table.values), 1)
     out = {}
     for j, name in enumerate(table.names):
@@ -701,7 +701,6 @@ def reward_stats(table: RewardTable) -> dict[str, float]:
             out[f"{name}_std"] = float(t.std()) if len(vals) > 1 else 0.0
         out[f"{name}/none_frac"] = 1.0 - len(vals) / n
         out[f"{name}/errors"] = float(table.errors[j]) if table.errors else 0.0
-    out["unscored_frac"] = 1.0 - sum(table.scored()) / n
     return out
 
 
@@ -722,11 +721,11 @@ def _watch_signal(state: TrainState, table: RewardTable, stats: StepStats) -> No
                     "learning signal there. If it should vary, check that it reads completions as %s "
                     "(data.template: %s).", ", ".join(f"'{k}' = {v:g}" for k, v in constant.items()),
                     len(table.values), form, cfg.data.template)
-    if stats.rewards.get("unscored_frac", 0.0) > 0 and "unscored" not in state.warned:
+    if stats.unscored_frac > 0 and "unscored" not in state.warned:
         state.warned.add("unscored")
         log.warning("step %d: %.0f%% of the completions got None from every reward; they are left out of the "
-                    "loss (metric reward/unscored_frac). Does a reward cover every task in the data?",
-                    stats.step, 100 * stats.rewards["unscored_frac"])
+                    "loss (metric unscored_frac). Does a reward cover every task in the data?",
+                    stats.step, 100 * stats.unscored_frac)
     n = cfg.run.no_signal_warn_steps
     if n and state.quiet_steps and state.quiet_steps % n == 0:
         flat = [k for k in table.names if stats.rewards.get(f"{k}_std", 0.0) == 0.0]
@@ -789,6 +788,7 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
             adv = group_advantages(totals, rollout.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps,
                                    batch_std, valid=valid)
             scored.update(table=table, totals=totals, valid=valid, g_tot=g_tot, adv=adv,
+                          unscored=float(1.0 - g[:, 1].mean()) if len(g) else 0.0,
                           seconds=time.perf_counter() - t_r)
         return scored["adv"], scored["valid"]
 
@@ -817,7 +817,7 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
     stats = StepStats(
         step=state.step, reward_mean=float(g_tot.mean()) if len(g_tot) else math.nan,
         reward_std=float(g_tot.std()) if len(g_tot) > 1 else 0.0, rewards=reward_stats(table),
-        zero_std_frac=float(g_zero[0] / g_zero[1].clamp(min=1)),
+        zero_std_frac=float(g_zero[0] / g_zero[1].clamp(min=1)), unscored_frac=scored["unscored"],
         completion_len_mean=float(g_len.mean()), completion_len_max=float(g_len.max()),
         truncated_frac=float(g_trunc.mean()), loss=upd["loss"], kl=upd["kl"], entropy=upd["entropy"],
         clip_low=upd["clip_low"], clip_high=upd["clip_high"], grad_norm=upd["grad_norm"],

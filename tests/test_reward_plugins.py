@@ -192,7 +192,7 @@ def test_open_r1_accuracy_reward_gets_its_solution_column_and_none_rows_leave_th
                for r in unscorable)
     assert all(r["rewards"]["accuracy_reward"] == 0.0 for r in rows if r["prompt"] != "Prove it.")
     metrics = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
-    assert metrics["reward/unscored_frac"] == pytest.approx(4 / 12)
+    assert metrics["unscored_frac"] == pytest.approx(4 / 12)
     assert metrics["reward/accuracy_reward/none_frac"] == pytest.approx(4 / 12)
     assert metrics["reward/accuracy_reward/errors"] == 0.0
     assert metrics["reward_mean"] == 0.0  # over the scored rows only (an unscored row is no 0)
@@ -222,7 +222,7 @@ def test_nan_under_on_error_none_is_counted_and_left_out(tmp_path, tok, caplog):
     assert [r["rewards"]["odd_nan"] for r in rows] == [0.5, None] * 6
     metrics = json.loads(open(tmp_path / "run" / "metrics.jsonl").readline())
     assert metrics["reward/odd_nan/errors"] == 6 and metrics["reward/odd_nan/none_frac"] == 0.5
-    assert metrics["reward/unscored_frac"] == 0.0  # async_len scored every row
+    assert metrics["unscored_frac"] == 0.0  # async_len scored every row
     assert "reward 'odd_nan' returned NaN for sample 1" in caplog.text
 
 
