@@ -36,6 +36,9 @@ def needs_solution(completions, solution, **kw):
 def scalar(completions, **kw):
     return 1.0
 
+def brevity(completions, target=40, **kwargs):
+    return [-abs(len(c) - target) / target for c in completions]
+
 not_a_function = 3
 '''
 
@@ -161,8 +164,9 @@ ROWS = [
      "step 1: reward 'infinite' returned inf for sample 0 (id "),
     ("reward returns NaN", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:not_a_number"}]), [],
      "step 1: reward 'not_a_number' returned NaN for sample 1 (id "),
-    ("reward kwarg misspelled", lambda r, e: r.update(rewards=[{"name": "format", "kwargs": {"prefx": "<think>"}}]),
-     [], "reward 'format': kwargs key 'prefx' is not a parameter of format. Did you mean 'prefix'?"),
+    ("plug-in option typo vanishing into **kwargs",
+     lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:brevity", "kwargs": {"targt": 20}}]), [],
+     "rewards[0].kwargs.targt: reward 'brevity' has no option 'targt'; did you mean 'target'? (its options: target;"),
     # model paths
     ("model path not found", lambda r, e: r["model"].update(name=str(e / "nope")), [], "model path not found"),
     ("model dir without weights", lambda r, e: r["model"].update(name=str(e / "no_weights")), [], "has a config.json but no weights"),
@@ -196,7 +200,7 @@ ROWS = [
         "data": {"eval": {"source": "arithmetic", "options": {"n": 4, "seed": 1}}}}), [],
      "stages[1] (final_eval): eval.metric: unknown reward 'acuracy'; did you mean 'accuracy'?"),
     ("reward option typo", lambda r, e: r.update(rewards=[{"name": "format", "kwargs": {"prefx": "<think>"}}]), [],
-     "rewards[0].kwargs: reward 'format' has no option 'prefx'; did you mean 'prefix'? (its options: prefix)"),
+     "rewards[0].kwargs.prefx: reward 'format' has no option 'prefx'; did you mean 'prefix'? (its options: prefix;"),
     ("reward option is a dataset column", lambda r, e: r.update(rewards=[{"name": "accuracy", "kwargs": {"answer": "1"}}]),
      [], "rewards[0].kwargs.answer: 'answer' is passed to every reward by the trainer"),
     # ---- issue #18: model.adapter

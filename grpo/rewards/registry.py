@@ -40,12 +40,14 @@ Async rewards are awaited together (``asyncio.gather``, after the batch's synchr
 event loop that runs in a background thread for the whole process, as TRL does, so a client an async
 reward opens stays usable from step to step.
 
-The recipe-kwargs rule, checked when the rewards load (before any model): each key must name a parameter
-the function (for a class: its constructor) declares. A key that no declared parameter names is an error
-with a did-you-mean even when the function takes ``**kwargs``: ``**kwargs`` is where dataset columns land,
-and a recipe key nothing declares would vanish there unread, which is almost always a typo. prompts,
-completions and completion_ids cannot be set from the recipe. A function without ``**kwargs`` receives only
-the arguments it declares. (A class's constructor with ``**kwargs`` takes any key: no column lands there.)
+The recipe-kwargs rule, checked when the recipe is validated and again when the rewards load (both before
+any model): each key must name a parameter the function (for a class: its constructor) declares. A key
+that no declared parameter names is an error with a did-you-mean even when the function takes
+``**kwargs``: ``**kwargs`` is where dataset columns land, and a recipe key nothing declares would vanish
+there unread, which is almost always a typo. What the trainer passes to every reward (prompts,
+completions, completion_ids, answer, tests, task, id) cannot be set from the recipe. A class's constructor
+with ``**kwargs`` takes any key (no column lands there). A function without ``**kwargs`` receives only the
+arguments it declares.
 
 Built-in rewards are looked up lazily (import path strings), so importing this module imports neither
 sympy nor the sandbox.
@@ -175,7 +177,9 @@ class RewardSpec:
     on_error: str = "raise"
 
 
-TRL_ARGUMENTS = ("prompts", "completions", "completion_ids")
+# passed to every reward by the trainer (TRL's arguments and the Example's own columns): no recipe kwarg may
+# set them
+RESERVED_KWARGS = ("prompts", "completions", "completion_ids", "answer", "tests", "task", "id")
 
 
 @dataclass
@@ -208,33 +212,37 @@ def _parameters(fn: Any) -> tuple[list[str], bool] | None:
     return named, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
 
 
-def check_kwargs(label: str, target: Any, kwargs: dict[str, Any], what: str = "") -> None:
-    """RewardError for a recipe kwarg that `target` does not declare by name (the rule in the module
-    docstring), with a did-you-mean. A constructor (`what` given) with **kwargs takes any key: no dataset
-    column lands there."""
-    params = _parameters(target)
+def kwargs_problem(label: str, fn: Any, kwargs: dict[str, Any]) -> tuple[str, str] | None:
+    """(the first recipe kwarg `fn` cannot take, why) under the rule in the module docstring, or None. For a
+    class the constructor's parameters count, and a constructor's **kwargs takes any key (no dataset column
+    lands there). grpo.config reports the same problems, with the recipe key, when it validates a recipe."""
+    constructor = inspect.isclass(fn)
+    params = _parameters(fn)
     if params is None:
-        return
+        return None
     named, open_ended = params
     for key in kwargs:
-        if key in TRL_ARGUMENTS and not what:
-            raise RewardError(f"reward '{label}': kwargs cannot set '{key}' (the trainer passes it)")
-        if key in named or (what and open_ended):
+        if key in RESERVED_KWARGS and not constructor:
+            return key, (f"'{key}' is passed to every reward by the trainer (a dataset column or the completions); "
+                         "it cannot be set here")
+        if key in named or (constructor and open_ended):
             continue
-        choices = [p for p in named if p not in TRL_ARGUMENTS]
-        close = difflib.get_close_matches(key, choices, n=1)
-        hint = f" Did you mean '{close[0]}'?" if close else ""
-        raise RewardError(f"reward '{label}': kwargs key '{key}' is not a parameter of {what or label}.{hint} "
-                          f"Its parameters: {', '.join(choices) or '(none)'} (recipe kwargs must name a declared "
-                          "parameter; **kwargs only receives dataset columns)")
+        options = [p for p in named if constructor or p not in RESERVED_KWARGS]
+        close = difflib.get_close_matches(str(key), options, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        return key, (f"reward '{label}' has no option '{key}'{hint} (its options: {', '.join(options) or 'none'}; "
+                     "a recipe kwarg must name a declared parameter: **kwargs receives only dataset columns)")
+    return None
 
 
 def _load_one(spec: RewardSpec) -> LoadedReward:
     fn = resolve_reward(spec.name)
     label = LoadedReward(spec, fn).label
     call_kwargs = dict(spec.kwargs)
+    problem = kwargs_problem(label, fn, spec.kwargs)
+    if problem is not None:
+        raise RewardError(f"kwargs.{problem[0]}: {problem[1]}")
     if inspect.isclass(fn):  # built once, with the recipe's kwargs as constructor arguments
-        check_kwargs(label, fn, spec.kwargs, f"{fn.__name__}()")
         try:
             fn = fn(**spec.kwargs)
         except Exception as e:  # noqa: BLE001
@@ -242,8 +250,6 @@ def _load_one(spec: RewardSpec) -> LoadedReward:
         if not callable(fn):
             raise RewardError(f"reward '{label}': instances of class {label} are not callable (no __call__)")
         call_kwargs = {}
-    else:
-        check_kwargs(label, fn, spec.kwargs)
     params = _parameters(fn)
     accepts = frozenset(params[0]) if params is not None and not params[1] else None
     return LoadedReward(spec, fn, call_kwargs, accepts)
