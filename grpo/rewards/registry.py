@@ -18,7 +18,7 @@ of ints). `as_text` turns either completion form into text: the built-in rewards
 
 Dataset columns (answer, tests, task, id and every `meta` key of `grpo.data.records.Example`; a source's
 `columns:` mapping adds more, e.g. ``{solution: solution}``) arrive as keyword lists aligned with
-`completions`. The recipe's `kwargs` are added to every call (and win over a column of the same name).
+`completions`. The recipe's `kwargs` are added to every call (over a meta column of the same name).
 
 Return value: N floats or None, as a list, tuple, 1-D numpy array / torch tensor or other iterable; the
 entries may be ints, bools, numpy scalars or one-element tensors. ``None`` means "cannot score this
@@ -33,7 +33,8 @@ counts them.
 
 What a recipe may name, as a registered name, ``package.module:attr`` or ``path/to/file.py:attr``:
 - a function, ``def`` or ``async def``;
-- an instance with a ``__call__`` method (sync or async), e.g. ``my_rewards:judge = Judge(...)``;
+- an instance with a ``__call__`` method (sync or async): ``judge = Judge(...)`` in my_rewards.py, named
+  ``my_rewards.py:judge``;
 - a class: instantiated once when the rewards load, with the recipe's `kwargs` as constructor arguments;
   its ``__call__`` then receives the TRL arguments only.
 Async rewards are awaited together (``asyncio.gather``, after the batch's synchronous rewards ran) on one
