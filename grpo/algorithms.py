@@ -8,6 +8,10 @@ completion i the same advantage
     A_i = (r_i - mean(r_group)) / (std(r_batch) + eps)        scale_rewards = "batch"
     A_i =  r_i - mean(r_group)                                scale_rewards = "none"  (Dr. GRPO)
 
+over the group's scored rows (a row no reward applies to has no r_i: it is left out of mean and std, gets
+A_i = 0 and is masked out of the loss); a group with fewer than 2 scored rows, or whose scored rewards are
+all equal, gets A_i = 0 on every row.
+
 The per-token objective is PPO's clipped surrogate with an asymmetric clip range (DAPO's clip-higher),
 plus an optional KL penalty to a frozen reference using Schulman's k3 estimator:
 
@@ -35,42 +39,54 @@ LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
+def _groups(rewards: torch.Tensor, group: torch.Tensor, valid: torch.Tensor | None):
+    """Per-group statistics over valid rows: (rewards with invalid rows set to 0, valid [N], inverse index
+    [N] into the k groups, valid count [k], mean [k], signal [k]: at least 2 valid rows, not all equal)."""
+    valid = torch.ones(rewards.shape, dtype=torch.bool) if valid is None else valid.bool()
+    r = torch.where(valid, rewards.float(), 0.0)
+    _, inv = torch.unique(group, return_inverse=True)
+    k = int(inv.max().item()) + 1 if inv.numel() else 0
+    count = torch.zeros(k).index_add_(0, inv, valid.float())
+    mean = torch.zeros(k).index_add_(0, inv, r) / count.clamp(min=1)
+    hi = torch.full((k,), -math.inf).scatter_reduce(0, inv, torch.where(valid, r, -math.inf), "amax")
+    lo = torch.full((k,), math.inf).scatter_reduce(0, inv, torch.where(valid, r, math.inf), "amin")
+    return r, valid, inv, count, mean, (count >= 2) & (hi > lo)
+
+
 def group_advantages(rewards: torch.Tensor, group: torch.Tensor, scale: str = "group",
-                     eps: float = 1e-4, batch_std: torch.Tensor | float | None = None) -> torch.Tensor:
+                     eps: float = 1e-4, batch_std: torch.Tensor | float | None = None,
+                     valid: torch.Tensor | None = None) -> torch.Tensor:
     """Group-relative advantages. rewards: [N] float; group: [N] long group id of each row. Returns [N].
 
-    Groups may have different sizes. A group whose rewards are all equal gets advantage 0 exactly.
-    scale="batch" divides by the std of the whole batch: `batch_std` when given (the trainer passes the
-    std of the rewards gathered from all processes), else the std of `rewards`.
+    valid: [N] bool, the rows some reward scored (None: all). A group's mean and std are over its valid
+    rows only, and an invalid row's reward is never read (it may be NaN); it gets advantage 0 (the trainer
+    also masks it out of the loss). A group with fewer than 2 valid rows has no baseline to compare
+    against and gets advantage 0 on every row, as does a group whose valid rewards are all equal (exactly
+    0, not a rounding residue). Groups may have different sizes.
+    scale="batch" divides by the std of the whole batch's valid rewards: `batch_std` when given (the
+    trainer passes the std of the rewards gathered from all processes), else the std of `rewards[valid]`.
     """
     if scale not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale!r}")
-    rewards = rewards.float()
-    _, inv = torch.unique(group, return_inverse=True)
-    k = int(inv.max().item()) + 1 if inv.numel() else 0
-    count = torch.zeros(k).index_add_(0, inv, torch.ones_like(rewards))
-    mean = torch.zeros(k).index_add_(0, inv, rewards) / count
-    centered = rewards - mean[inv]
+    r, valid, inv, count, mean, signal = _groups(rewards, group, valid)
+    centered = torch.where(valid & signal[inv], r - mean[inv], 0.0)
     if scale == "none":
         return centered
     if scale == "batch":
         if batch_std is None:
-            batch_std = rewards.std() if rewards.numel() > 1 else torch.tensor(0.0)
+            batch_std = r[valid].std() if int(valid.sum()) > 1 else torch.tensor(0.0)
         return centered / (torch.as_tensor(batch_std, dtype=torch.float32) + eps)
-    sq = torch.zeros(k).index_add_(0, inv, centered ** 2)
-    std = torch.sqrt(sq / (count - 1).clamp(min=1))
+    sq = torch.zeros(len(count)).index_add_(0, inv, centered ** 2)
+    std = torch.where(signal, torch.sqrt(sq / (count - 1).clamp(min=1)), 1.0)  # 1: no 0/0 where eps = 0
     return centered / (std[inv] + eps)
 
 
-def zero_std_fraction(rewards: torch.Tensor, group: torch.Tensor) -> float:
-    """Share of groups whose rewards are all equal (they carry no learning signal)."""
+def zero_std_fraction(rewards: torch.Tensor, group: torch.Tensor, valid: torch.Tensor | None = None) -> float:
+    """Share of groups that carry no learning signal: fewer than 2 valid rows, or all their valid rewards
+    equal (`valid` as in `group_advantages`)."""
     if len(group) == 0:
         return 0.0
-    _, idx = torch.unique(group, return_inverse=True)
-    r = rewards.float()
-    hi = r.new_full((int(idx.max()) + 1,), float("-inf")).scatter_reduce(0, idx, r, "amax")
-    lo = r.new_full(hi.shape, float("inf")).scatter_reduce(0, idx, r, "amin")
-    return float((hi == lo).float().mean())
+    return float(1.0 - _groups(rewards, group, valid)[-1].float().mean())
 
 
 def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
@@ -127,7 +143,7 @@ def normalize_loss(per_token: torch.Tensor, mask: torch.Tensor, loss_type: str, 
     """
     m = mask.float()
     total = (per_token * m).sum()
-    n_seqs = global_seqs if global_seqs is not None else per_token.shape[0]
+    n_seqs = max(global_seqs if global_seqs is not None else per_token.shape[0], 1)  # 0: every row masked
     if loss_type == "grpo":
         per_seq = (per_token * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
         return per_seq.sum() / n_seqs

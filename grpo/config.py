@@ -134,6 +134,7 @@ class RunConfig:
     mixed_precision: str = "auto"         # auto: bf16 autocast on GPU and bf16-capable CPUs (AMX), else fp32 | bf16 | no
     torch_threads: int = 0                # 0: 1 when training on CUDA (grpo.train.setup), else torch's default
     progress: bool = True
+    no_signal_warn_steps: int = 5         # warn after N steps in a row where every group's rewards are equal (0: off)
 
 
 @dataclass
@@ -523,7 +524,7 @@ def _check_eval(e: EvalConfig, need: Need) -> None:
 def _check_run(r: RunConfig, need: Need) -> None:
     need(bool(r.output_dir.strip()), "output_dir", "must name a directory")
     need(0 <= r.seed < 2**32, "seed", f"must be in [0, 2**32), got {r.seed}")   # numpy's seed range
-    at_least(need, r, 0, "save_every", "torch_threads")
+    at_least(need, r, 0, "save_every", "torch_threads", "no_signal_warn_steps")
     at_least(need, r, 1, "keep_last")
     one_of(need, r, "mixed_precision", ("auto", "bf16", "no"))
     from grpo.tracking import _TRACKER_MODULES
@@ -541,17 +542,11 @@ def _check_reward_spec(r: RewardSpec, need: Need) -> None:
     one_of(need, r, "on_error", ("raise", "none"))
 
 
-# dataset columns the trainer passes to every reward function; a reward's kwargs cannot reuse them
-_PASSED_TO_REWARDS = ("prompts", "completions", "completion_ids", "answer", "tests", "task", "id")
-
-
 def check_rewards(specs: list[RewardSpec], need: Need, key: str = "rewards", required: bool = True) -> dict[str, Any]:
     """Resolve every reward (built-in, registered or plug-in: a plug-in module is imported here, before any
-    model loads), refuse a reward listed twice and kwargs the function does not take. Returns
-    {metric label: function}."""
-    import inspect
-
-    from grpo.rewards.registry import LoadedReward, RewardError, resolve_reward
+    model loads), refuse a reward listed twice and kwargs the function does not take (the rule of
+    grpo.rewards.registry.kwargs_problem). Returns {metric label: function}."""
+    from grpo.rewards.registry import LoadedReward, RewardError, kwargs_problem, resolve_reward
 
     need(len(specs) > 0 or not required, key, "at least one reward is needed")
     labels: dict[str, Any] = {}
@@ -565,25 +560,9 @@ def check_rewards(specs: list[RewardSpec], need: Need, key: str = "rewards", req
         if label in labels:
             raise ConfigError(f"{need.key(key)}: rewards listed twice: ['{label}']; each reward may appear once")
         labels[label] = fn
-        if not spec.kwargs:
-            continue
-        try:
-            params = inspect.signature(fn).parameters
-        except (TypeError, ValueError):
-            continue
-        options = [n for n, p in params.items()
-                   if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in _PASSED_TO_REWARDS]
-        # a plug-in with **kwargs may read an option from it; a built-in takes only its named options
-        open_ended = ":" in spec.name and any(p.kind is p.VAR_KEYWORD for p in params.values())
-        for k in spec.kwargs:
-            if k in _PASSED_TO_REWARDS:
-                raise ConfigError(f"{where}.kwargs.{k}: '{k}' is passed to every reward by the trainer "
-                                  "(a dataset column or the completions); it cannot be set here")
-            if k not in options and not open_ended:
-                close = difflib.get_close_matches(str(k), options, n=1)
-                hint = f"; did you mean '{close[0]}'?" if close else ""
-                raise ConfigError(f"{where}.kwargs: reward '{label}' has no option '{k}'{hint} "
-                                  f"(its options: {', '.join(options) or 'none'})")
+        problem = kwargs_problem(label, fn, spec.kwargs)
+        if problem is not None:
+            raise ConfigError(f"{where}.kwargs.{problem[0]}: {problem[1]}")
     return labels
 
 

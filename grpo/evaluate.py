@@ -46,7 +46,7 @@ def evaluate(model, tokenizer, sampler, examples: list[Example], rewards: list[L
     sums: dict[str, list[float]] = {}
     with torch.no_grad():
         rb = _generate(sampler, prompt_ids, 1, greedy, eval_cfg.batch_size, progress, f"eval {tag} (greedy)")
-        table = score_rollout(rewards, examples, chats, rb, assistant_prefix)
+        table = score_rollout(rewards, examples, chats, rb, assistant_prefix, template)
     metric_col = table.column(eval_cfg.metric)
     for i, ex in enumerate(examples):
         ok = (metric_col[i] or 0.0) >= 1.0
@@ -66,7 +66,7 @@ def evaluate(model, tokenizer, sampler, examples: list[Example], rewards: list[L
         sampled = SamplingParams(max_new_tokens=eval_cfg.max_new_tokens, temperature=eval_cfg.temperature)
         with torch.no_grad():
             rb = _generate(sampler, prompt_ids, n, sampled, eval_cfg.batch_size, progress, f"eval {tag} (pass@{n})")
-            col = score_rollout(rewards, examples, chats, rb, assistant_prefix).column(eval_cfg.metric)
+            col = score_rollout(rewards, examples, chats, rb, assistant_prefix, template).column(eval_cfg.metric)
         counts = [sum((col[i * n + j] or 0.0) >= 1.0 for j in range(n)) for i in range(len(examples))]
         ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, n) if k <= n})
         result.pass_at_k = {f"pass@{k}": sum(pass_at_k(n, c, k) for c in counts) / len(counts) for k in ks}

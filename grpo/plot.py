@@ -68,7 +68,9 @@ def _keys(rows: list[dict], pattern: str) -> list[str]:
     if not pattern.endswith("/*"):
         return [pattern]
     prefix = pattern[:-1]
-    return sorted({k for r in rows for k in r if k.startswith(prefix) and not k.endswith("_std")})
+    # "reward/<name>" only: not its "_std", nor its counters "reward/<name>/none_frac", ".../errors"
+    return sorted({k for r in rows for k in r
+                   if k.startswith(prefix) and not k.endswith("_std") and "/" not in k[len(prefix):]})
 
 
 def _run_config(run_dir: Path) -> dict[str, Any]:

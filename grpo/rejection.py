@@ -96,7 +96,7 @@ def sample_and_filter(model, tokenizer, examples: list[Example], rewards, templa
         chats, ids = encode_prompts(tokenizer, part, template, assistant_prefix)
         with torch.no_grad():
             rb = sampler.generate(ids, k, params)
-        table = score_rollout(rewards, part, chats, rb, assistant_prefix)
+        table = score_rollout(rewards, part, chats, rb, assistant_prefix, template)
         for i, g in enumerate(rb.group.tolist()):
             good = (not verify or accepted(table, i, thresholds)) and (keep_truncated or not bool(rb.truncated[i]))
             group_all.append(s + g)

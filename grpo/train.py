@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from grpo.data.records import Example
+from grpo.data.templates import is_conversational
 from grpo import checkpoint as ckpt
 from grpo.algorithms import group_advantages, normalize_loss, per_token_loss, zero_std_fraction
 from grpo.config import ConfigError, GRPOConfig, save_config, to_dict
@@ -64,6 +65,8 @@ class TrainState:
     adapted_cache: Any = None             # (model, _adapted(state)) for the model object it was found on
     micro_limits: Limits | None = None    # micro-batch limits in force: set at the first update, halved on OOM
     scratch: Any = None                   # () -> the sampler's idle KV cache as one flat buffer, or None
+    quiet_steps: int = 0                  # steps in a row without learning signal (_watch_signal)
+    warned: set[str] = field(default_factory=set)   # one-time warnings already given
 
 
 @dataclass
@@ -88,6 +91,7 @@ class StepStats:
     step_seconds: float
     gen_seconds: float
     gen_tokens_per_s: float
+    unscored_frac: float = 0.0            # rows no reward scored (None from every reward): left out of the loss
     reward_seconds: float = 0.0           # scoring the rollout (CPU: verifiers, sandbox)
     update_seconds: float = 0.0           # log-probs, backward and optimizer step(s)
     extra: dict[str, float] = field(default_factory=dict)
@@ -136,7 +140,7 @@ def check_reward_columns(rewards: list[LoadedReward], examples: list[Example]) -
         for name, p in sig.parameters.items():
             required = p.default is inspect.Parameter.empty and p.kind in (
                 inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-            if required and name not in have and name not in r.spec.kwargs:
+            if required and name not in have and name not in r.call_kwargs:
                 raise ConfigError(f"reward '{r.label}' needs the dataset column '{name}', which the training "
                                   f"data does not have (columns: {', '.join(sorted(have))})")
 
@@ -458,11 +462,13 @@ def _logprobs_no_grad(model, batch: PackedBatch, micro: list[torch.Tensor], temp
     return out
 
 
-def policy_update(state: TrainState, rollout: RolloutBatch,
-                  advantages: torch.Tensor | Callable[[], torch.Tensor]) -> dict[str, float]:
-    """mu optimizer steps on one rollout batch; returns averaged diagnostics. `advantages` [N], or a function
-    that returns them: it is called once, when the first micro-batch's loss needs them (its forward pass is
-    queued by then, so scoring on the CPU overlaps it).
+def policy_update(state: TrainState, rollout: RolloutBatch, advantages) -> dict[str, float]:
+    """mu optimizer steps on one rollout batch; returns averaged diagnostics. `advantages`: [N], or a pair
+    ([N] advantages, [N] bool rows that some reward scored), or a function that returns either: it is called
+    once, when the first micro-batch's loss needs them (its forward pass is queued by then, so scoring on the
+    CPU overlaps it). Rows no reward scored are masked out of the loss and are not counted by its
+    normalisers, as if they had not been sampled (rows masked by mask_truncated still count as sequences,
+    as in TRL).
 
     Micro-batches follow `state.micro_limits` (grpo.memory). An out-of-memory error in a forward or backward
     pass zeroes the gradients, halves the limits (for this and every later step) and runs that pass again
@@ -507,22 +513,29 @@ def policy_update(state: TrainState, rollout: RolloutBatch,
     # the reference routes on its own (its own router and bias; the deepcopy has its own routing state)
     ref = (retried(lambda m: _logprobs_no_grad(state.ref_model, batch, m, temp, acc, compile_head=compiled))
            if state.ref_model is not None else None)
-    seqs = int(_gathered(acc, torch.tensor([len(rollout.group)])).sum())  # sums over processes
-    tokens = float(_gathered(acc, mask.sum().reshape(1)).sum())
-    resolved: list[torch.Tensor] = []
+    # the loss normalisers; adv() adds the global sequence and token counts of the scored rows
+    norm: dict[str, Any] = {"max_completion_length": cfg.sampling.max_new_tokens}
+    resolved: list[tuple[torch.Tensor, torch.Tensor | None]] = []
 
-    def adv() -> torch.Tensor:
+    def adv() -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(advantages [N], scored rows [N] or None: all) on the device; fills in the global normalisers."""
         if not resolved:
+            got = advantages() if callable(advantages) else advantages
+            values, rows_in = got if isinstance(got, tuple) else (got, None)
+            kept = mask if rows_in is None else mask * rows_in.unsqueeze(1)
+            counts = _gathered(acc, torch.tensor([[float(len(rollout.group) if rows_in is None else rows_in.sum()),
+                                                   float(kept.sum())]])).sum(0)  # sums over processes
+            norm.update(global_seqs=int(counts[0]), global_tokens=float(counts[1]))
             # no sync: the loss and backward get queued behind the forward pass while it runs
-            resolved.append(_to_device(advantages() if callable(advantages) else advantages, acc.device))
+            resolved.append((_to_device(values, acc.device),
+                             None if rows_in is None else _to_device(rows_in.float(), acc.device)))
         return resolved[0]
 
     agg: dict[str, list[float]] = {}
     first_micro = 0
     for it in range(a.num_iterations):
         def iteration(parts: list[torch.Tensor]) -> dict[str, list]:
-            norm = {"global_seqs": seqs, "global_tokens": tokens, "num_micro_batches": len(parts),
-                    "max_completion_length": cfg.sampling.max_new_tokens}
+            norm["num_micro_batches"] = len(parts)
             out: dict[str, list] = {}
             for idx in parts:
                 with replay(idx):  # open through backward: gradient checkpointing recomputes the forward there
@@ -563,11 +576,11 @@ def _checkpoints_in_scratch(state: TrainState):
 
 
 def _micro_step(state: TrainState, rows: PackedBatch, didx: torch.Tensor, it: int, old, ref,
-                adv: Callable[[], torch.Tensor], norm: dict, agg: dict[str, list]) -> None:
+                adv: Callable[[], tuple], norm: dict, agg: dict[str, list]) -> None:
     """Forward + backward of one micro-batch (`rows`, on the host; rows `didx` of the step's batch); appends
     its diagnostics to `agg` as device tensors (read once per step, `_to_host`: no sync here, so the host
     queues the optimizer step while the device is still in backward). `adv()` gives the advantages [N] on
-    the device; it is called after the forward pass is queued."""
+    the device and the scored rows [N] (None: all); it is called after the forward pass is queued."""
     a, acc, model = state.cfg.algorithm, state.accelerator, state.model
     scale = acc.num_processes  # DDP averages gradients over processes; the normalisers are global sums
     w = float(rows.completion_mask.sum())  # on the host copy
@@ -588,9 +601,11 @@ def _micro_step(state: TrainState, rows: PackedBatch, didx: torch.Tensor, it: in
     logp = logp.float()
     old_lp = old[didx, :t] if old is not None else logp.detach()
     ref_lp = ref[didx, :t] if ref is not None else None
-    per_tok, st = per_token_loss(logp, old_lp, adv()[didx], mask, a.clip_eps_low,
+    values, rows_in = adv()
+    loss_mask = mask if rows_in is None else mask * rows_in[didx].unsqueeze(1)  # unscored rows leave the loss
+    per_tok, st = per_token_loss(logp, old_lp, values[didx], loss_mask, a.clip_eps_low,
                                  a.clip_eps_high, a.kl_coef, ref_lp, as_tensors=True)
-    loss = normalize_loss(per_tok, mask, a.loss_type, **norm) * scale
+    loss = normalize_loss(per_tok, loss_mask, a.loss_type, **norm) * scale
     if not loss.requires_grad:  # no loss tokens in this micro-batch (e.g. all masked as truncated):
         # a zero that touches every parameter keeps backward, and DDP's gradient sync, in step
         loss = loss + 0.0 * sum(p.view(-1)[0] for p in model.parameters() if p.requires_grad)
@@ -673,7 +688,10 @@ def _check_finite_grad_norm(state: TrainState, agg: dict[str, list], num_micro: 
                              f"{norm}); stopped {when}, no checkpoint written")
 
 
-def reward_stats(table: RewardTable, totals: torch.Tensor) -> dict[str, float]:
+def reward_stats(table: RewardTable) -> dict[str, float]:
+    """Per reward: mean and std over the samples it scored ("<name>", "<name>_std"), the share it left
+    None ("<name>/none_frac") and how many of those were failures ("<name>/errors", on_error: none)."""
+    n = max(len(table.values), 1)
     out = {}
     for j, name in enumerate(table.names):
         vals = [row[j] for row in table.values if row[j] is not None]
@@ -681,7 +699,44 @@ def reward_stats(table: RewardTable, totals: torch.Tensor) -> dict[str, float]:
             t = torch.tensor(vals)
             out[name] = float(t.mean())
             out[f"{name}_std"] = float(t.std()) if len(vals) > 1 else 0.0
+        out[f"{name}/none_frac"] = 1.0 - len(vals) / n
+        out[f"{name}/errors"] = float(table.errors[j]) if table.errors else 0.0
     return out
+
+
+def _watch_signal(state: TrainState, table: RewardTable, stats: StepStats) -> None:
+    """Loud warnings (main process) when the rewards carry no learning signal: a reward that gave its whole
+    first batch one value, rows that no reward scores, and `run.no_signal_warn_steps` steps in a row in
+    which no group could tell its completions apart (every advantage 0: the policy-gradient loss is 0)."""
+    cfg = state.cfg
+    state.quiet_steps = state.quiet_steps + 1 if stats.zero_std_frac >= 1.0 else 0
+    if not state.accelerator.is_main_process:
+        return
+    form = ("chat messages [{'role': 'assistant', 'content': ...}]" if is_conversational(cfg.data.template)
+            else "plain strings")
+    constant = table.constant_columns() if "first batch" not in state.warned else {}
+    state.warned.add("first batch")
+    if constant:
+        log.warning("reward %s gave every completion of the first batch (%d) the same value: it carries no "
+                    "learning signal there. If it should vary, check that it reads completions as %s "
+                    "(data.template: %s).", ", ".join(f"'{k}' = {v:g}" for k, v in constant.items()),
+                    len(table.values), form, cfg.data.template)
+    if stats.unscored_frac > 0 and "unscored" not in state.warned:
+        state.warned.add("unscored")
+        log.warning("step %d: %.0f%% of the completions got None from every reward; they are left out of the "
+                    "loss (metric unscored_frac). Does a reward cover every task in the data?",
+                    stats.step, 100 * stats.unscored_frac)
+    n = cfg.run.no_signal_warn_steps
+    if n and state.quiet_steps and state.quiet_steps % n == 0:
+        flat = [k for k in table.names if stats.rewards.get(f"{k}_std", 0.0) == 0.0]
+        log.warning(
+            "NO LEARNING SIGNAL for %d steps in a row (to step %d): in every group the rewards were equal, or fewer "
+            "than 2 completions were scored, so every advantage is 0 and the policy-gradient loss is 0%s. Check: "
+            "is a reward constant (reward/<name>_std = 0; this step: %s)? Does each reward read completions in the "
+            "form it gets (data.template: %s passes %s)? Are the prompts far too hard or too easy for the model? "
+            "(run.no_signal_warn_steps = %d; 0 turns this off)", state.quiet_steps, stats.step,
+            "; only the KL term trains" if cfg.algorithm.kl_coef > 0 else "", ", ".join(flat) or "none",
+            cfg.data.template, form, n)
 
 
 def _gathered(acc, x: torch.Tensor) -> torch.Tensor:
@@ -713,28 +768,33 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
     acc = state.accelerator
     scored: dict[str, Any] = {}
 
-    def advantages() -> torch.Tensor:
+    def advantages() -> tuple[torch.Tensor, torch.Tensor]:
         if "adv" not in scored:
             t_r = time.perf_counter()
             try:
-                table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix)
+                table = score_rollout(state.rewards, examples, chats, rollout, cfg.data.assistant_prefix,
+                                      cfg.data.template)
             except RewardError as e:
                 raise RewardError(f"step {state.step + 1}: {e}") from e
-            totals = torch.tensor(table.totals(), dtype=torch.float32)
+            totals = torch.tensor(table.totals(), dtype=torch.float32)  # NaN: no reward scored the row
+            valid = torch.tensor(table.scored(), dtype=torch.bool)
             # gathered before any check, so every process sees the same rewards and stops together (a process
             # that raised alone would leave the others waiting in the next collective)
-            g_tot = _gathered(acc, totals)
+            g = _gathered(acc, torch.stack([totals, valid.float()], dim=1))
+            g_tot = g[g[:, 1] > 0, 0]  # the scored rows of all processes
             if not torch.isfinite(g_tot).all():
                 raise FloatingPointError(f"step {state.step + 1}: non-finite rewards {g_tot.tolist()}")
             batch_std = g_tot.std() if len(g_tot) > 1 else torch.tensor(0.0)  # scale_rewards=batch: global batch
             adv = group_advantages(totals, rollout.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps,
-                                   batch_std)
-            scored.update(table=table, totals=totals, g_tot=g_tot, adv=adv, seconds=time.perf_counter() - t_r)
-        return scored["adv"]
+                                   batch_std, valid=valid)
+            scored.update(table=table, totals=totals, valid=valid, g_tot=g_tot, adv=adv,
+                          unscored=float(1.0 - g[:, 1].mean()) if len(g) else 0.0,
+                          seconds=time.perf_counter() - t_r)
+        return scored["adv"], scored["valid"]
 
     t_upd = time.perf_counter()
     upd = policy_update(state, rollout, advantages)
-    adv = advantages()  # already computed by the update's first loss
+    adv, valid = advantages()  # already computed by the update's first loss
     table, totals, g_tot, reward_s = scored["table"], scored["totals"], scored["g_tot"], scored["seconds"]
     update_s = time.perf_counter() - t_upd - reward_s  # includes the device sync of the logged floats
     if not math.isfinite(upd["loss"]):  # the gradient norm was checked where it is known (_optimizer_step)
@@ -745,6 +805,8 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
     g_len = _gathered(acc, lengths)
     g_trunc = _gathered(acc, rollout.truncated)
     step_s = time.perf_counter() - t0
+    groups = float(torch.unique(rollout.group).numel())
+    g_zero = _gathered(acc, torch.tensor([[zero_std_fraction(totals, rollout.group, valid) * groups, groups]])).sum(0)
     extra = {"grpo/" + k: v for k, v in _adapter_metrics(state).items()}
     for r in state.rewards:  # counters a reward keeps, e.g. the code sandbox's infrastructure errors
         if callable(getattr(r.fn, "pop_metrics", None)):
@@ -753,8 +815,9 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
         extra["grpo/moe/aux_loss"] = upd["aux_loss"]
     extra.update({f"grpo/update/{k}": upd[k] for k in ("oom_retries", "micro_batches", "micro_batch_tokens")})
     stats = StepStats(
-        step=state.step, reward_mean=float(g_tot.mean()), reward_std=float(g_tot.std()) if len(g_tot) > 1 else 0.0,
-        rewards=reward_stats(table, totals), zero_std_frac=zero_std_fraction(totals, rollout.group),
+        step=state.step, reward_mean=float(g_tot.mean()) if len(g_tot) else math.nan,
+        reward_std=float(g_tot.std()) if len(g_tot) > 1 else 0.0, rewards=reward_stats(table),
+        zero_std_frac=float(g_zero[0] / g_zero[1].clamp(min=1)), unscored_frac=scored["unscored"],
         completion_len_mean=float(g_len.mean()), completion_len_max=float(g_len.max()),
         truncated_frac=float(g_trunc.mean()), loss=upd["loss"], kl=upd["kl"], entropy=upd["entropy"],
         clip_low=upd["clip_low"], clip_high=upd["clip_high"], grad_norm=upd["grad_norm"],
@@ -767,12 +830,14 @@ def train_step(state: TrainState, examples: list[Example]) -> tuple[StepStats, l
             ex = examples[int(rollout.group[i])]
             rows.append({"step": state.step, "id": ex.id, "prompt": ex.prompt, "answer": ex.answer,
                          "completion": cfg.data.assistant_prefix + text,
-                         "rewards": dict(zip(table.names, table.values[i])), "reward": float(totals[i]),
+                         "rewards": dict(zip(table.names, table.values[i])),
+                         "reward": float(totals[i]) if valid[i] else None,
                          "advantage": float(adv[i]), "truncated": bool(rollout.truncated[i])})
         # every process's rows, on the main process, in the global batch's order (local prompt g is prompt
         # g * num_processes + process_index of the step, see next_prompts)
         n, p = acc.num_processes, acc.process_index
         rows = gather_rows(acc, rows, [(int(rollout.group[i]) * n + p, i) for i in range(len(rows))])
+    _watch_signal(state, table, stats)
     return stats, rows
 
 

@@ -5,7 +5,10 @@
 Every process builds the same tiny model and the same global rollout batch (sampled once with a fixed
 seed from the unwrapped model, identical on all processes), keeps the rows of its own prompts (the
 `picked[process_index::num_processes]` sharding of `next_prompts`), computes advantages from fixed
-rewards and runs the real `grpo.train.policy_update` (DDP gradient all-reduce, global normalisers).
+rewards and runs the real `grpo.train.policy_update` (DDP gradient all-reduce, global normalisers). For
+loss types grpo and dapo, rows 1, 9 and 10 count as unscored (no reward applied): they leave the loss and
+its normalisers, and the group of rows 9-11 keeps one scored row, so gets no advantage; process 0 then
+holds one unscored row and process 1 two, so the global counts differ from the local ones.
 The main process writes, per loss type: the prompt ids each process drew, the gathered advantages, the
 global loss, the gradients just before the optimizer step, the parameters after it, and the LR. Last, a
 whole `grpo.train.train` run of 2 steps writes completions.jsonl, whose rows the main process returns.
@@ -72,7 +75,12 @@ def one(loss_type: str, out_dir: str) -> dict:
     p, n = acc.process_index, acc.num_processes
     keep = rollout.group % n == p
     local = slice_rows(rollout, keep, rollout.group // n)
-    adv = group_advantages(rewards[keep], local.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps)
+    scored = torch.ones(n_rows, dtype=torch.bool)
+    if loss_type in ("grpo", "dapo"):
+        scored[[1, 9, 10]] = False
+        rewards[~scored] = float("nan")
+    adv = group_advantages(rewards[keep], local.group, cfg.algorithm.scale_rewards, cfg.algorithm.adv_eps,
+                           valid=scored[keep])
 
     grads: dict[str, torch.Tensor] = {}
     inner = getattr(state.optimizer, "optimizer", state.optimizer)
@@ -82,7 +90,7 @@ def one(loss_type: str, out_dir: str) -> dict:
             grads[name] = prm.grad.detach().clone()
 
     inner.register_step_pre_hook(capture)
-    upd = policy_update(state, local, adv)
+    upd = policy_update(state, local, (adv, scored[keep]) if loss_type in ("grpo", "dapo") else adv)
     # advantages in global row order: each process's rows, put back where they came from
     row_ids = gather_object([keep.nonzero().squeeze(1).tolist()])
     advs = gather_object([adv.tolist()])

@@ -163,3 +163,36 @@ def test_pass_at_k_unbiased_estimator():
     assert pass_at_k(5, 0, 3) == 0.0
     with pytest.raises(ValueError):
         pass_at_k(2, 1, 3)
+
+
+# rows some reward scored (valid) and rows none did: group 0 has 3 valid rows, group 1 one, group 2 two equal ones
+RV = torch.tensor([1.0, 0.0, float("nan"), 3.0, 2.0, float("nan"), float("nan"), 5.0, 5.0, 100.0])
+GV = torch.tensor([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
+VALID = torch.tensor([True, True, False, True, True, False, False, True, True, False])
+
+
+def test_unscored_rows_are_left_out_and_small_groups_get_no_advantage():
+    # group 0 over its valid rows [1, 0, 3]: mean 4/3, centered [-1/3, -4/3, 5/3], sample std sqrt(7/3)
+    centered = torch.tensor([-1 / 3, -4 / 3, 0, 5 / 3, 0, 0, 0, 0, 0, 0])
+    assert torch.allclose(group_advantages(RV, GV, "none", valid=VALID), centered)
+    assert torch.allclose(group_advantages(RV, GV, "group", eps=0.0, valid=VALID), centered / math.sqrt(7 / 3))
+    # batch std over the 6 valid rewards [1, 0, 3, 2, 5, 5]: mean 8/3, squares sum 192/9, / 5 -> 8/sqrt(15)
+    assert torch.allclose(group_advantages(RV, GV, "batch", eps=0.0, valid=VALID), centered / (8 / math.sqrt(15)))
+    # group 1 (one valid row) and group 2 (valid rows equal) carry no signal
+    assert zero_std_fraction(RV, GV, VALID) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_an_unscored_rows_reward_is_never_read(scale):
+    other = torch.where(VALID, RV, torch.tensor(-7.0))
+    a = group_advantages(RV, GV, scale, valid=VALID)
+    assert torch.isfinite(a).all() and torch.equal(a, group_advantages(other, GV, scale, valid=VALID))
+    assert torch.all(a[~VALID] == 0)
+
+
+def test_equal_rewards_give_exactly_zero_not_a_rounding_residue():
+    # mean(8 x 0.1) in float32 is not exactly 0.1: the centred rewards were ~1e-8 and, over a std of the
+    # same size + eps, gave advantages of ~7e-5 in a group that carries no signal
+    r = torch.full((8,), 0.1)
+    for scale in ("group", "batch", "none"):
+        assert torch.all(group_advantages(r, torch.zeros(8, dtype=torch.long), scale) == 0), scale

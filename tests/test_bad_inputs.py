@@ -27,11 +27,17 @@ def words(completions, **kw):
 def infinite(completions, **kw):
     return [float("inf")] * len(completions)
 
+def not_a_number(completions, **kw):
+    return [0.0] + [float("nan")] * (len(completions) - 1)
+
 def needs_solution(completions, solution, **kw):
     return [0.0] * len(completions)
 
 def scalar(completions, **kw):
     return 1.0
+
+def brevity(completions, target=40, **kwargs):
+    return [-abs(len(c) - target) / target for c in completions]
 
 not_a_function = 3
 '''
@@ -155,7 +161,12 @@ ROWS = [
     ("reward returns a scalar", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:scalar"}]), [],
      "step 1: reward 'scalar' returned float, expected a list"),
     ("reward returns inf", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:infinite"}]), [],
-     "step 1: reward 'infinite' returned inf for sample 0; rewards must be finite"),
+     "step 1: reward 'infinite' returned inf for sample 0 (id "),
+    ("reward returns NaN", lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:not_a_number"}]), [],
+     "step 1: reward 'not_a_number' returned NaN for sample 1 (id "),
+    ("plug-in option typo vanishing into **kwargs",
+     lambda r, e: r.update(rewards=[{"name": f"{e}/rewards_plugin.py:brevity", "kwargs": {"targt": 20}}]), [],
+     "rewards[0].kwargs.targt: reward 'brevity' has no option 'targt'; did you mean 'target'? (its options: target;"),
     # model paths
     ("model path not found", lambda r, e: r["model"].update(name=str(e / "nope")), [], "model path not found"),
     ("model dir without weights", lambda r, e: r["model"].update(name=str(e / "no_weights")), [], "has a config.json but no weights"),
@@ -189,7 +200,7 @@ ROWS = [
         "data": {"eval": {"source": "arithmetic", "options": {"n": 4, "seed": 1}}}}), [],
      "stages[1] (final_eval): eval.metric: unknown reward 'acuracy'; did you mean 'accuracy'?"),
     ("reward option typo", lambda r, e: r.update(rewards=[{"name": "format", "kwargs": {"prefx": "<think>"}}]), [],
-     "rewards[0].kwargs: reward 'format' has no option 'prefx'; did you mean 'prefix'? (its options: prefix)"),
+     "rewards[0].kwargs.prefx: reward 'format' has no option 'prefx'; did you mean 'prefix'? (its options: prefix;"),
     ("reward option is a dataset column", lambda r, e: r.update(rewards=[{"name": "accuracy", "kwargs": {"answer": "1"}}]),
      [], "rewards[0].kwargs.answer: 'answer' is passed to every reward by the trainer"),
     # ---- issue #18: model.adapter

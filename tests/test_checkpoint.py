@@ -175,8 +175,9 @@ def test_nan_gradient_stops(tmp_path, tok, monkeypatch, fused):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-def test_nan_reward_is_none_and_inf_reward_stops(tmp_path, tok, monkeypatch):
-    """NaN from a reward means "cannot score" (None, excluded from the total), as DESIGN.md says; inf stops."""
+def test_nan_or_inf_reward_stops_unless_on_error_none(tmp_path, tok, monkeypatch):
+    """NaN or inf from a reward is an error naming the reward and the sample (issue 19: NaN used to become
+    None silently); with on_error: none those samples score None (counted) and training goes on."""
     from grpo.rewards import registry
     from grpo.train import train
 
@@ -184,7 +185,10 @@ def test_nan_reward_is_none_and_inf_reward_stops(tmp_path, tok, monkeypatch):
     registry.register_reward("half_nan")(lambda completions, **kw: [float("nan") if i % 2 else 1.0
                                                                    for i in range(len(completions))])
     registry.register_reward("some_inf")(lambda completions, **kw: [float("inf")] + [0.0] * (len(completions) - 1))
-    summary = train(_nan_cfg(tmp_path / "a", ["half_nan"]), model=tiny_model(tok), tokenizer=tok)
+    with pytest.raises(registry.RewardError, match=r"step 1: reward 'half_nan' returned NaN for sample 1"):
+        train(_nan_cfg(tmp_path / "n", ["half_nan"]), model=tiny_model(tok), tokenizer=tok)
+    summary = train(_nan_cfg(tmp_path / "a", [{"name": "half_nan", "on_error": "none"}]), model=tiny_model(tok),
+                    tokenizer=tok)
     assert summary["steps"] == 3
     with pytest.raises(registry.RewardError, match=r"step 1: reward 'some_inf' returned inf for sample 0"):
         train(_nan_cfg(tmp_path / "b", ["some_inf"]), model=tiny_model(tok), tokenizer=tok)

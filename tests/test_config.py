@@ -138,6 +138,7 @@ BAD_VALUES = {
     ("RunConfig", "trackers"): ["tensorbord"],
     ("RunConfig", "mixed_precision"): "fp16",
     ("RunConfig", "torch_threads"): -1,
+    ("RunConfig", "no_signal_warn_steps"): -1,
     ("SFTDataConfig", "template"): "r2",
     ("SFTDataConfig", "completion_key"): "",
     ("SFTDataConfig", "max_seq_len"): 8,

@@ -5,7 +5,9 @@ process, since 2 processes would otherwise draw different random numbers than 1)
 `next_prompts` partitions the step's prompts, per-process advantages equal the single-process ones (a
 group never spans processes), and the real `policy_update` (DDP gradient all-reduce, globally reduced
 token/sequence normalisers) gives the same global loss, the same gradients before the optimizer step,
-the same parameters after it and the same learning rate, for loss types dapo, grpo and dr_grpo. It does
+the same parameters after it and the same learning rate, for loss types dapo, grpo and dr_grpo (for grpo
+and dapo with unscored rows, masked out of the loss and its normalisers, in different numbers on the two
+processes: dist_worker.py). It does
 not prove that sampling itself matches across process counts (it cannot, see above).
 
 It also runs a whole 2-step `train()` under each process count: completions.jsonl must hold every
@@ -64,6 +66,8 @@ def test_one_and_two_processes_give_the_same_update(results, loss_type):
             merged[i] = a
     assert torch.allclose(torch.tensor(merged), torch.tensor(one["advantages"][0]), atol=1e-6)
     assert torch.tensor(one["advantages"][0]).abs().sum() > 0
+    if loss_type in ("grpo", "dapo"):  # unscored rows 1, 9, 10; row 11 is its group's only scored row
+        assert [one["advantages"][0][i] for i in (1, 9, 10, 11)] == [0.0] * 4
     # loss, gradients, parameters, LR
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-4, abs=1e-7)
     assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-5)

@@ -107,3 +107,11 @@ def test_pipeline_dir_gets_accuracy_across_stages(tmp_path, figures):
 
 def test_plot_rejects_non_run_dir(tmp_path):
     assert main(["plot", str(tmp_path)]) == 2
+
+
+def test_reward_plot_draws_each_rewards_mean_not_its_counters():
+    from grpo.plot import _keys
+
+    rows = [{"step": 1, "reward/accuracy": 0.5, "reward/accuracy_std": 0.1, "reward/accuracy/none_frac": 0.2,
+             "reward/accuracy/errors": 0.0, "reward/format": 1.0}]
+    assert _keys(rows, "reward/*") == ["reward/accuracy", "reward/format"]

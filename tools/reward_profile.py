@@ -87,7 +87,7 @@ def trainer_inputs(data: dict):
     group = torch.tensor(data["group"])
     rollout = RolloutBatch(prompt_ids=[[] for _ in ids], completion_ids=cids, completion_mask=mask, logprobs=None,
                            texts=data["texts"], group=group, truncated=torch.ones(len(ids), dtype=torch.bool))
-    return rewards, examples, chats, rollout, cfg.data.assistant_prefix
+    return rewards, examples, chats, rollout, cfg.data.assistant_prefix, cfg.data.template
 
 
 def profile(paths: list[str], reps: int, top: int, values_out: str | None, check: str | None) -> int:

@@ -3,6 +3,10 @@
 `r1_zero` follows DeepSeek-R1-Zero's instruction: reason inside <think>…</think>, then give the final
 answer inside <answer>…</answer>. The instruction goes into the system message so the user message is
 the bare question (chat models keep their own chat template; no model-specific text here).
+
+Which form reward functions see (TRL's dataset formats, `grpo.rewards.registry`): `plain` is TRL's
+"standard" format, prompts and completions are strings; the other templates are "conversational",
+prompts are the chat messages below and completions ``[{"role": "assistant", "content": ...}]``.
 """
 from __future__ import annotations
 
@@ -21,6 +25,14 @@ CODE_SYSTEM = (
 BOXED_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 
 TEMPLATES = ("r1_zero", "boxed", "plain")
+CONVERSATIONAL = ("r1_zero", "boxed")     # rewards get chat messages; the others get strings
+
+
+def is_conversational(template: str) -> bool:
+    """True when reward functions get chat messages for this template (TRL's conversational format)."""
+    if template not in TEMPLATES:
+        raise ValueError(f"unknown prompt template '{template}'; known: {', '.join(TEMPLATES)}")
+    return template in CONVERSATIONAL
 
 
 def to_messages(example: Example, template: str = "r1_zero") -> list[dict[str, str]]:

@@ -48,9 +48,13 @@ def reasoning_steps_reward(prompts, completions, target_steps: int = 3, **kwargs
 
 def cosine_reward(prompts, completions, completion_ids=None, answer=None, task=None, max_length: int = 1000,
                   min_correct: float = 0.5, max_correct: float = 1.0, min_wrong: float = -1.0,
-                  max_wrong: float = -0.5, **kwargs) -> list[float | None]:
+                  max_wrong: float = -0.5, fallback: str | None = "last_number", timeout: float | None = None,
+                  **kwargs) -> list[float | None]:
+    """`fallback`, `timeout`: the correctness check's (grpo.rewards.math.accuracy_reward); declared here so a
+    recipe may set them (recipe kwargs must name declared parameters, grpo.rewards.registry)."""
     from grpo.rewards.math import accuracy_reward
-    correct = accuracy_reward(prompts, completions, answer=answer, task=task, **kwargs)
+    verifier = {"fallback": fallback, **({"timeout": timeout} if timeout is not None else {})}
+    correct = accuracy_reward(prompts, completions, answer=answer, task=task, **verifier, **kwargs)
     out: list[float | None] = []
     for ok, length in zip(correct, completion_lengths(completions, completion_ids)):
         if ok is None:
