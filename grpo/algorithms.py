@@ -27,6 +27,19 @@ normalisation its paper uses, arranged so that summing the micro-batch losses of
     bnpo     mean over the tokens of this micro-batch, averaged over micro-batches
     dr_grpo  sum over tokens / (num sequences * max_completion_length)       (Dr. GRPO, Liu et al. 2025)
     dapo     sum over tokens / (tokens in the whole step's batch)            (DAPO, Yu et al. 2025)
+
+`objective` picks the per-token surrogate (A: the row's advantage; sg: stop-gradient):
+
+    ppo_clip  -min(rho_t A, clip(rho_t, 1 - eps_low, 1 + eps_high) A)              (above; GRPO, DAPO)
+    gspo      the same with the sequence-level ratio of GSPO (Zheng et al. 2025),
+              s_i = exp(mean_t (logp_t - old_logp_t)), in place of rho_t for every token of row i;
+              the gradient of s_i reaches every token of the row (GSPO's, not GSPO-token's, estimator)
+    cispo     -sg(clip(rho_t, 1 - eps_low, 1 + eps_high)) A logp_t                  (CISPO, MiniMax-M1 2025):
+              the IS weight is clipped and detached, so clipped tokens still get a gradient
+
+Sampler/trainer mismatch: the sampler's log-probs (`sampler_logp`, bf16 engine) differ from the trainer's
+(`old_logp`). Truncated importance sampling (TIS, Yao et al. 2025) multiplies every token's surrogate by
+w_t = sg(min(exp(old_logp_t - sampler_logp_t), cap)); `logprob_mismatch` measures the gap.
 """
 from __future__ import annotations
 
@@ -36,6 +49,7 @@ from dataclasses import dataclass
 import torch
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+OBJECTIVES = ("ppo_clip", "gspo", "cispo")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -106,17 +120,68 @@ class LossStats:
     kl: float
 
 
+def sequence_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """GSPO's length-normalised sequence log-ratio, log s_i = mean over row i's tokens of (logp - old_logp),
+    broadcast to every token: [N, T] -> [N, T]. Differentiable through every token of the row."""
+    m = mask.float()
+    per_row = ((logp - old_logp) * m).sum(dim=1) / m.sum(dim=1).clamp(min=1)
+    return per_row.unsqueeze(1).expand_as(logp)
+
+
+def clipped_surrogate(ratio: torch.Tensor, adv: torch.Tensor, clip_eps_low: float,
+                      clip_eps_high: float) -> torch.Tensor:
+    """-min(ratio A, clip(ratio, 1 - eps_low, 1 + eps_high) A), elementwise; adv broadcasts to ratio."""
+    clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
+    return -torch.min(ratio * adv, clipped * adv)
+
+
+def cispo_surrogate(logp: torch.Tensor, ratio: torch.Tensor, adv: torch.Tensor, clip_eps_low: float,
+                    clip_eps_high: float) -> torch.Tensor:
+    """-sg(clip(ratio, 1 - eps_low, 1 + eps_high)) A logp, elementwise (CISPO)."""
+    weight = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high).detach()
+    return -weight * adv * logp
+
+
+def truncated_is_weights(old_logp: torch.Tensor, sampler_logp: torch.Tensor, cap: float) -> torch.Tensor:
+    """TIS weights min(exp(old_logp - sampler_logp), cap), detached: [N, T]. old_logp is the trainer's
+    log-prob of the sampled token before the update, sampler_logp the sampler's."""
+    return torch.exp(old_logp.detach() - sampler_logp).clamp(max=cap).detach()
+
+
+def logprob_mismatch(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """How far the sampler's log-probs are from the trainer's on the same tokens (token means over mask):
+    mean and max |difference|, and the k3 estimate of KL(sampler || trainer) (samples come from the
+    sampler, so E_sampler[exp(d) - d - 1], d = trainer - sampler)."""
+    m = mask.float() > 0
+    if not bool(m.any()):
+        return {"mean_abs": 0.0, "max_abs": 0.0, "kl": 0.0}
+    d = (trainer_logp.float() - sampler_logp.float())[m]
+    return {"mean_abs": float(d.abs().mean()), "max_abs": float(d.abs().max()),
+            "kl": float((torch.exp(d) - d - 1).mean())}
+
+
 def per_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
                    clip_eps_low: float = 0.2, clip_eps_high: float = 0.2, kl_coef: float = 0.0,
-                   ref_logp: torch.Tensor | None = None,
-                   as_tensors: bool = False) -> tuple[torch.Tensor, LossStats]:
-    """Clipped surrogate (+ k3 KL) per token. logp, old_logp, ref_logp, mask: [N, T]; advantages: [N].
+                   ref_logp: torch.Tensor | None = None, as_tensors: bool = False, objective: str = "ppo_clip",
+                   is_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, LossStats]:
+    """Per-token loss of `objective` (module docstring) (+ k3 KL). logp, old_logp, ref_logp, mask,
+    is_weights: [N, T]; advantages: [N]. `is_weights` (TIS) multiply the surrogate, not the KL term.
     `as_tensors`: the stats as 0-dim tensors on logp's device (no host sync; the trainer reads them once
-    per step) instead of floats."""
+    per step) instead of floats. Clip shares count the tokens whose ratio (the sequence ratio for gspo)
+    lies outside [1 - eps_low, 1 + eps_high] on the side the clip acts on (cispo: either side)."""
     adv = advantages.unsqueeze(1)
-    ratio = torch.exp(logp - old_logp)
-    clipped = torch.clamp(ratio, 1 - clip_eps_low, 1 + clip_eps_high)
-    loss = -torch.min(ratio * adv, clipped * adv)
+    if objective == "gspo":
+        ratio = torch.exp(sequence_log_ratio(logp, old_logp, mask))
+    elif objective in ("ppo_clip", "cispo"):
+        ratio = torch.exp(logp - old_logp)
+    else:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "cispo":
+        loss = cispo_surrogate(logp, ratio, adv, clip_eps_low, clip_eps_high)
+    else:
+        loss = clipped_surrogate(ratio, adv, clip_eps_low, clip_eps_high)
+    if is_weights is not None:
+        loss = loss * is_weights
     kl = torch.zeros_like(logp)
     if kl_coef > 0:
         if ref_logp is None:
@@ -126,9 +191,11 @@ def per_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch
     with torch.no_grad():
         m = mask.float()
         n = m.sum().clamp(min=1)
-        low = ((ratio < 1 - clip_eps_low) & (adv < 0)).float()
-        high = ((ratio > 1 + clip_eps_high) & (adv > 0)).float()
-        parts = [(low * m).sum() / n, (high * m).sum() / n, (ratio * m).sum() / n, (kl * m).sum() / n]
+        below, above = ratio < 1 - clip_eps_low, ratio > 1 + clip_eps_high
+        if objective != "cispo":  # the PPO clip only binds on the side where it lowers the objective
+            below, above = below & (adv < 0), above & (adv > 0)
+        parts = [(below.float() * m).sum() / n, (above.float() * m).sum() / n, (ratio * m).sum() / n,
+                 (kl * m).sum() / n]
         stats = LossStats(*(parts if as_tensors else [float(x) for x in parts]))
     return loss, stats
 

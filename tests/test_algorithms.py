@@ -196,3 +196,91 @@ def test_equal_rewards_give_exactly_zero_not_a_rounding_residue():
     r = torch.full((8,), 0.1)
     for scale in ("group", "batch", "none"):
         assert torch.all(group_advantages(r, torch.zeros(8, dtype=torch.long), scale) == 0), scale
+
+
+# ---------------------------------------------------------------- GSPO, CISPO, TIS (hand-computed)
+
+def test_gspo_sequence_ratio_is_the_length_normalised_mean_over_real_tokens():
+    from grpo.algorithms import sequence_log_ratio
+
+    logp = torch.tensor([[-1.0, -1.0, -9.0]])
+    old = torch.tensor([[-1.2, -1.4, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])  # the padded third token does not count
+    assert torch.allclose(sequence_log_ratio(logp, old, mask), torch.full((1, 3), 0.3))
+
+
+def test_gspo_clips_the_sequence_ratio_and_its_gradient_reaches_every_token():
+    logp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
+    old = torch.tensor([[-1.2, -1.4]])
+    mask = torch.ones(1, 2)
+    s = math.exp(0.3)  # 1.3499 > 1 + 0.28
+    loss, st = per_token_loss(logp, old, torch.tensor([1.0]), mask, 0.2, 0.28, objective="gspo")
+    assert torch.allclose(loss, torch.full((1, 2), -1.28))  # clipped: the same value for both tokens
+    assert st.clip_high == 1.0 and st.ratio_mean == pytest.approx(s, rel=1e-5)
+    normalize_loss(loss, mask, "grpo", max_completion_length=2).backward()
+    assert torch.all(logp.grad == 0)  # A > 0 and s above the range: no gradient, as in PPO
+    logp.grad = None
+    loss, _ = per_token_loss(logp, old, torch.tensor([-1.0]), mask, 0.2, 0.28, objective="gspo")
+    assert torch.allclose(loss, torch.full((1, 2), s))  # A < 0: the unclipped s A term is the larger loss
+    normalize_loss(loss, mask, "grpo", max_completion_length=2).backward()
+    # d s / d logp_t = s / |y| for each of the |y| = 2 tokens (the mean over tokens of a constant is s)
+    assert torch.allclose(logp.grad, torch.full((1, 2), s / 2))
+
+
+def test_cispo_detaches_the_clipped_weight_so_clipped_tokens_keep_a_gradient():
+    logp = torch.tensor([[-1.0]], requires_grad=True)
+    old = torch.tensor([[-1.5]])  # ratio e^0.5 = 1.6487, above 1.28
+    loss, st = per_token_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 1), 0.2, 0.28, objective="cispo")
+    assert loss.item() == pytest.approx(-1.28 * -1.0)
+    loss.sum().backward()
+    assert logp.grad.item() == pytest.approx(-1.28)  # -w A, w = 1.28 detached
+    assert st.clip_high == 1.0
+    ppo = torch.tensor([[-1.0]], requires_grad=True)
+    per_token_loss(ppo, old, torch.tensor([1.0]), torch.ones(1, 1), 0.2, 0.28)[0].sum().backward()
+    assert ppo.grad.item() == 0.0  # the PPO clip drops the same token's gradient
+
+
+def test_cispo_counts_clipping_on_both_sides_whatever_the_advantage_sign():
+    logp = torch.tensor([[-1.0, -2.0]])
+    old = torch.tensor([[-1.5, -1.0]])  # ratios e^0.5 (above) and e^-1 = 0.37 (below 0.8)
+    _, st = per_token_loss(logp, old, torch.tensor([1.0]), torch.ones(1, 2), 0.2, 0.28, objective="cispo")
+    assert (st.clip_low, st.clip_high) == (0.5, 0.5)
+
+
+def test_truncated_is_weights_are_capped_and_detached():
+    from grpo.algorithms import truncated_is_weights
+
+    old = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    sampler = torch.tensor([[-2.0, -1.0]])
+    w = truncated_is_weights(old, sampler, cap=2.0)
+    assert torch.allclose(w, torch.tensor([[2.0, math.exp(-1.0)]]))  # e^1 = 2.72 capped at 2
+    assert not w.requires_grad
+
+
+def test_is_weights_scale_the_surrogate_but_not_the_kl():
+    logp = torch.tensor([[-1.0]])
+    w = torch.tensor([[0.5]])
+    base, _ = per_token_loss(logp, logp, torch.tensor([2.0]), torch.ones(1, 1))
+    weighted, _ = per_token_loss(logp, logp, torch.tensor([2.0]), torch.ones(1, 1), is_weights=w)
+    assert weighted.item() == pytest.approx(0.5 * base.item()) and base.item() == pytest.approx(-2.0)
+    ref = torch.tensor([[-1.5]])
+    kl_only, _ = per_token_loss(logp, logp, torch.tensor([0.0]), torch.ones(1, 1), kl_coef=1.0, ref_logp=ref,
+                                is_weights=w)
+    assert kl_only.item() == pytest.approx(math.exp(-0.5) + 0.5 - 1)
+
+
+def test_logprob_mismatch_by_hand():
+    from grpo.algorithms import logprob_mismatch
+
+    trainer = torch.tensor([[-1.0, -2.0, 5.0]])
+    sampler = torch.tensor([[-1.1, -1.8, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    got = logprob_mismatch(trainer, sampler, mask)
+    assert got["mean_abs"] == pytest.approx(0.15) and got["max_abs"] == pytest.approx(0.2)
+    assert got["kl"] == pytest.approx(((math.exp(0.1) - 1.1) + (math.exp(-0.2) - 0.8)) / 2, rel=1e-5)  # fp32
+    assert logprob_mismatch(trainer, sampler, torch.zeros(1, 3)) == {"mean_abs": 0.0, "max_abs": 0.0, "kl": 0.0}
+
+
+def test_unknown_objective_is_refused():
+    with pytest.raises(ValueError, match="objective must be one of"):
+        per_token_loss(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1), torch.ones(1, 1), objective="ppo")
