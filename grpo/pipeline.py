@@ -233,21 +233,19 @@ def run_eval_stage(cfg, model=None, tokenizer=None) -> dict[str, Any]:
 
     from grpo.evaluate import evaluate
     from grpo.models import load_for_inference
-    from grpo.rollout import encode_prompts, sampler_for_prompts
+    from grpo.rollout import make_sampler
     from grpo.tracking import RunWriter
     from grpo.rewards.registry import load_rewards
 
     rewards = load_rewards(cfg.rewards)
-    d = cfg.data.eval
-    examples = d.load()
+    d = cfg.data
+    examples = d.eval.load()
     torch.manual_seed(cfg.run.seed)
     model, tokenizer = load_for_inference(cfg.model, model, tokenizer)
     writer = RunWriter(cfg.run.output_dir)
-    _, ids = encode_prompts(tokenizer, examples, cfg.data.template, cfg.data.assistant_prefix)
-    sampler = sampler_for_prompts(cfg.sampling.backend, model, tokenizer, cfg.eval.batch_size, ids,
-                                  cfg.eval.max_new_tokens)
-    res = evaluate(model, tokenizer, sampler, examples, rewards, cfg.eval, cfg.data.template,
-                   cfg.data.assistant_prefix, tag="eval", writer=writer, progress=cfg.run.progress)
+    sampler = make_sampler(cfg.sampling.backend, model, tokenizer, cfg.eval.batch_size)
+    res = evaluate(model, tokenizer, sampler, examples, rewards, cfg.eval, d.template, d.assistant_prefix, tag="eval",
+                   writer=writer, progress=cfg.run.progress)
     summary = {**asdict(res), "model": cfg.model.name}
     writer.write_json("summary.json", summary)
     print(f"[eval] pass@1 (greedy) = {res.pass1:.3f} on {res.num_examples} prompts"

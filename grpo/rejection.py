@@ -23,7 +23,7 @@ import torch
 
 from grpo.data import DataError
 from grpo.data.records import Example
-from grpo.rollout import SamplingParams, encode_prompts, sampler_for_prompts
+from grpo.rollout import SamplingParams, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter
 from grpo.rewards.registry import RewardTable, load_rewards
@@ -83,9 +83,7 @@ def sample_and_filter(model, tokenizer, examples: list[Example], rewards, templa
                       provenance: dict[str, Any], verify: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Sample, verify (skipped when verify=False: every untruncated sample passes), select.
     Returns (dataset rows, acceptance report)."""
-    _, all_ids = encode_prompts(tokenizer, examples, template, assistant_prefix)
-    sampler = sampler_for_prompts(sampling.backend, model, tokenizer, sampling.batch_size, all_ids,
-                                  sampling.max_new_tokens)
+    sampler = make_sampler(sampling.backend, model, tokenizer, sampling.batch_size)
     params = SamplingParams(max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                             top_p=sampling.top_p, top_k=sampling.top_k)
     k = sampling.group_size
@@ -119,14 +117,13 @@ def run_rejection(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     from grpo.models import load_for_inference
 
     rewards = load_rewards(cfg.rewards)
-    d = cfg.data.train
-    examples = d.load()
+    d = cfg.data
+    examples = d.train.load()
     torch.manual_seed(cfg.run.seed)
     model, tokenizer = load_for_inference(cfg.model, model, tokenizer)
     provenance = {"checkpoint": cfg.model.name, "seed": cfg.run.seed}
-    rows, report = sample_and_filter(model, tokenizer, examples, rewards, cfg.data.template,
-                                     cfg.data.assistant_prefix, cfg.sampling, cfg.accept, cfg.max_per_prompt,
-                                     cfg.keep_truncated, provenance)
+    rows, report = sample_and_filter(model, tokenizer, examples, rewards, d.template, d.assistant_prefix,
+                                     cfg.sampling, cfg.accept, cfg.max_per_prompt, cfg.keep_truncated, provenance)
     out = Path(cfg.run.output_dir)
     writer = RunWriter(out)
     (out / "data.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

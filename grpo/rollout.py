@@ -164,18 +164,36 @@ def finish_rows(seqs: torch.Tensor, eos_ids: set[int], pad_id: int, max_new_toke
     return ids[:, :keep], mask[:, :keep].float(), truncated
 
 
+def context_length(model) -> int | None:
+    """The longest prompt + completion `model` (or its config) was built for: `max_position_embeddings`, None
+    when the config does not say."""
+    n = getattr(getattr(model, "config", model), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def check_fits(prompt_len: int, max_new_tokens: int, limit: int | None) -> None:
+    """A sampler's own guard: prompt + max_new_tokens must fit `limit` (its `max_seq_len`, by default the model's
+    context length). The stages apply `check_prompt_lengths` at load time, so a run never gets here."""
+    if limit is not None and prompt_len + max_new_tokens > limit:
+        raise ValueError(f"a prompt of {prompt_len} tokens + max_new_tokens {max_new_tokens} = "
+                         f"{prompt_len + max_new_tokens} > {limit}, the sampler's max_seq_len (default: the model's "
+                         "context length, config.max_position_embeddings); shorten the prompt or max_new_tokens")
+
+
 class HFSampler:
     """Backend on `transformers` `generate` (dynamic KV cache, left-padded prompts).
 
     Simple and works for any causal LM; each of the G samples re-runs the prompt prefill. Returns no
     sampling logprobs (holding generate's per-step [N, V] logits would cost N*T*V floats); the trainer
-    computes old/reference log-probs with a forward pass.
+    computes old/reference log-probs with a forward pass. max_seq_len caps prompt + max_new_tokens (None:
+    the model's context length), as the engine's does.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 256):
+    def __init__(self, model, tokenizer, batch_size: int = 256, max_seq_len: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.max_seq_len = max_seq_len if max_seq_len is not None else context_length(model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
@@ -198,6 +216,7 @@ class HFSampler:
     def _generate_chunk(self, rows: list[list[int]], params: SamplingParams):
         device = next(self.model.parameters()).device
         width = max(len(r) for r in rows)
+        check_fits(width, params.max_new_tokens, self.max_seq_len)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):  # left padding
@@ -234,22 +253,15 @@ def encode_prompts(tokenizer, examples, template: str, assistant_prefix: str = "
     return chats, ids
 
 
-def make_sampler(backend: str, model, tokenizer, batch_size: int, max_seq_len: int, dtype="auto"):
+def make_sampler(backend: str, model, tokenizer, batch_size: int, dtype="auto"):
     """The configured `Sampler`. "engine" is imported lazily (it may need CUDA-specific pieces); `dtype` is the
-    engine's compute dtype (the HF sampler runs in the weights' dtype)."""
+    engine's compute dtype ("auto": bf16 on CUDA for fp32 weights, the weights' dtype elsewhere; the HF sampler
+    runs in the weights' dtype). Neither needs to be told the prompt lengths: the engine sizes its cache from
+    each call, and both refuse only prompt + max_new_tokens past the model's context length."""
     if backend == "hf":
         return HFSampler(model, tokenizer, batch_size=batch_size)
     if backend == "engine":
         from grpo.engine import EngineSampler
 
-        return EngineSampler(model, tokenizer, max_batch=batch_size, max_seq_len=max_seq_len, dtype=dtype)
+        return EngineSampler(model, tokenizer, max_batch=batch_size, dtype=dtype)
     raise ValueError(f"unknown sampling backend {backend!r}")
-
-
-def sampler_for_prompts(backend: str, model, tokenizer, batch_size: int, prompt_ids: list[list[int]],
-                        max_new_tokens: int):
-    """A `Sampler` for the stages that sample a known prompt set (rejection sampling, distillation, the eval
-    stage): the engine's cache is sized to the longest of these prompts + max_new_tokens. "auto" dtype:
-    bf16 on CUDA (fp32 weights), the weights' dtype elsewhere."""
-    longest = max((len(p) for p in prompt_ids), default=1)
-    return make_sampler(backend, model, tokenizer, batch_size, longest + max_new_tokens)

@@ -227,13 +227,12 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         tokenizer = load_tokenizer(cfg.model.name)
     if model is None:
         model = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-    # the first 64 training prompts: the MoE bias calibration batch and the sampler's length bound
-    first_prompts = encode_prompts(tokenizer, train[:64], cfg.data.template, cfg.data.assistant_prefix)[1]
     if cfg.model.adapter:
         from grpo.adapters import BiasCalibration, apply_adapters
 
-        # MoE bias calibration (moe.calibrate_bias_steps): those prompts and one rollout-style continuation
-        # of each; MLA keeps its weight-only init here
+        # MoE bias calibration (moe.calibrate_bias_steps): the first 64 training prompts and one rollout-style
+        # continuation of each; MLA keeps its weight-only init here
+        first_prompts = encode_prompts(tokenizer, train[:64], cfg.data.template, cfg.data.assistant_prefix)[1]
         sp = cfg.sampling
         calib = BiasCalibration(
             first_prompts, tokenizer,
@@ -255,13 +254,11 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         ref = ref.to(acc.device)
     # the sampler gets the bare model: accelerate's autocast wrapper on forward would make CPU decoding slow
     unwrapped = acc.unwrap_model(model, keep_fp32_wrapper=False)
-    max_len = max(len(x) for x in first_prompts) + cfg.sampling.max_new_tokens
     # the engine on a bf16-capable CPU decodes from bf16 shadow weights (measured 2.4x the HF fp32 sampler
     # on SmolLM2, 64 rows x 48 tokens); "auto" keeps bf16 on CUDA and the weights' dtype elsewhere
     engine_dtype = (torch.bfloat16 if acc.device.type == "cpu" and resolve_precision(cfg.run.mixed_precision) == "bf16"
                     else "auto")
-    sampler = make_sampler(cfg.sampling.backend, unwrapped, tokenizer, cfg.sampling.batch_size, 2 * max_len,
-                           dtype=engine_dtype)
+    sampler = make_sampler(cfg.sampling.backend, unwrapped, tokenizer, cfg.sampling.batch_size, dtype=engine_dtype)
     writer = RunWriter(cfg.run.output_dir, enabled=acc.is_main_process, accelerator=acc)
     state = TrainState(cfg, acc, model, ref, tokenizer, optimizer, scheduler, sampler, rewards, train, held, writer)
     state.order = _epoch_order(len(train), cfg.run.seed, 0)

@@ -1,4 +1,6 @@
 """The rollout engine against Hugging Face generate and a full forward pass, on tiny random models."""
+import random
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
@@ -16,10 +18,10 @@ class TinyTokenizer:
         return [" ".join(str(t) for t in r if not (skip_special_tokens and t in (PAD, EOS))) for r in rows]
 
 
-def tiny_model(kind="llama", seed=0):
+def tiny_model(kind="llama", seed=0, context=256):
     torch.manual_seed(seed)
     common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=context,
                   bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=True)
     cfg = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[kind](**common)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
@@ -205,3 +207,61 @@ def test_kv_cache_is_one_scratch_buffer_and_scribbles_on_it_change_nothing():
     assert torch.equal(eng.generate(PROMPTS, 2, params).completion_ids, first)
     eng.release()
     assert eng.scratch() is None
+
+
+def _lengths_near_buckets(context: int) -> list[int]:
+    """Prompt lengths on both sides of the prefill bucket (8) and decode bucket multiples, and up to the context."""
+    near = {m + d for m in (8, 16, 24, 32, 64, 128) for d in (-1, 0, 1)}
+    return sorted(n for n in near | {1, 2, 3, 5, 11, 37, 71, context - 1} if 0 < n < context)
+
+
+def test_cache_sizing_never_fails_and_greedy_matches_hf_over_random_shapes():
+    """Property test of the engine's cache sizing: random prompt lengths (just below, on and above multiples of
+    8 and 64, and prompts that exactly fill the context with max_new_tokens) x max_new_tokens x group sizes x
+    batch sizes, on one engine per batch size whose later calls need more cache than its earlier ones (it grows)
+    and less (it reuses). Every call runs (the cache is sized from the call; padding never pushes a prompt that
+    fits past the context); greedy rows equal HF generate; sampled calls come back whole."""
+    context = 160
+    model = tiny_model(seed=7, context=context)
+    hf = HFSampler(model, TinyTokenizer())
+    rng = random.Random(0)
+    lengths = _lengths_near_buckets(context)
+    calls = 0
+    for max_batch in (3, 8, 20):
+        eng = EngineSampler(model, TinyTokenizer(), max_batch=max_batch, bucket=16)  # cap: the model's context
+        assert eng.max_seq_len == context
+        grew = 0
+        for i in range(7):
+            t = rng.choice([1, 2, 5, 8, 13, 33])
+            fits = [n for n in lengths if n + t <= context]
+            # every third call fills the context exactly (rounding its width up would pass the context's end)
+            longest = context - t if i % 3 == 2 else rng.choice(fits)
+            prompts = [[rng.randrange(3, VOCAB) for _ in range(n)]
+                       for n in [longest] + [rng.randint(1, longest) for _ in range(rng.randint(0, 4))]]
+            rng.shuffle(prompts)
+            g = rng.choice([1, 2, 3])
+            slots = None if eng.scratch() is None else eng._ws.slots
+            greedy = SamplingParams(max_new_tokens=t, temperature=0.0)
+            out = eng.generate(prompts, g, greedy)
+            grew += slots is not None and eng._ws.slots > slots
+            assert eng._ws.slots <= context and eng._ws.cos_table.shape[0] == eng._ws.slots
+            ref = hf.generate(prompts, g, greedy)
+            assert torch.equal(out.completion_ids, ref.completion_ids), (max_batch, longest, t, g)
+            assert torch.equal(out.completion_mask, ref.completion_mask)
+            assert torch.equal(out.truncated, ref.truncated)
+            sampled = eng.generate(prompts, g, SamplingParams(max_new_tokens=t, temperature=1.0, top_k=5))
+            assert sampled.completion_ids.shape[0] == len(prompts) * g
+            assert sampled.completion_mask.shape[1] <= t
+            calls += 2
+        assert grew, "no call needed more cache than an earlier one"
+    assert calls == 42
+
+
+def test_prompt_past_the_context_is_one_clear_error_in_both_samplers():
+    model = tiny_model(seed=8, context=64)
+    params = SamplingParams(max_new_tokens=10, temperature=0.0)
+    prompts = [[5] * 55]   # 55 + 10 > 64
+    for sampler in (EngineSampler(model, TinyTokenizer(), max_batch=4), HFSampler(model, TinyTokenizer())):
+        with pytest.raises(ValueError, match="55 tokens \\+ max_new_tokens 10 = 65 > 64"):
+            sampler.generate(prompts, 2, params)
+    assert EngineSampler(model, TinyTokenizer(), max_batch=4).generate([[5] * 54], 2, params).completion_ids.shape[0] == 2
