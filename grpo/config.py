@@ -56,6 +56,8 @@ class DataConfig:
     eval: DatasetConfig | None = None
     template: str = "r1_zero"             # grpo.data.templates.TEMPLATES
     assistant_prefix: str = ""            # text the assistant turn starts with (e.g. "<think>")
+    max_prompt_tokens: int | None = None  # left-truncate longer prompts (a warning counts them); unset: a prompt
+    #                                       that cannot fit the model's context with max_new_tokens is an error
 
 
 @dataclass
@@ -297,7 +299,13 @@ def validate(cfg: GRPOConfig) -> GRPOConfig:
         need(r.on_error in ("raise", "none"), f"rewards[{i}].on_error", f"must be raise | none, got {r.on_error!r}")
     from grpo.data.templates import TEMPLATES
     need(cfg.data.template in TEMPLATES, "data.template", f"must be one of {TEMPLATES}, got {cfg.data.template!r}")
+    check_max_prompt_tokens(cfg.data.max_prompt_tokens)
     return cfg
+
+
+def check_max_prompt_tokens(n: int | None) -> None:
+    if n is not None and n <= 0:
+        raise ConfigError(f"data.max_prompt_tokens: must be a positive number of tokens (or unset), got {n}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -232,8 +232,8 @@ def run_eval_stage(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     import torch
 
     from grpo.evaluate import evaluate
-    from grpo.models import load_for_inference
-    from grpo.rollout import make_sampler
+    from grpo.models import load_for_inference, load_tokenizer
+    from grpo.rollout import check_prompts, make_sampler
     from grpo.tracking import RunWriter
     from grpo.rewards.registry import load_rewards
 
@@ -241,11 +241,13 @@ def run_eval_stage(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     d = cfg.data
     examples = d.eval.load()
     torch.manual_seed(cfg.run.seed)
+    tokenizer = tokenizer or load_tokenizer(cfg.model.name)
+    check_prompts(cfg.model, model, tokenizer, examples, d, cfg.eval.max_new_tokens, "data.eval")
     model, tokenizer = load_for_inference(cfg.model, model, tokenizer)
     writer = RunWriter(cfg.run.output_dir)
     sampler = make_sampler(cfg.sampling.backend, model, tokenizer, cfg.eval.batch_size)
     res = evaluate(model, tokenizer, sampler, examples, rewards, cfg.eval, d.template, d.assistant_prefix, tag="eval",
-                   writer=writer, progress=cfg.run.progress)
+                   writer=writer, progress=cfg.run.progress, max_prompt_tokens=d.max_prompt_tokens)
     summary = {**asdict(res), "model": cfg.model.name}
     writer.write_json("summary.json", summary)
     print(f"[eval] pass@1 (greedy) = {res.pass1:.3f} on {res.num_examples} prompts"

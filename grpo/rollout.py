@@ -7,6 +7,7 @@ branches on the backend; the fast static-cache engine (grpo/engine) implements t
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,57 @@ def check_fits(prompt_len: int, max_new_tokens: int, limit: int | None) -> None:
                          "context length, config.max_position_embeddings); shorten the prompt or max_new_tokens")
 
 
+def check_prompt_lengths(prompt_ids: list[list[int]], examples, max_new_tokens: int, context: int | None,
+                         max_prompt_tokens: int | None, where: str) -> None:
+    """The prompt-length policy of every stage that samples, applied to a whole data set before the model loads
+    (`prompt_ids` untruncated, as `encode_prompts` gives them without max_prompt_tokens):
+
+    - `data.max_prompt_tokens` unset: a prompt whose length + max_new_tokens exceeds the model's context length
+      is a DataError naming the first such example, its length, the limit and how many such prompts there are.
+    - set: prompts longer than it are left-truncated to it by `encode_prompts` (the end of the prompt, where
+      the question and the generation prompt are, is kept, as TRL's GRPO `max_prompt_length` truncates); a
+      warning says how many. max_prompt_tokens + max_new_tokens past the context length is a ConfigError.
+
+    Unset is the default because a silently shortened prompt changes the task (a system prompt or the start of
+    a question lost); truncation is there for data sets with a few outliers, opted into by name.
+    """
+    from grpo.config import ConfigError
+    from grpo.data import DataError
+
+    if max_prompt_tokens is not None:
+        if context is not None and max_prompt_tokens + max_new_tokens > context:
+            raise ConfigError(f"data.max_prompt_tokens ({max_prompt_tokens}) + max_new_tokens ({max_new_tokens}) = "
+                              f"{max_prompt_tokens + max_new_tokens} > {context}, the model's context length "
+                              "(config.max_position_embeddings)")
+        cut = sum(len(p) > max_prompt_tokens for p in prompt_ids)
+        if cut:
+            log.warning("%s: %d of %d prompts are longer than data.max_prompt_tokens = %d tokens (longest %d): "
+                        "they are left-truncated to it", where, cut, len(prompt_ids), max_prompt_tokens,
+                        max(len(p) for p in prompt_ids))
+        return
+    if context is None:
+        return
+    over = [i for i, p in enumerate(prompt_ids) if len(p) + max_new_tokens > context]
+    if over:
+        i = over[0]
+        raise DataError(f"{where}: example {examples[i].id!r} has a prompt of {len(prompt_ids[i])} tokens; + "
+                        f"max_new_tokens {max_new_tokens} = {len(prompt_ids[i]) + max_new_tokens} > {context}, the "
+                        f"model's context length ({len(over)} of {len(prompt_ids)} prompts are that long; longest "
+                        f"{max(len(prompt_ids[j]) for j in over)} tokens). Set data.max_prompt_tokens to left-truncate "
+                        "them, lower max_new_tokens, or filter the data")
+
+
+def check_prompts(model_cfg, model, tokenizer, examples, data_cfg, max_new_tokens: int,
+                  where: str) -> None:
+    """The prompt-length policy (`grpo.rollout.check_prompt_lengths`) for a stage that samples, before its model
+    loads (`model`: one passed in, or None to read the context length from the checkpoint's config)."""
+    from grpo.models import context_length_of
+
+    ids = encode_prompts(tokenizer, examples, data_cfg.template, data_cfg.assistant_prefix)[1]
+    check_prompt_lengths(ids, examples, max_new_tokens, context_length_of(model_cfg, model),
+                         data_cfg.max_prompt_tokens, where)
+
+
 class HFSampler:
     """Backend on `transformers` `generate` (dynamic KV cache, left-padded prompts).
 
@@ -243,13 +297,17 @@ def _pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
     return torch.cat([x, pad], dim=1)
 
 
-def encode_prompts(tokenizer, examples, template: str, assistant_prefix: str = ""):
-    """Examples -> (chat messages per example, prompt token ids per example)."""
+def encode_prompts(tokenizer, examples, template: str, assistant_prefix: str = "",
+                   max_prompt_tokens: int | None = None):
+    """Examples -> (chat messages per example, prompt token ids per example); prompts longer than
+    `max_prompt_tokens` keep their last max_prompt_tokens tokens (`check_prompt_lengths` has said how many)."""
     from grpo.data.templates import render, to_messages
 
     chats = [to_messages(e, template) for e in examples]
     texts = [render(tokenizer, c, assistant_prefix) for c in chats]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if max_prompt_tokens is not None:
+        ids = [p[-max_prompt_tokens:] if len(p) > max_prompt_tokens else p for p in ids]
     return chats, ids
 
 

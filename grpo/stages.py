@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo.config import (ConfigError, DatasetConfig, EvalConfig, GRPOConfig, ModelConfig, RunConfig,
-                         SamplingConfig, apply_override, build, validate)
+                         SamplingConfig, apply_override, build, check_max_prompt_tokens, validate)
 from grpo.rewards.registry import RewardSpec
 
 STAGE_KINDS = ("grpo", "sft", "rejection_sampling", "distill", "eval")
@@ -38,6 +38,7 @@ class SFTDataConfig:
     completion_key: str = "completion"                      # target text in Example.meta
     packing: bool = False                                   # concatenate examples into max_seq_len rows
     max_seq_len: int = 1024
+    max_prompt_tokens: int | None = None                    # left-truncate longer prompts (grpo.config.DataConfig)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class PromptDataConfig:
     train: DatasetConfig = field(default_factory=DatasetConfig)
     template: str = "r1_zero"
     assistant_prefix: str = ""
+    max_prompt_tokens: int | None = None  # left-truncate longer prompts (grpo.config.DataConfig)
 
 
 @dataclass
@@ -118,6 +120,7 @@ class EvalDataConfig:
     eval: DatasetConfig = field(default_factory=DatasetConfig)
     template: str = "r1_zero"
     assistant_prefix: str = ""
+    max_prompt_tokens: int | None = None  # left-truncate longer prompts (grpo.config.DataConfig)
 
 
 @dataclass
@@ -160,6 +163,7 @@ def validate_stage(kind: str, cfg: Any) -> Any:
         return validate(cfg)
     template = cfg.data.template
     _need(template in TEMPLATES, "data.template", f"must be one of {TEMPLATES}, got {template!r}")
+    check_max_prompt_tokens(cfg.data.max_prompt_tokens)
     if kind in ("sft", "distill"):
         _check_optim(cfg.optim)
         _need(cfg.data.max_seq_len > 8, "data.max_seq_len", f"must be > 8, got {cfg.data.max_seq_len}")

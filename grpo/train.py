@@ -32,7 +32,7 @@ from grpo.config import ConfigError, GRPOConfig, save_config, to_dict
 from grpo.evaluate import EvalResult, evaluate
 from grpo.logprobs import PackedBatch, pack, token_logprobs
 from grpo.models import compile_blocks, frozen_copy, load_model, load_tokenizer
-from grpo.rollout import RolloutBatch, SamplingParams, encode_prompts, make_sampler
+from grpo.rollout import RolloutBatch, SamplingParams, check_prompts, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter, available_trackers, progress, truncate_jsonl
 from grpo.rewards.registry import LoadedReward, RewardError, RewardTable, load_rewards
@@ -225,6 +225,7 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         torch.set_num_threads(1)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.name)
+    check_prompts_fit(cfg, model, tokenizer, train, held)
     if model is None:
         model = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.adapter:
@@ -232,7 +233,8 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
 
         # MoE bias calibration (moe.calibrate_bias_steps): the first 64 training prompts and one rollout-style
         # continuation of each; MLA keeps its weight-only init here
-        first_prompts = encode_prompts(tokenizer, train[:64], cfg.data.template, cfg.data.assistant_prefix)[1]
+        first_prompts = encode_prompts(tokenizer, train[:64], cfg.data.template, cfg.data.assistant_prefix,
+                                       cfg.data.max_prompt_tokens)[1]
         sp = cfg.sampling
         calib = BiasCalibration(
             first_prompts, tokenizer,
@@ -275,6 +277,14 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
     return state
 
 
+def check_prompts_fit(cfg: GRPOConfig, model, tokenizer, train: list[Example], held: list[Example] | None) -> None:
+    """The prompt-length policy (`grpo.rollout.check_prompt_lengths`) on the training prompts and, when they are
+    evaluated, the held-out ones, before the model loads (`model`: one passed in, else None)."""
+    check_prompts(cfg.model, model, tokenizer, train, cfg.data, cfg.sampling.max_new_tokens, "data.train")
+    if held and (cfg.eval.before or cfg.eval.after or cfg.eval.every):
+        check_prompts(cfg.model, model, tokenizer, held, cfg.data, cfg.eval.max_new_tokens, "data.eval")
+
+
 def _fused_optimizer() -> bool:
     """Fused AdamW (one multi-tensor kernel per step) on CUDA; torch's default implementation elsewhere."""
     return torch.cuda.is_available()
@@ -311,7 +321,7 @@ def next_prompts(state: TrainState) -> list[Example]:
 def sample(state: TrainState, examples: list[Example]) -> tuple[list[list[dict]], RolloutBatch]:
     s = state.cfg.sampling
     chats, prompt_ids = encode_prompts(state.tokenizer, examples, state.cfg.data.template,
-                                       state.cfg.data.assistant_prefix)
+                                       state.cfg.data.assistant_prefix, state.cfg.data.max_prompt_tokens)
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
     with torch.no_grad(), sampling_context(state.accelerator), _record_routes(state) as rec:
         try:
@@ -704,7 +714,8 @@ def run_eval(state: TrainState, tag: str) -> EvalResult | None:
     with sampling_context(acc):
         res = evaluate(model, state.tokenizer, state.sampler, state.eval_examples, state.rewards, state.cfg.eval,
                        state.cfg.data.template, state.cfg.data.assistant_prefix, tag=tag, writer=state.writer,
-                       progress=state.cfg.run.progress and acc.is_main_process)
+                       progress=state.cfg.run.progress and acc.is_main_process,
+                       max_prompt_tokens=state.cfg.data.max_prompt_tokens)
     acc.print(f"[eval {tag}] pass@1 (greedy) = {res.pass1:.3f} on {res.num_examples} held-out prompts"
               + "".join(f", {k} = {v:.3f}" for k, v in res.pass_at_k.items()))
     return res
