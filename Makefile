@@ -1,5 +1,5 @@
 # The README's two commands: `make quickstart` (main job) and `make test` (test suite). Both set up .venv first.
-.PHONY: setup quickstart test test-fast
+.PHONY: setup quickstart test test-fast test-recipes
 
 setup:
 	bash scripts/setup.sh
@@ -12,3 +12,6 @@ test: setup
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow"
+
+test-recipes: setup
+	.venv/bin/python -m pytest -q tests/test_recipes.py
