@@ -67,6 +67,8 @@ def _substitute(value: Any, lookup) -> Any:
 def apply_pipeline_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`--set stages.NAME.key=value` targets one stage; other keys (vars.x, shared.y, output_dir) the top."""
     tree = copy.deepcopy(tree)
+    if isinstance(tree.get("stages"), list):  # each stage its own copy: YAML aliases (data: *data) share one dict,
+        tree["stages"] = [copy.deepcopy(s) for s in tree["stages"]]  # which a one-stage --set would change for all
     by_name = {s.get("name"): s for s in tree.get("stages") or [] if isinstance(s, dict)}
     for ov in overrides:
         key = ov.split("=", 1)[0]
