@@ -311,7 +311,7 @@ def encode_prompts(tokenizer, examples, template: str, assistant_prefix: str = "
     return chats, ids
 
 
-def make_sampler(backend: str, model, tokenizer, batch_size: int, dtype="auto"):
+def make_sampler(backend: str, model, tokenizer, batch_size: int, *, dtype="auto"):
     """The configured `Sampler`. "engine" is imported lazily (it may need CUDA-specific pieces); `dtype` is the
     engine's compute dtype ("auto": bf16 on CUDA for fp32 weights, the weights' dtype elsewhere; the HF sampler
     runs in the weights' dtype). Neither needs to be told the prompt lengths: the engine sizes its cache from

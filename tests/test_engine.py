@@ -215,21 +215,20 @@ def _lengths_near_buckets(context: int) -> list[int]:
     return sorted(n for n in near | {1, 2, 3, 5, 11, 37, 71, context - 1} if 0 < n < context)
 
 
-def test_cache_sizing_never_fails_and_greedy_matches_hf_over_random_shapes():
-    """Property test of the engine's cache sizing: random prompt lengths (just below, on and above multiples of
-    8 and 64, and prompts that exactly fill the context with max_new_tokens) x max_new_tokens x group sizes x
-    batch sizes, on one engine per batch size whose later calls need more cache than its earlier ones (it grows)
-    and less (it reuses). Every call runs (the cache is sized from the call; padding never pushes a prompt that
-    fits past the context); greedy rows equal HF generate; sampled calls come back whole."""
+def _random_shapes_against_hf(device: str, **engine_kw) -> list:
+    """Random prompt lengths (just below, on and above multiples of 8 and 64, and prompts that exactly fill
+    the context with max_new_tokens) x max_new_tokens x group sizes x batch sizes, on one engine per batch size
+    whose later calls need more cache than its earlier ones (it grows) and less (it reuses). Every call must
+    run; greedy rows must equal HF generate. Returns the engines."""
     context = 160
-    model = tiny_model(seed=7, context=context)
+    model = tiny_model(seed=7, context=context).to(device)
     hf = HFSampler(model, TinyTokenizer())
     rng = random.Random(0)
     lengths = _lengths_near_buckets(context)
-    calls = 0
+    calls, engines = 0, []
     for max_batch in (3, 8, 20):
-        eng = EngineSampler(model, TinyTokenizer(), max_batch=max_batch, bucket=16)  # cap: the model's context
-        assert eng.max_seq_len == context
+        eng = EngineSampler(model, TinyTokenizer(), max_batch=max_batch, bucket=16, **engine_kw)
+        assert eng.max_seq_len == context   # the cap: the model's context
         grew = 0
         for i in range(7):
             t = rng.choice([1, 2, 5, 8, 13, 33])
@@ -254,7 +253,56 @@ def test_cache_sizing_never_fails_and_greedy_matches_hf_over_random_shapes():
             assert sampled.completion_mask.shape[1] <= t
             calls += 2
         assert grew, "no call needed more cache than an earlier one"
+        engines.append(eng)
     assert calls == 42
+    return engines
+
+
+def test_cache_sizing_never_fails_and_greedy_matches_hf_over_random_shapes():
+    """Property test of the engine's cache sizing (`_random_shapes_against_hf`) on the CPU: the prefill width is
+    rounded as on the GPU, so these are the GPU's shapes without its graphs."""
+    _random_shapes_against_hf("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cache_sizing_with_cuda_graphs():
+    """The same on a GPU with the decode and prefill steps replayed from CUDA graphs (fp32, uncompiled ops, so
+    greedy equality with HF is exact): growing drops the old graphs, and no capture fails."""
+    for eng in _random_shapes_against_hf("cuda", dtype=torch.float32, compile=False):
+        assert eng.cuda_graphs and eng.prefill_graphs and eng._ws.graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused Triton decode step needs a CUDA device")
+def test_grown_engine_equals_a_fresh_one_on_the_fused_bf16_path():
+    """bf16, fused decode kernels and fused sampling, CUDA graphs, compiled ops (the GPU defaults): an engine that
+    grew its cache (new rotary tables, new graphs) gives the tokens an engine built for that call gives, up to
+    prompt + max_new_tokens = the context length."""
+    from transformers import LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=300,
+                      bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).cuda()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = EOS, PAD
+    rng = random.Random(1)
+    small = [[rng.randrange(3, VOCAB) for _ in range(n)] for n in (9, 17, 30)]
+    big = [[rng.randrange(3, VOCAB) for _ in range(n)] for n in (250, 101, 263)]   # 263 + 37 = 300
+    params = SamplingParams(max_new_tokens=37, temperature=0.0)
+    grown = EngineSampler(model, TinyTokenizer(), max_batch=24)
+    assert grown.fused and grown.fused_sampling and grown.dtype == torch.bfloat16
+    grown.generate(small, 8, params)
+    before = grown._ws.slots
+    out = grown.generate(big, 8, params)
+    assert grown._ws.slots > before
+    fresh = EngineSampler(model, TinyTokenizer(), max_batch=24).generate(big, 8, params)
+    assert torch.equal(out.completion_ids, fresh.completion_ids)
+    sampled = grown.generate(big, 8, SamplingParams(max_new_tokens=37, temperature=1.0))
+    assert sampled.completion_ids.shape[0] == 24
 
 
 def test_prompt_past_the_context_is_one_clear_error_in_both_samplers():
