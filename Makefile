@@ -1,7 +1,7 @@
 # The README's two commands: `make quickstart` (a GRPO run on the bundled model) and `make test` (the test
 # suite, what CI runs). Both set up .venv first; scripts/setup.sh skips the install while pyproject.toml
 # and setup.sh are unchanged (FORCE=1 make setup reinstalls).
-.PHONY: setup quickstart test test-fast
+.PHONY: setup quickstart test test-fast test-recipes
 
 QUICKSTART_DIR := runs/quickstart
 
@@ -18,3 +18,6 @@ test: setup
 
 test-fast: setup
 	.venv/bin/python -m pytest -q -m "not slow"
+
+test-recipes: setup
+	.venv/bin/python -m pytest -q tests/test_recipes.py

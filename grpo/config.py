@@ -66,6 +66,8 @@ class DataConfig:
     eval: DatasetConfig | None = None
     template: str = "r1_zero"             # grpo.data.templates.TEMPLATES
     assistant_prefix: str = ""            # text the assistant turn starts with (e.g. "<think>")
+    max_prompt_tokens: int | None = None  # left-truncate longer prompts (a warning counts them); unset: a prompt
+    #                                       that cannot fit the model's context with max_new_tokens is an error
 
 
 @dataclass
@@ -393,9 +395,12 @@ def one_of(need: Need, obj: Any, name: str, allowed: tuple[str, ...] | list[str]
 
 
 def check_template(need: Need, data: Any) -> None:
+    """The prompt keys every stage's data block has: the template and the optional prompt-length cap."""
     from grpo.data.templates import TEMPLATES
 
     need(data.template in TEMPLATES, "template", f"must be one of {TEMPLATES}, got {data.template!r}")
+    n = data.max_prompt_tokens
+    need(n is None or n > 0, "max_prompt_tokens", f"must be a positive number of tokens (or unset), got {n}")
 
 
 def check_adam(need: Need, o: Any) -> None:

@@ -149,8 +149,9 @@ def run_distill(cfg, model=None, tokenizer=None) -> dict[str, Any]:
 
     from grpo.data.records import Example
     from grpo.config import to_dict
-    from grpo.models import load_for_inference, load_model
+    from grpo.models import load_for_inference, load_model, load_tokenizer
     from grpo.rejection import sample_and_filter
+    from grpo.rollout import check_prompts
     from grpo.sft import ce_loss_sum, eval_loss, fit, load_sft_examples, rows_for, save_model
     from grpo.tracking import RunWriter
     from grpo.rewards.registry import load_rewards
@@ -167,6 +168,10 @@ def run_distill(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     torch.manual_seed(cfg.run.seed)
     if cfg.run.torch_threads:
         torch.set_num_threads(cfg.run.torch_threads)
+    samples = not (cfg.mode == "logit" and cfg.text == "data")  # the teacher samples the training text
+    if samples:
+        tokenizer = tokenizer or load_tokenizer(cfg.teacher.name)
+        check_prompts(cfg.teacher, model, tokenizer, examples, d, cfg.sampling.max_new_tokens, "data.train")
     teacher, tokenizer = load_for_inference(cfg.teacher, model, tokenizer)
     teacher.eval()
     for p in teacher.parameters():
@@ -184,11 +189,11 @@ def run_distill(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     (out / "config.yaml").write_text(cfg_yaml)
     summary: dict[str, Any] = {"mode": cfg.mode, "teacher_layers": teacher.config.num_hidden_layers,
                                "student_layers": student.config.num_hidden_layers}
-    if not (cfg.mode == "logit" and cfg.text == "data"):
+    if samples:
         rows, report = sample_and_filter(teacher, tokenizer, examples, rewards, d.template, d.assistant_prefix,
                                          cfg.sampling, {}, cfg.max_per_prompt, keep_truncated=cfg.mode == "logit",
                                          provenance={"teacher": cfg.teacher.name, "seed": cfg.run.seed},
-                                         verify=cfg.mode == "sequence")
+                                         verify=cfg.mode == "sequence", max_prompt_tokens=d.max_prompt_tokens)
         writer.write_json("acceptance.json", report)
         writer.append("teacher_samples.jsonl", rows)
         if not rows:

@@ -37,10 +37,10 @@ def _metric_reward(rewards: list[LoadedReward], metric: str) -> list[LoadedRewar
 
 def evaluate(model, tokenizer, sampler, examples: list[Example], rewards: list[LoadedReward], eval_cfg,
              template: str, assistant_prefix: str = "", tag: str = "eval", writer: RunWriter | None = None,
-             progress: bool = True) -> EvalResult:
+             progress: bool = True, max_prompt_tokens: int | None = None) -> EvalResult:
     t0 = time.perf_counter()
     rewards = _metric_reward(rewards, eval_cfg.metric)
-    chats, prompt_ids = encode_prompts(tokenizer, examples, template, assistant_prefix)
+    chats, prompt_ids = encode_prompts(tokenizer, examples, template, assistant_prefix, max_prompt_tokens)
     greedy = SamplingParams(max_new_tokens=eval_cfg.max_new_tokens, temperature=0.0)
     rows, correct1, lengths = [], [], []
     sums: dict[str, list[float]] = {}

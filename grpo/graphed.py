@@ -23,7 +23,8 @@ shape's pair, so they never hold live memory at the same time). The parameters' 
 the next: the trainer zeroes them in place (`zero_grad(set_to_none=False)`) while graphs are in use.
 With a `scratch` buffer (the trainer passes the engine's idle KV cache, `EngineSampler.scratch`), the
 checkpointed layer inputs are kept in it (`checkpoints_in`); the graphs are captured anew whenever that buffer
-is not the one they were captured with (the engine re-allocated it for another batch shape).
+is not the one they were captured with (the engine re-allocated it: another batch shape, or a call that needed
+more cache slots), and the update keeps no reference to a buffer the engine has dropped.
 Conditions (`usable`): CUDA, one process (no DDP gradient hooks to replay), the rows layout
 (transformers "sdpa" attention, no MLA/MoE adapters, whole groups of equal size per micro-batch).
 Anything else, or a capture that fails, runs `token_logprobs` eagerly.
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import traceback
 import warnings
+import weakref
 
 import torch
 
@@ -127,10 +129,9 @@ class _Replay(torch.autograd.Function):
         return None, None
 
 
-def _same_buffer(a: torch.Tensor | None, b: torch.Tensor | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return a.data_ptr() == b.data_ptr() and a.numel() == b.numel()
+def _buffer_key(t: torch.Tensor | None) -> tuple | None:
+    """Where a scratch buffer lives (address, size, dtype): what captured graphs write into."""
+    return None if t is None else (t.data_ptr(), t.numel(), t.dtype)
 
 
 class _Graphs:
@@ -147,7 +148,10 @@ class GraphedLogprobs:
                  chunk_tokens: int = 1024, max_graphs: int = 6, warmup: int = 2, scratch=None):
         self.model, self.temperature, self.compile_head = model, temperature, compile_head
         self.scratch = scratch  # () -> flat buffer dead during the update, or None (see checkpoints_in)
-        self.arena: torch.Tensor | None = None  # the scratch buffer the graphs were captured with
+        # the scratch buffer the graphs were captured with: its address (`_buffer_key`) and a weak reference,
+        # so that a buffer the engine has dropped (it grew its cache) is freed at once, not kept by the update
+        self._arena_key: tuple | None = None
+        self._arena_ref = None
         self.multiple, self.chunk_tokens, self.max_graphs, self.warmup = multiple, chunk_tokens, max_graphs, warmup
         self.graphs: dict[tuple, _Graphs] = {}
         self.pool = None
@@ -167,6 +171,23 @@ class GraphedLogprobs:
         if not _can_share(model):
             return "the rows layout needs transformers' sdpa attention and no MLA/MoE adapters"
         return None
+
+    @property
+    def arena(self) -> torch.Tensor | None:
+        """The scratch buffer of the current graphs (None: none, or the engine has dropped it)."""
+        return None if self._arena_ref is None else self._arena_ref()
+
+    def _sync_arena(self, moved: bool = False) -> None:
+        """Before a replay: when the .grad tensors moved or the engine's scratch buffer is not the one the graphs
+        were captured with (the engine re-allocated its cache: another batch shape, or a longer request), drop
+        the graphs (they would add gradients or write checkpoints into freed memory) and take the current
+        buffer. The same address, size and dtype is the same memory: its graphs stay valid."""
+        arena = self.scratch() if self.scratch is not None else None
+        if moved or _buffer_key(arena) != self._arena_key:
+            self.graphs.clear()
+            self.pool = None
+            self._arena_key = _buffer_key(arena)
+            self._arena_ref = None if arena is None else weakref.ref(arena)
 
     def _forward(self, ids, pos, plan, src_seq, src_pos, targets):
         decoder = self.model.get_decoder()
@@ -231,13 +252,7 @@ class GraphedLogprobs:
         if moved:
             warnings.warn("the parameters' .grad tensors changed since the update's CUDA graphs were captured "
                           "(set to None?); capturing them again")
-        arena = self.scratch() if self.scratch is not None else None
-        # new .grad tensors, or the engine re-allocated its cache (another batch shape): the graphs would add
-        # gradients or write checkpoints into freed memory, so capture anew
-        if moved or not _same_buffer(arena, self.arena):
-            self.graphs.clear()
-            self.pool = None
-            self.arena = arena
+        self._sync_arena(moved)
         graphs = self.graphs.get(key)
         if graphs is None:
             if len(self.graphs) >= self.max_graphs:

@@ -162,6 +162,26 @@ def load_model(name: str, dtype: torch.dtype = torch.float32, trust_remote_code:
     return model
 
 
+def context_length_of(model_cfg, model=None) -> int | None:
+    """The context length (`config.max_position_embeddings`) of `model`, or of the checkpoint `model_cfg.name`
+    names read from its config alone (no weights): the stages check their prompts against it before the model
+    loads (`grpo.rollout.check_prompt_lengths`)."""
+    from transformers import AutoConfig
+
+    from grpo.rollout import context_length
+
+    if model is not None:
+        return context_length(model)
+    import grpo.adapters  # noqa: F401  registers llama_grpo / qwen2_grpo (MLA/MoE checkpoints) with the Auto classes
+
+    path = resolve_model_dir(model_cfg.name)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot read the config of model '{model_cfg.name}' ({path}): {e}") from e
+    return context_length(config)
+
+
 def load_for_inference(model_cfg, model=None, tokenizer=None):
     """(model, tokenizer) for a stage that only samples or scores: `model`/`tokenizer` when given (tests),
     else loaded from `model_cfg.name`; the model moves to the GPU when there is one."""

@@ -69,6 +69,8 @@ def _substitute(value: Any, lookup) -> Any:
 def apply_pipeline_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """`--set stages.NAME.key=value` targets one stage; other keys (vars.x, shared.y, output_dir) the top."""
     tree = copy.deepcopy(tree)
+    if isinstance(tree.get("stages"), list):  # each stage its own copy: YAML aliases (data: *data) share one dict,
+        tree["stages"] = [copy.deepcopy(s) for s in tree["stages"]]  # which a one-stage --set would change for all
     by_name = {s.get("name"): s for s in tree.get("stages") or [] if isinstance(s, dict)}
     for ov in overrides:
         key = ov.split("=", 1)[0]
@@ -261,22 +263,22 @@ def run_eval_stage(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     import torch
 
     from grpo.evaluate import evaluate
-    from grpo.models import load_for_inference
-    from grpo.rollout import encode_prompts, sampler_for_prompts
+    from grpo.models import load_for_inference, load_tokenizer
+    from grpo.rollout import check_prompts, make_sampler
     from grpo.tracking import RunWriter
     from grpo.rewards.registry import load_rewards
 
     rewards = load_rewards(cfg.rewards)
-    d = cfg.data.eval
-    examples = d.load()
+    d = cfg.data
+    examples = d.eval.load()
     torch.manual_seed(cfg.run.seed)
+    tokenizer = tokenizer or load_tokenizer(cfg.model.name)
+    check_prompts(cfg.model, model, tokenizer, examples, d, cfg.eval.max_new_tokens, "data.eval")
     model, tokenizer = load_for_inference(cfg.model, model, tokenizer)
     writer = RunWriter(cfg.run.output_dir)
-    _, ids = encode_prompts(tokenizer, examples, cfg.data.template, cfg.data.assistant_prefix)
-    sampler = sampler_for_prompts(cfg.sampling.backend, model, tokenizer, cfg.eval.batch_size, ids,
-                                  cfg.eval.max_new_tokens)
-    res = evaluate(model, tokenizer, sampler, examples, rewards, cfg.eval, cfg.data.template,
-                   cfg.data.assistant_prefix, tag="eval", writer=writer, progress=cfg.run.progress)
+    sampler = make_sampler(cfg.sampling.backend, model, tokenizer, cfg.eval.batch_size)
+    res = evaluate(model, tokenizer, sampler, examples, rewards, cfg.eval, d.template, d.assistant_prefix, tag="eval",
+                   writer=writer, progress=cfg.run.progress, max_prompt_tokens=d.max_prompt_tokens)
     summary = {**asdict(res), "model": cfg.model.name}
     writer.write_json("summary.json", summary)
     print(f"[eval] pass@1 (greedy) = {res.pass1:.3f} on {res.num_examples} prompts"

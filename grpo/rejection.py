@@ -23,7 +23,7 @@ import torch
 
 from grpo.data import DataError
 from grpo.data.records import Example
-from grpo.rollout import SamplingParams, encode_prompts, sampler_for_prompts
+from grpo.rollout import SamplingParams, check_prompts, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter
 from grpo.rewards.registry import RewardTable, load_rewards
@@ -80,12 +80,12 @@ def acceptance_report(examples: list[Example], group: list[int], ok: list[bool],
 
 def sample_and_filter(model, tokenizer, examples: list[Example], rewards, template: str, assistant_prefix: str,
                       sampling, thresholds: dict[str, float], max_per_prompt: int, keep_truncated: bool,
-                      provenance: dict[str, Any], verify: bool = True) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Sample, verify (skipped when verify=False: every untruncated sample passes), select.
+                      provenance: dict[str, Any], verify: bool = True, max_prompt_tokens: int | None = None
+                      ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Sample, verify (skipped when verify=False: every untruncated sample passes), select; prompts longer
+    than max_prompt_tokens are left-truncated (`check_prompts` has said how many).
     Returns (dataset rows, acceptance report)."""
-    _, all_ids = encode_prompts(tokenizer, examples, template, assistant_prefix)
-    sampler = sampler_for_prompts(sampling.backend, model, tokenizer, sampling.batch_size, all_ids,
-                                  sampling.max_new_tokens)
+    sampler = make_sampler(sampling.backend, model, tokenizer, sampling.batch_size)
     params = SamplingParams(max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                             top_p=sampling.top_p, top_k=sampling.top_k)
     k = sampling.group_size
@@ -93,7 +93,7 @@ def sample_and_filter(model, tokenizer, examples: list[Example], rewards, templa
     records, group_all, ok_all, texts_all = [], [], [], []
     for s in range(0, len(examples), per_call):
         part = examples[s:s + per_call]
-        chats, ids = encode_prompts(tokenizer, part, template, assistant_prefix)
+        chats, ids = encode_prompts(tokenizer, part, template, assistant_prefix, max_prompt_tokens)
         with torch.no_grad():
             rb = sampler.generate(ids, k, params)
         table = score_rollout(rewards, part, chats, rb, assistant_prefix, template)
@@ -116,17 +116,19 @@ def sample_and_filter(model, tokenizer, examples: list[Example], rewards, templa
 
 def run_rejection(cfg, model=None, tokenizer=None) -> dict[str, Any]:
     """The `rejection_sampling` stage."""
-    from grpo.models import load_for_inference
+    from grpo.models import load_for_inference, load_tokenizer
 
     rewards = load_rewards(cfg.rewards)
-    d = cfg.data.train
-    examples = d.load()
+    d = cfg.data
+    examples = d.train.load()
     torch.manual_seed(cfg.run.seed)
+    tokenizer = tokenizer or load_tokenizer(cfg.model.name)
+    check_prompts(cfg.model, model, tokenizer, examples, d, cfg.sampling.max_new_tokens, "data.train")
     model, tokenizer = load_for_inference(cfg.model, model, tokenizer)
     provenance = {"checkpoint": cfg.model.name, "seed": cfg.run.seed}
-    rows, report = sample_and_filter(model, tokenizer, examples, rewards, cfg.data.template,
-                                     cfg.data.assistant_prefix, cfg.sampling, cfg.accept, cfg.max_per_prompt,
-                                     cfg.keep_truncated, provenance)
+    rows, report = sample_and_filter(model, tokenizer, examples, rewards, d.template, d.assistant_prefix,
+                                     cfg.sampling, cfg.accept, cfg.max_per_prompt, cfg.keep_truncated, provenance,
+                                     max_prompt_tokens=d.max_prompt_tokens)
     out = Path(cfg.run.output_dir)
     writer = RunWriter(out)
     (out / "data.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

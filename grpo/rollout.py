@@ -7,6 +7,7 @@ branches on the backend; the fast static-cache engine (grpo/engine) implements t
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -164,18 +167,87 @@ def finish_rows(seqs: torch.Tensor, eos_ids: set[int], pad_id: int, max_new_toke
     return ids[:, :keep], mask[:, :keep].float(), truncated
 
 
+def context_length(model) -> int | None:
+    """The longest prompt + completion `model` (or its config) was built for: `max_position_embeddings`, None
+    when the config does not say."""
+    n = getattr(getattr(model, "config", model), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def check_fits(prompt_len: int, max_new_tokens: int, limit: int | None) -> None:
+    """A sampler's own guard: prompt + max_new_tokens must fit `limit` (its `max_seq_len`, by default the model's
+    context length). The stages apply `check_prompt_lengths` at load time, so a run never gets here."""
+    if limit is not None and prompt_len + max_new_tokens > limit:
+        raise ValueError(f"a prompt of {prompt_len} tokens + max_new_tokens {max_new_tokens} = "
+                         f"{prompt_len + max_new_tokens} > {limit}, the sampler's max_seq_len (default: the model's "
+                         "context length, config.max_position_embeddings); shorten the prompt or max_new_tokens")
+
+
+def check_prompt_lengths(prompt_ids: list[list[int]], examples, max_new_tokens: int, context: int | None,
+                         max_prompt_tokens: int | None, where: str) -> None:
+    """The prompt-length policy of every stage that samples, applied to a whole data set before the model loads
+    (`prompt_ids` untruncated, as `encode_prompts` gives them without max_prompt_tokens):
+
+    - `data.max_prompt_tokens` unset: a prompt whose length + max_new_tokens exceeds the model's context length
+      is a DataError naming the first such example, its length, the limit and how many such prompts there are.
+    - set: prompts longer than it are left-truncated to it by `encode_prompts` (the end of the prompt, where
+      the question and the generation prompt are, is kept, as TRL's GRPO `max_prompt_length` truncates); a
+      warning says how many. max_prompt_tokens + max_new_tokens past the context length is a ConfigError.
+
+    Unset is the default because a silently shortened prompt changes the task (a system prompt or the start of
+    a question lost); truncation is there for data sets with a few outliers, opted into by name.
+    """
+    from grpo.config import ConfigError
+    from grpo.data import DataError
+
+    if max_prompt_tokens is not None:
+        if context is not None and max_prompt_tokens + max_new_tokens > context:
+            raise ConfigError(f"data.max_prompt_tokens ({max_prompt_tokens}) + max_new_tokens ({max_new_tokens}) = "
+                              f"{max_prompt_tokens + max_new_tokens} > {context}, the model's context length "
+                              "(config.max_position_embeddings)")
+        cut = sum(len(p) > max_prompt_tokens for p in prompt_ids)
+        if cut:
+            log.warning("%s: %d of %d prompts are longer than data.max_prompt_tokens = %d tokens (longest %d): "
+                        "they are left-truncated to it", where, cut, len(prompt_ids), max_prompt_tokens,
+                        max(len(p) for p in prompt_ids))
+        return
+    if context is None:
+        return
+    over = [i for i, p in enumerate(prompt_ids) if len(p) + max_new_tokens > context]
+    if over:
+        i = over[0]
+        raise DataError(f"{where}: example {examples[i].id!r} has a prompt of {len(prompt_ids[i])} tokens; + "
+                        f"max_new_tokens {max_new_tokens} = {len(prompt_ids[i]) + max_new_tokens} > {context}, the "
+                        f"model's context length ({len(over)} of {len(prompt_ids)} prompts are that long; longest "
+                        f"{max(len(prompt_ids[j]) for j in over)} tokens). Set data.max_prompt_tokens to left-truncate "
+                        "them, lower max_new_tokens, or filter the data")
+
+
+def check_prompts(model_cfg, model, tokenizer, examples, data_cfg, max_new_tokens: int,
+                  where: str) -> None:
+    """The prompt-length policy (`grpo.rollout.check_prompt_lengths`) for a stage that samples, before its model
+    loads (`model`: one passed in, or None to read the context length from the checkpoint's config)."""
+    from grpo.models import context_length_of
+
+    ids = encode_prompts(tokenizer, examples, data_cfg.template, data_cfg.assistant_prefix)[1]
+    check_prompt_lengths(ids, examples, max_new_tokens, context_length_of(model_cfg, model),
+                         data_cfg.max_prompt_tokens, where)
+
+
 class HFSampler:
     """Backend on `transformers` `generate` (dynamic KV cache, left-padded prompts).
 
     Simple and works for any causal LM; each of the G samples re-runs the prompt prefill. Returns no
     sampling logprobs (holding generate's per-step [N, V] logits would cost N*T*V floats); the trainer
-    computes old/reference log-probs with a forward pass.
+    computes old/reference log-probs with a forward pass. max_seq_len caps prompt + max_new_tokens (None:
+    the model's context length), as the engine's does.
     """
 
-    def __init__(self, model, tokenizer, batch_size: int = 256):
+    def __init__(self, model, tokenizer, batch_size: int = 256, max_seq_len: int | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
+        self.max_seq_len = max_seq_len if max_seq_len is not None else context_length(model)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
@@ -198,6 +270,7 @@ class HFSampler:
     def _generate_chunk(self, rows: list[list[int]], params: SamplingParams):
         device = next(self.model.parameters()).device
         width = max(len(r) for r in rows)
+        check_fits(width, params.max_new_tokens, self.max_seq_len)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):  # left padding
@@ -224,32 +297,29 @@ def _pad_right(x: torch.Tensor, width: int, value) -> torch.Tensor:
     return torch.cat([x, pad], dim=1)
 
 
-def encode_prompts(tokenizer, examples, template: str, assistant_prefix: str = ""):
-    """Examples -> (chat messages per example, prompt token ids per example)."""
+def encode_prompts(tokenizer, examples, template: str, assistant_prefix: str = "",
+                   max_prompt_tokens: int | None = None):
+    """Examples -> (chat messages per example, prompt token ids per example); prompts longer than
+    `max_prompt_tokens` keep their last max_prompt_tokens tokens (`check_prompt_lengths` has said how many)."""
     from grpo.data.templates import render, to_messages
 
     chats = [to_messages(e, template) for e in examples]
     texts = [render(tokenizer, c, assistant_prefix) for c in chats]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    if max_prompt_tokens is not None:
+        ids = [p[-max_prompt_tokens:] if len(p) > max_prompt_tokens else p for p in ids]
     return chats, ids
 
 
-def make_sampler(backend: str, model, tokenizer, batch_size: int, max_seq_len: int, dtype="auto"):
+def make_sampler(backend: str, model, tokenizer, batch_size: int, *, dtype="auto"):
     """The configured `Sampler`. "engine" is imported lazily (it may need CUDA-specific pieces); `dtype` is the
-    engine's compute dtype (the HF sampler runs in the weights' dtype)."""
+    engine's compute dtype ("auto": bf16 on CUDA for fp32 weights, the weights' dtype elsewhere; the HF sampler
+    runs in the weights' dtype). Neither needs to be told the prompt lengths: the engine sizes its cache from
+    each call, and both refuse only prompt + max_new_tokens past the model's context length."""
     if backend == "hf":
         return HFSampler(model, tokenizer, batch_size=batch_size)
     if backend == "engine":
         from grpo.engine import EngineSampler
 
-        return EngineSampler(model, tokenizer, max_batch=batch_size, max_seq_len=max_seq_len, dtype=dtype)
+        return EngineSampler(model, tokenizer, max_batch=batch_size, dtype=dtype)
     raise ValueError(f"unknown sampling backend {backend!r}")
-
-
-def sampler_for_prompts(backend: str, model, tokenizer, batch_size: int, prompt_ids: list[list[int]],
-                        max_new_tokens: int):
-    """A `Sampler` for the stages that sample a known prompt set (rejection sampling, distillation, the eval
-    stage): the engine's cache is sized to the longest of these prompts + max_new_tokens. "auto" dtype:
-    bf16 on CUDA (fp32 weights), the weights' dtype elsewhere."""
-    longest = max((len(p) for p in prompt_ids), default=1)
-    return make_sampler(backend, model, tokenizer, batch_size, longest + max_new_tokens)

@@ -42,6 +42,7 @@ class TokenRow:
 
     input_ids: list[int]
     labels: list[int]
+    prompt_cut: int = 0       # prompt tokens dropped on the left (data.max_prompt_tokens)
 
 
 # ---------------------------------------------------------------- data
@@ -62,16 +63,18 @@ def load_sft_examples(datasets, completion_key: str = "completion") -> list[Exam
 
 
 def tokenize(tokenizer, example: Example, template: str, assistant_prefix: str, completion_key: str,
-             max_seq_len: int) -> TokenRow:
+             max_seq_len: int, max_prompt_tokens: int | None = None) -> TokenRow:
     prompt = render(tokenizer, to_messages(example, template), assistant_prefix)
     target = example.meta[completion_key]
     if assistant_prefix and target.startswith(assistant_prefix):
         target = target[len(assistant_prefix):]       # the prefix is already at the end of the prompt
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    cut = max(0, len(p) - max_prompt_tokens) if max_prompt_tokens is not None else 0
+    p = p[cut:]                                        # left-truncated, as the sampling stages do
     c = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     ids = (p + c)[:max_seq_len]
     labels = ([IGNORE] * len(p) + c)[:max_seq_len]
-    return TokenRow(ids, labels)
+    return TokenRow(ids, labels, cut)
 
 
 def pack_rows(rows: list[TokenRow], max_seq_len: int) -> list[TokenRow]:
@@ -222,7 +225,11 @@ def save_model(model, tokenizer, out_dir: str | Path, config_yaml: str | None = 
 
 def rows_for(tokenizer, examples: list[Example], data_cfg) -> list[TokenRow]:
     rows = [tokenize(tokenizer, e, data_cfg.template, data_cfg.assistant_prefix, data_cfg.completion_key,
-                     data_cfg.max_seq_len) for e in examples]
+                     data_cfg.max_seq_len, data_cfg.max_prompt_tokens) for e in examples]
+    cut = sum(r.prompt_cut > 0 for r in rows)
+    if cut:
+        log.warning("%d of %d prompts are longer than data.max_prompt_tokens = %d tokens: they are left-truncated "
+                    "to it", cut, len(rows), data_cfg.max_prompt_tokens)
     return pack_rows(rows, data_cfg.max_seq_len) if data_cfg.packing else rows
 
 

@@ -43,6 +43,7 @@ class SFTDataConfig:
     completion_key: str = "completion"                      # target text in Example.meta
     packing: bool = False                                   # concatenate examples into max_seq_len rows
     max_seq_len: int = 1024
+    max_prompt_tokens: int | None = None                    # left-truncate longer prompts (grpo.config.DataConfig)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class PromptDataConfig:
     train: DatasetConfig = field(default_factory=DatasetConfig)
     template: str = "r1_zero"
     assistant_prefix: str = ""
+    max_prompt_tokens: int | None = None  # left-truncate longer prompts (grpo.config.DataConfig)
 
 
 @dataclass
@@ -123,6 +125,7 @@ class EvalDataConfig:
     eval: DatasetConfig = field(default_factory=DatasetConfig)
     template: str = "r1_zero"
     assistant_prefix: str = ""
+    max_prompt_tokens: int | None = None  # left-truncate longer prompts (grpo.config.DataConfig)
 
 
 @dataclass

@@ -35,7 +35,7 @@ from grpo.evaluate import EvalResult, evaluate
 from grpo.logprobs import PackedBatch, pack, token_logprobs
 from grpo.memory import Limits, free_device_bytes, auto_token_limit, halve, is_out_of_memory, plan_micro_batches
 from grpo.models import compile_blocks, frozen_copy, load_model, load_tokenizer
-from grpo.rollout import RolloutBatch, SamplingParams, encode_prompts, make_sampler
+from grpo.rollout import RolloutBatch, SamplingParams, check_prompts, encode_prompts, make_sampler
 from grpo.scoring import score_rollout
 from grpo.tracking import RunWriter, available_trackers, gather_rows, progress, run_report, truncate_jsonl
 from grpo.rewards.registry import LoadedReward, RewardError, RewardTable, load_rewards
@@ -233,15 +233,16 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         torch.set_num_threads(1)
     if tokenizer is None:
         tokenizer = load_tokenizer(cfg.model.name)
+    check_prompts_fit(cfg, model, tokenizer, train, held)
     if model is None:
         model = load_model(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-    # the first 64 training prompts: the MoE bias calibration batch and the sampler's length bound
-    first_prompts = encode_prompts(tokenizer, train[:64], cfg.data.template, cfg.data.assistant_prefix)[1]
     if cfg.model.adapter:
         from grpo.adapters import BiasCalibration, apply_adapters
 
-        # MoE bias calibration (moe.calibrate_bias_steps): those prompts and one rollout-style continuation
-        # of each; MLA keeps its weight-only init here
+        # MoE bias calibration (moe.calibrate_bias_steps): the first 64 training prompts and one rollout-style
+        # continuation of each; MLA keeps its weight-only init here
+        first_prompts = encode_prompts(tokenizer, train[:64], cfg.data.template, cfg.data.assistant_prefix,
+                                       cfg.data.max_prompt_tokens)[1]
         sp = cfg.sampling
         calib = BiasCalibration(
             first_prompts, tokenizer,
@@ -260,13 +261,11 @@ def setup(cfg: GRPOConfig, model=None, tokenizer=None) -> TrainState:
         ref = ref.to(acc.device)
     # the sampler gets the bare model: accelerate's autocast wrapper on forward would make CPU decoding slow
     unwrapped = acc.unwrap_model(model, keep_fp32_wrapper=False)
-    max_len = max(len(x) for x in first_prompts) + cfg.sampling.max_new_tokens
     # the engine on a bf16-capable CPU decodes from bf16 shadow weights (measured 2.4x the HF fp32 sampler
     # on SmolLM2, 64 rows x 48 tokens); "auto" keeps bf16 on CUDA and the weights' dtype elsewhere
     engine_dtype = (torch.bfloat16 if acc.device.type == "cpu" and resolve_precision(cfg.run.mixed_precision) == "bf16"
                     else "auto")
-    sampler = make_sampler(cfg.sampling.backend, unwrapped, tokenizer, cfg.sampling.batch_size, 2 * max_len,
-                           dtype=engine_dtype)
+    sampler = make_sampler(cfg.sampling.backend, unwrapped, tokenizer, cfg.sampling.batch_size, dtype=engine_dtype)
     writer = RunWriter(cfg.run.output_dir, enabled=acc.is_main_process, accelerator=acc)
     state = TrainState(cfg, acc, model, ref, tokenizer, optimizer, scheduler, sampler, rewards, train, held, writer)
     state.order = _epoch_order(len(train), cfg.run.seed, 0)
@@ -297,6 +296,14 @@ def make_optimizer(params: list, cfg: GRPOConfig) -> torch.optim.Optimizer:
             raise ConfigError("optim.optimizer: adamw_8bit needs the torchao package (pip install torchao)") from e
         return AdamW8bit(params, **kw)
     return torch.optim.AdamW(params, **kw, **({"fused": True} if _fused_optimizer() else {}))
+
+
+def check_prompts_fit(cfg: GRPOConfig, model, tokenizer, train: list[Example], held: list[Example] | None) -> None:
+    """The prompt-length policy (`grpo.rollout.check_prompt_lengths`) on the training prompts and, when they are
+    evaluated, the held-out ones, before the model loads (`model`: one passed in, else None)."""
+    check_prompts(cfg.model, model, tokenizer, train, cfg.data, cfg.sampling.max_new_tokens, "data.train")
+    if held and (cfg.eval.before or cfg.eval.after or cfg.eval.every):
+        check_prompts(cfg.model, model, tokenizer, held, cfg.data, cfg.eval.max_new_tokens, "data.eval")
 
 
 def _fused_optimizer() -> bool:
@@ -335,7 +342,7 @@ def next_prompts(state: TrainState) -> list[Example]:
 def sample(state: TrainState, examples: list[Example]) -> tuple[list[list[dict]], RolloutBatch]:
     s = state.cfg.sampling
     chats, prompt_ids = encode_prompts(state.tokenizer, examples, state.cfg.data.template,
-                                       state.cfg.data.assistant_prefix)
+                                       state.cfg.data.assistant_prefix, state.cfg.data.max_prompt_tokens)
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k)
     with torch.no_grad(), sampling_context(state.accelerator), _record_routes(state) as rec:
         try:
@@ -897,7 +904,8 @@ def run_eval(state: TrainState, tag: str) -> EvalResult | None:
     with sampling_context(acc):
         res = evaluate(model, state.tokenizer, state.sampler, state.eval_examples, state.rewards, state.cfg.eval,
                        state.cfg.data.template, state.cfg.data.assistant_prefix, tag=tag, writer=state.writer,
-                       progress=state.cfg.run.progress and acc.is_main_process)
+                       progress=state.cfg.run.progress and acc.is_main_process,
+                       max_prompt_tokens=state.cfg.data.max_prompt_tokens)
     acc.print(f"[eval {tag}] pass@1 (greedy) = {res.pass1:.3f} on {res.num_examples} held-out prompts"
               + "".join(f", {k} = {v:.3f}" for k, v in res.pass_at_k.items()))
     return res

@@ -63,6 +63,8 @@ def env(tmp_path_factory):
     (root / "broken_plugin.py").write_text("def f(:\n")
     (root / "empty.jsonl").write_text("")
     (root / "qa.jsonl").write_text("".join(json.dumps({"q": f"{i}+1?", "a": str(i + 1)}) + "\n" for i in range(4)))
+    (root / "long.jsonl").write_text("".join(json.dumps({"q": f"{i}+1?" + "x" * 600 * (i == 2), "a": str(i + 1)}) + "\n"
+                                             for i in range(4)))   # row 2 is longer than the model's 512 positions
     (root / "bad.yaml").write_text("optim: {steps: 2\n  lr: [\n")
     (root / "list.yaml").write_text("- a\n- b\n")
     # a later row lacks the prompt column / the answer column (row 0 has both)
@@ -139,6 +141,13 @@ ROWS = [
     ("missing dataset column", lambda r, e: r["data"].update(train={"source": "file", "options": {
         "path": str(e / "qa.jsonl"), "columns": {"prompt": "question", "answer": "a"}}}), [],
      "column 'question' not found"),
+    ("prompt past the model's context", lambda r, e: r["data"].update(train={"source": "file", "options": {
+        "path": str(e / "long.jsonl"), "columns": {"prompt": "q", "answer": "a"}}}), [],
+     "data.train: example 'long-00002' has a prompt of"),
+    ("zero max_prompt_tokens", lambda r, e: r["data"].update(max_prompt_tokens=0), [],
+     "data.max_prompt_tokens: must be a positive number of tokens"),
+    ("max_prompt_tokens past the context", lambda r, e: r["data"].update(max_prompt_tokens=510), [],
+     "data.max_prompt_tokens (510) + max_new_tokens (4) = 514 > 512, the model's context length"),
     # reward plug-ins
     ("unknown reward name", lambda r, e: r.update(rewards=[{"name": "acuracy"}]), [],
      "unknown reward 'acuracy'. Did you mean 'accuracy'"),

@@ -96,6 +96,7 @@ BAD_VALUES = {
     ("DatasetConfig", "options"): {"nn": 3},
     ("DatasetConfig", "limit"): 0,
     ("DataConfig", "template"): "r2",
+    ("DataConfig", "max_prompt_tokens"): 0,
     ("RewardSpec", "name"): "acuracy",
     ("RewardSpec", "weight"): float("nan"),
     ("RewardSpec", "kwargs"): {"timeuot": 1},
@@ -140,6 +141,7 @@ BAD_VALUES = {
     ("RunConfig", "torch_threads"): -1,
     ("RunConfig", "no_signal_warn_steps"): -1,
     ("SFTDataConfig", "template"): "r2",
+    ("SFTDataConfig", "max_prompt_tokens"): 0,
     ("SFTDataConfig", "completion_key"): "",
     ("SFTDataConfig", "max_seq_len"): 8,
     ("SFTOptimConfig", "epochs"): 0,
@@ -154,6 +156,7 @@ BAD_VALUES = {
     ("SFTOptimConfig", "max_grad_norm"): -1.0,
     ("SFTConfig", "eval_every"): -1,
     ("PromptDataConfig", "template"): "r2",
+    ("PromptDataConfig", "max_prompt_tokens"): 0,
     ("RejectionConfig", "accept"): {"acuracy": 1.0},
     ("RejectionConfig", "max_per_prompt"): 0,
     ("DistillConfig", "mode"): "token",
@@ -166,6 +169,7 @@ BAD_VALUES = {
     ("DistillConfig", "max_per_prompt"): 0,
     ("DistillConfig", "eval_every"): -1,
     ("EvalDataConfig", "template"): "r2",
+    ("EvalDataConfig", "max_prompt_tokens"): 0,
     ("EvalSamplingConfig", "backend"): "vllm",
 }
 # fields every value of whose type is valid (besides booleans, which build() type-checks)

@@ -1,4 +1,6 @@
 """The rollout engine against Hugging Face generate and a full forward pass, on tiny random models."""
+import random
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
@@ -16,10 +18,10 @@ class TinyTokenizer:
         return [" ".join(str(t) for t in r if not (skip_special_tokens and t in (PAD, EOS))) for r in rows]
 
 
-def tiny_model(kind="llama", seed=0):
+def tiny_model(kind="llama", seed=0, context=256):
     torch.manual_seed(seed)
     common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=context,
                   bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=True)
     cfg = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}[kind](**common)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
@@ -205,3 +207,109 @@ def test_kv_cache_is_one_scratch_buffer_and_scribbles_on_it_change_nothing():
     assert torch.equal(eng.generate(PROMPTS, 2, params).completion_ids, first)
     eng.release()
     assert eng.scratch() is None
+
+
+def _lengths_near_buckets(context: int) -> list[int]:
+    """Prompt lengths on both sides of the prefill bucket (8) and decode bucket multiples, and up to the context."""
+    near = {m + d for m in (8, 16, 24, 32, 64, 128) for d in (-1, 0, 1)}
+    return sorted(n for n in near | {1, 2, 3, 5, 11, 37, 71, context - 1} if 0 < n < context)
+
+
+def _random_shapes_against_hf(device: str, **engine_kw) -> list:
+    """Random prompt lengths (just below, on and above multiples of 8 and 64, and prompts that exactly fill
+    the context with max_new_tokens) x max_new_tokens x group sizes x batch sizes, on one engine per batch size
+    whose later calls need more cache than its earlier ones (it grows) and less (it reuses). Every call must
+    run; greedy rows must equal HF generate. Returns the engines."""
+    context = 160
+    model = tiny_model(seed=7, context=context).to(device)
+    hf = HFSampler(model, TinyTokenizer())
+    rng = random.Random(0)
+    lengths = _lengths_near_buckets(context)
+    calls, engines = 0, []
+    for max_batch in (3, 8, 20):
+        eng = EngineSampler(model, TinyTokenizer(), max_batch=max_batch, bucket=16, **engine_kw)
+        assert eng.max_seq_len == context   # the cap: the model's context
+        grew = 0
+        for i in range(7):
+            t = rng.choice([1, 2, 5, 8, 13, 33])
+            fits = [n for n in lengths if n + t <= context]
+            # every third call fills the context exactly (rounding its width up would pass the context's end)
+            longest = context - t if i % 3 == 2 else rng.choice(fits)
+            prompts = [[rng.randrange(3, VOCAB) for _ in range(n)]
+                       for n in [longest] + [rng.randint(1, longest) for _ in range(rng.randint(0, 4))]]
+            rng.shuffle(prompts)
+            g = rng.choice([1, 2, 3])
+            slots = None if eng.scratch() is None else eng._ws.slots
+            greedy = SamplingParams(max_new_tokens=t, temperature=0.0)
+            out = eng.generate(prompts, g, greedy)
+            grew += slots is not None and eng._ws.slots > slots
+            assert eng._ws.slots <= context and eng._ws.cos_table.shape[0] == eng._ws.slots
+            ref = hf.generate(prompts, g, greedy)
+            assert torch.equal(out.completion_ids, ref.completion_ids), (max_batch, longest, t, g)
+            assert torch.equal(out.completion_mask, ref.completion_mask)
+            assert torch.equal(out.truncated, ref.truncated)
+            sampled = eng.generate(prompts, g, SamplingParams(max_new_tokens=t, temperature=1.0, top_k=5))
+            assert sampled.completion_ids.shape[0] == len(prompts) * g
+            assert sampled.completion_mask.shape[1] <= t
+            calls += 2
+        assert grew, "no call needed more cache than an earlier one"
+        engines.append(eng)
+    assert calls == 42
+    return engines
+
+
+def test_cache_sizing_never_fails_and_greedy_matches_hf_over_random_shapes():
+    """Property test of the engine's cache sizing (`_random_shapes_against_hf`) on the CPU: the prefill width is
+    rounded as on the GPU, so these are the GPU's shapes without its graphs."""
+    _random_shapes_against_hf("cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+def test_cache_sizing_with_cuda_graphs():
+    """The same on a GPU with the decode and prefill steps replayed from CUDA graphs (fp32, uncompiled ops, so
+    greedy equality with HF is exact): growing drops the old graphs, and no capture fails."""
+    for eng in _random_shapes_against_hf("cuda", dtype=torch.float32, compile=False):
+        assert eng.cuda_graphs and eng.prefill_graphs and eng._ws.graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused Triton decode step needs a CUDA device")
+def test_grown_engine_equals_a_fresh_one_on_the_fused_bf16_path():
+    """bf16, fused decode kernels and fused sampling, CUDA graphs, compiled ops (the GPU defaults): an engine that
+    grew its cache (new rotary tables, new graphs) gives the tokens an engine built for that call gives, up to
+    prompt + max_new_tokens = the context length."""
+    from transformers import LlamaConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=300,
+                      bos_token_id=1, eos_token_id=EOS, pad_token_id=PAD, tie_word_embeddings=False)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).cuda()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    model.generation_config.eos_token_id, model.generation_config.pad_token_id = EOS, PAD
+    rng = random.Random(1)
+    small = [[rng.randrange(3, VOCAB) for _ in range(n)] for n in (9, 17, 30)]
+    big = [[rng.randrange(3, VOCAB) for _ in range(n)] for n in (250, 101, 263)]   # 263 + 37 = 300
+    params = SamplingParams(max_new_tokens=37, temperature=0.0)
+    grown = EngineSampler(model, TinyTokenizer(), max_batch=24)
+    assert grown.fused and grown.fused_sampling and grown.dtype == torch.bfloat16
+    grown.generate(small, 8, params)
+    before = grown._ws.slots
+    out = grown.generate(big, 8, params)
+    assert grown._ws.slots > before
+    fresh = EngineSampler(model, TinyTokenizer(), max_batch=24).generate(big, 8, params)
+    assert torch.equal(out.completion_ids, fresh.completion_ids)
+    sampled = grown.generate(big, 8, SamplingParams(max_new_tokens=37, temperature=1.0))
+    assert sampled.completion_ids.shape[0] == 24
+
+
+def test_prompt_past_the_context_is_one_clear_error_in_both_samplers():
+    model = tiny_model(seed=8, context=64)
+    params = SamplingParams(max_new_tokens=10, temperature=0.0)
+    prompts = [[5] * 55]   # 55 + 10 > 64
+    for sampler in (EngineSampler(model, TinyTokenizer(), max_batch=4), HFSampler(model, TinyTokenizer())):
+        with pytest.raises(ValueError, match="55 tokens \\+ max_new_tokens 10 = 65 > 64"):
+            sampler.generate(prompts, 2, params)
+    assert EngineSampler(model, TinyTokenizer(), max_batch=4).generate([[5] * 54], 2, params).completion_ids.shape[0] == 2

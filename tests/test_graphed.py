@@ -82,7 +82,8 @@ def test_checkpoints_in_an_arena_give_the_same_gradients(tok, arena_layers):
         model.zero_grad(set_to_none=True)
         g = GraphedLogprobs(model, 1.0, compile_head=False, multiple=(8, 16), chunk_tokens=64,
                             scratch=(lambda a=arena: a))
-        g.arena = arena
+        g._sync_arena()  # takes the scratch buffer, as each call does before a replay
+        assert g.arena is arena
         lp, _ = g._forward(*args)
         (lp * weights(lp)).sum().backward()
         results.append((lp.detach(), grads(model)))
@@ -94,6 +95,39 @@ def test_checkpoints_in_an_arena_give_the_same_gradients(tok, arena_layers):
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
     assert [layer._gradient_checkpointing_func for layer in model.model.layers] == before  # unwrapped again
+
+
+def test_engine_growth_drops_the_update_graphs_and_frees_the_old_cache(tok):
+    """The engine grows its KV cache when a call needs more slots (a longer prompt): the update, whose gradient
+    checkpoints live in that cache (`EngineSampler.scratch`), must drop the graphs captured with the old buffer
+    and take the new one before its next replay, and must not keep the old buffer alive meanwhile. A call that
+    fits the cache keeps the buffer and the graphs. (The same `_sync_arena` runs before every replay.)"""
+    import gc
+    import weakref
+
+    from grpo.engine import EngineSampler
+    from grpo.rollout import SamplingParams
+
+    model = tiny_model(tok)
+    eng = EngineSampler(model, tok, max_batch=4, bucket=16)
+    g = GraphedLogprobs(model, 1.0, compile_head=False, scratch=eng.scratch)
+    g._sync_arena()
+    assert g.arena is None
+    params = SamplingParams(max_new_tokens=5, temperature=0.0)
+    eng.generate([[5] * 10], 2, params)
+    g._sync_arena()
+    assert g.arena is eng.scratch() is not None
+    captured = object()
+    g.graphs["shape"] = captured                  # stands for a captured pair (CUDA only)
+    eng.generate([[6] * 12], 2, params)           # fits the cache: same buffer, graphs kept
+    g._sync_arena()
+    assert g.graphs.get("shape") is captured and g.arena is eng.scratch()
+    old = weakref.ref(eng.scratch())
+    eng.generate([[5] * 40], 2, params)           # needs more slots: a new, larger cache
+    gc.collect()
+    assert old() is None                          # nothing holds the dropped buffer, the update included
+    g._sync_arena()
+    assert not g.graphs and g.arena is eng.scratch() and g.arena.numel() > 0
 
 
 def test_usable_says_why_not():

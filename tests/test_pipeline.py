@@ -64,6 +64,13 @@ def test_plan_rejects_bad_references_and_keys(tiny_dir, tmp_path):
         plan(tree, ["stages.nope.optim.lr=1"])
 
 
+def test_set_on_one_stage_leaves_stages_sharing_a_yaml_alias_alone():
+    tree = read_yaml(RECIPES / "distill_vs_sft_cpu.yaml")   # teacher, distilled and sft_only share `data: *data`
+    _, stages = plan(tree, ["stages.teacher.data.max_seq_len=100"])
+    lens = {name: cfg.data.max_seq_len for name, kind, cfg in stages if kind in ("sft", "distill")}
+    assert lens == {"teacher": 100, "distilled": 384, "sft_only": 384}
+
+
 def test_bad_model_dir_fails_before_work(tmp_path, capsys):
     (tmp_path / "notamodel").mkdir()
     rc = main(["run", str(RECIPES / "tiny_r1.yaml"), "--set", f"vars.model={tmp_path / 'notamodel'}",

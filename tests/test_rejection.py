@@ -54,12 +54,13 @@ def test_rejection_stage_keeps_only_verified(tmp_path):
 
 
 def test_rejection_stage_uses_the_configured_backend(tmp_path, monkeypatch):
-    from grpo import rollout
+    from grpo import rejection
+    from grpo.engine import EngineSampler
     from grpo.testing import char_tokenizer, tiny_model
 
     made = []
-    real = rollout.make_sampler
-    monkeypatch.setattr(rollout, "make_sampler", lambda backend, *a, **k: made.append((backend, a[-1])) or real(backend, *a, **k))
+    real = rejection.make_sampler
+    monkeypatch.setattr(rejection, "make_sampler", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     tok = char_tokenizer()
     cfg = build_stage("rejection_sampling", {
         "data": {"train": {"source": "arithmetic", "options": {"n": 3, "seed": 0, "difficulty": [1]}}},
@@ -67,4 +68,4 @@ def test_rejection_stage_uses_the_configured_backend(tmp_path, monkeypatch):
         "sampling": {"backend": "engine", "group_size": 4, "max_new_tokens": 6}, "max_per_prompt": 2,
         "run": {"output_dir": str(tmp_path), "progress": False}})
     assert run_rejection(cfg, model=tiny_model(tok), tokenizer=tok)["kept"] > 0
-    assert len(made) == 1 and made[0][0] == "engine" and made[0][1] > 6   # cache: longest prompt + 6 tokens
+    assert len(made) == 1 and isinstance(made[0], EngineSampler)

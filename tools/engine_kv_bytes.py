@@ -77,8 +77,8 @@ def main(argv=None):
                             ref[i, :int(out.completion_mask[i].sum())]) for i in range(len(ids))]
         res["engine_equals_mla_generate_fp32"] = same
         bf = EngineSampler(mla, tok, max_batch=8, max_seq_len=512, dtype=torch.bfloat16).generate(ids, 1, params)
-        res["texts_fp32"] = out.texts
-        res["texts_bf16"] = bf.texts
+        res["texts_fp32"] = list(out.texts)  # RolloutBatch.texts may be a LazyTexts, which json cannot write
+        res["texts_bf16"] = list(bf.texts)
         res["cuda_graphs"] = EngineSampler(mla, tok, max_batch=8).cuda_graphs
     if args.throughput:
         prompts = [f"What is {a} + {3 * a + 7}?" for a in range(16)]

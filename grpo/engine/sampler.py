@@ -30,7 +30,8 @@ from grpo.engine.decode_attention import triton_available
 from grpo.engine.fused_decode import norm_gate_up
 from grpo.engine.fused_sampling import commit, head_partials
 from grpo.engine.ops import Ops
-from grpo.rollout import LazyTexts, RolloutBatch, SamplingParams, _pad_right, finish_rows
+from grpo.rollout import (LazyTexts, RolloutBatch, SamplingParams, _pad_right, check_fits, context_length,
+                          finish_rows)
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3")
 
@@ -119,7 +120,7 @@ class Decoder:
         return F.linear(h, self.ops.w(self.lm_head.weight), self.ops.w(getattr(self.lm_head, "bias", None)))
 
 
-PREFILL_BUCKET = 8  # prompt widths are rounded up to a multiple of this when the prefill is graphed
+PREFILL_BUCKET = 8  # prompt widths are rounded up to a multiple of this (one prefill graph per width)
 
 
 class _Workspace:
@@ -163,7 +164,11 @@ class EngineSampler:
     """Static-cache, CUDA-graph rollout backend implementing `grpo.rollout.Sampler`.
 
     max_batch:   rows decoded together (a multiple of group_size is used); more rows run in chunks
-    max_seq_len: longest prompt + completion the engine accepts
+    max_seq_len: a cap on prompt + max_new_tokens (None: the model's context length,
+                 `config.max_position_embeddings`, `grpo.rollout.context_length`). The cache is not
+                 allocated to it: each call sizes the cache to what it needs (longest prompt of the chunk
+                 + max_new_tokens, rounded up to `bucket`) and grows it when a later call needs more (a new
+                 cache, rotary tables and graphs; `scratch` then hands out the new buffer)
     cuda_graphs: capture the decode step in CUDA graphs ("auto": on CUDA devices)
     compile:     fuse the small elementwise ops with torch.compile ("auto": on CUDA devices)
     bucket:      attention length granularity in cache slots (one graph per bucket)
@@ -189,14 +194,14 @@ class EngineSampler:
                  unfused sampler, its own random stream (Triton's Philox, seeded from torch's generator).
     """
 
-    def __init__(self, model, tokenizer, max_batch: int = 256, max_seq_len: int = 2048,
+    def __init__(self, model, tokenizer, max_batch: int = 256, max_seq_len: int | None = None,
                  cuda_graphs: bool | str = "auto", compile: bool | str = "auto", bucket: int = 64,
                  dtype: torch.dtype | str = "auto", keep_cache: bool = True, attention_kernel: str = "auto",
                  fused: bool | str = "auto", fused_sampling: bool | str = "auto"):
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch = max_batch
-        self.max_seq_len = max_seq_len
+        self.max_seq_len = max_seq_len if max_seq_len is not None else context_length(model)
         self.bucket = bucket
         self.keep_cache = keep_cache
         self.device = next(model.parameters()).device
@@ -313,22 +318,37 @@ class EngineSampler:
                             texts=texts, group=group, truncated=truncated)
 
     def _workspace(self, rows: int, need_slots: int, max_new: int) -> _Workspace:
-        if need_slots > self.max_seq_len:
-            raise ValueError(f"prompt + max_new_tokens = {need_slots} > max_seq_len = {self.max_seq_len}")
+        """The workspace for this call: the current one when it has these rows and max_new and at least
+        `need_slots` cache slots (prefill width + max_new_tokens: the decode writes slots up to P + max_new - 2,
+        one spare), else a new one of `need_slots` rounded up to `bucket` (at most `max_seq_len`). A new
+        workspace is a new KV buffer, new rotary tables and no graphs: the old ones are dropped first
+        (`release`), and `scratch` hands the new buffer to the update (grpo.graphed captures its graphs anew
+        when the buffer changes)."""
         ws = self._ws
         if ws is None or ws.rows != rows or ws.max_new != max_new or ws.slots < need_slots:
             self.release()
-            slots = min(self.max_seq_len, -(-need_slots // self.bucket) * self.bucket)
+            slots = -(-need_slots // self.bucket) * self.bucket
+            if self.max_seq_len is not None:  # need_slots <= max_seq_len: check_fits, then _prefill_width
+                slots = min(self.max_seq_len, slots)
             ws = self._ws = _Workspace(self.decoder, rows, slots, max_new, self.pad_id, self.eos_ids)
         return ws
+
+    def _prefill_width(self, longest: int, max_new: int) -> int:
+        """Width P the prompts are left-padded to: the longest prompt rounded up to PREFILL_BUCKET (one
+        prefill graph per width bucket; on every device, so CPU tests run the shapes the GPU runs), but
+        never so far that P + max_new passes `max_seq_len` (a prompt that fits must not fail for padding)."""
+        width = -(-longest // PREFILL_BUCKET) * PREFILL_BUCKET
+        if self.max_seq_len is not None:
+            width = max(longest, min(width, self.max_seq_len - max_new))
+        return width
 
     def _generate_chunk(self, prompts: list[list[int]], g: int, params: SamplingParams):
         if min(len(p) for p in prompts) == 0:
             raise ValueError("empty prompt")
-        p0 = max(len(p) for p in prompts)
-        if self.prefill_graphs:  # one prefill graph per prompt-width bucket (more left padding, masked)
-            p0 = -(-p0 // PREFILL_BUCKET) * PREFILL_BUCKET
         t_max = params.max_new_tokens
+        longest = max(len(p) for p in prompts)
+        check_fits(longest, t_max, self.max_seq_len)
+        p0 = self._prefill_width(longest, t_max)
         ws = self._workspace(len(prompts) * g, p0 + t_max, t_max)
         if self._fused_head(params):  # its noise key, from torch's generator: seeded runs repeat (drawn
             ws.seed.fill_(int(torch.randint(0, 2**31 - 1, (1,))))  # only then: other calls' streams unchanged)
