@@ -109,7 +109,14 @@ def free_device_bytes(device: torch.device) -> float | None:
     None on other devices."""
     if torch.device(device).type != "cuda":
         return None
-    free, total = torch.cuda.mem_get_info(device)
-    allocated = torch.cuda.memory_allocated(device)
-    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(device)
-    return float(min(free + torch.cuda.memory_reserved(device) - allocated, fraction * total - allocated))
+    index = cuda_index(device)  # accelerate's device is often a bare "cuda", which mem_get_info refuses
+    free, total = torch.cuda.mem_get_info(index)
+    allocated = torch.cuda.memory_allocated(index)
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda d: 1.0)(index)
+    return float(min(free + torch.cuda.memory_reserved(index) - allocated, fraction * total - allocated))
+
+
+def cuda_index(device) -> int:
+    """The ordinal of a CUDA `device` ("cuda" without one: the current device)."""
+    d = torch.device(device)
+    return d.index if d.index is not None else torch.cuda.current_device()

@@ -201,3 +201,33 @@ def test_adamw_8bit_trains_and_resumes(tmp_path, tok):
     train_mod.resume(fresh, path)
     restored = fresh.optimizer.state[fresh.model.model.layers[0].mlp.gate_proj.weight]["exp_avg"]
     assert torch.equal(restored.dequantize(), moments["exp_avg"].dequantize())
+
+
+def test_cuda_index_of_a_bare_cuda_device_is_the_current_one(monkeypatch):
+    """accelerate hands the trainer torch.device("cuda") without an index; torch.cuda.mem_get_info refuses that
+    (ValueError on the H200, 2026-12-03: the r1 pipeline's first GRPO step), so free_device_bytes asks by index."""
+    from grpo.memory import cuda_index
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert cuda_index("cuda") == 3 and cuda_index(torch.device("cuda")) == 3
+    assert cuda_index("cuda:1") == 1
+
+
+def test_free_device_bytes_passes_an_index_to_torch(monkeypatch):
+    from grpo import memory
+
+    seen = []
+
+    def record(name, value):
+        def fn(arg=None):
+            seen.append((name, arg))
+            return value
+        return fn
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", record("mem_get_info", (10.0, 100.0)))
+    monkeypatch.setattr(torch.cuda, "memory_allocated", record("memory_allocated", 5.0))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", record("memory_reserved", 7.0))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", record("fraction", 1.0), raising=False)
+    assert memory.free_device_bytes(torch.device("cuda")) == 12.0  # min(10 + 7 - 5, 100 - 5)
+    assert all(isinstance(arg, int) for _, arg in seen), seen
