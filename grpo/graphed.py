@@ -25,7 +25,7 @@ With a `scratch` buffer (the trainer passes the engine's idle KV cache, `EngineS
 checkpointed layer inputs are kept in it (`checkpoints_in`); the graphs are captured anew whenever that buffer
 is not the one they were captured with (the engine re-allocated it for another batch shape).
 Conditions (`usable`): CUDA, one process (no DDP gradient hooks to replay), the rows layout
-(transformers "sdpa" attention, no MLA/MoE adapters, whole groups of equal size per micro-batch).
+(transformers "sdpa" attention, no MoE adapter, whole groups of equal size per micro-batch).
 Anything else, or a capture that fails, runs `token_logprobs` eagerly.
 """
 from __future__ import annotations
@@ -165,7 +165,7 @@ class GraphedLogprobs:
         if num_processes != 1:
             return "more than one process (DDP's gradient hooks are not replayed)"
         if not _can_share(model):
-            return "the rows layout needs transformers' sdpa attention and no MLA/MoE adapters"
+            return "the rows layout needs transformers' sdpa attention and no MoE adapter"
         return None
 
     def _forward(self, ids, pos, plan, src_seq, src_pos, targets):

@@ -101,6 +101,8 @@ def _lin(x, lin, w):
 class MLAAttention(nn.Module):
     """Drop-in for LlamaAttention / Qwen2Attention (same forward signature and return)."""
 
+    compilable = True  # grpo.models.compile_blocks may compile it (and its layer) whole: tensor maths only
+
     def __init__(self, config, layer_idx: int, cfg: MLAConfig, qkv_bias: bool = False, o_bias: bool = False,
                  sliding_window=None, dtype=None):
         super().__init__()
