@@ -40,6 +40,8 @@ in PyTorch (`reference_mla_attention`) otherwise. Tests run the kernels on CPU u
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from grpo.engine.fused_decode import triton
@@ -55,7 +57,7 @@ if triton is not None:
                          H: tl.constexpr, G: tl.constexpr, R: tl.constexpr, RD: tl.constexpr,
                          SPLITS: tl.constexpr, BLOCK_H: tl.constexpr, R_P: tl.constexpr, RP: tl.constexpr,
                          BLOCK_N: tl.constexpr):
-        n = tl.program_id(0)
+        n = tl.program_id(0).to(tl.int64)  # row offsets into a large cache pass 2^31 elements
         sp = tl.program_id(1)
         offs_h = tl.arange(0, BLOCK_H)
         offs_r = tl.arange(0, R_P)
@@ -137,8 +139,8 @@ if triton is not None:
         pid_n = tl.program_id(1)
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         r_ok = rows < n_rows
+        c_rows = c_ptr + rows.to(tl.int64)[:, None] * sc_n + tl.load(slot_ptr) * sc_s  # this step's cache slot
         offs_k = tl.arange(0, BLOCK_K)
-        slot = tl.load(slot_ptr)
         if pid_n < PLAIN_BLOCKS:  # plain columns: q̃ of every head, then c (written to the cache)
             cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
             c_ok = cols < PLAIN
@@ -161,7 +163,7 @@ if triton is not None:
             tl.store(q_ptr + rows[:, None] * sq_n + (qc // R)[None, :] * sq_h + (qc % R)[None, :], a,
                      mask=r_ok[:, None] & (is_q & c_ok)[None, :])
             cc = tl.where(is_q, 0, cols - H * R)
-            tl.store(c_ptr + rows[:, None] * sc_n + slot * sc_s + cc[None, :], a,
+            tl.store(c_rows + cc[None, :], a,
                      mask=r_ok[:, None] & (~is_q & c_ok)[None, :])
         else:  # rotary segment: query head seg < H, or KV head seg - H; two half accumulators (rotate-half)
             seg = pid_n - PLAIN_BLOCKS
@@ -202,13 +204,18 @@ if triton is not None:
             if seg < H:
                 out = q_ptr + rows[:, None] * sq_n + seg * sq_h + R
             else:
-                out = c_ptr + rows[:, None] * sc_n + slot * sc_s + R + (seg - H) * RD
+                out = c_rows + R + (seg - H) * RD
             tl.store(out + offs_m[None, :], o1, mask=t_ok)
             tl.store(out + M + offs_m[None, :], o2, mask=t_ok)
 
 
 def _pow2(x: int, floor: int = 16) -> int:
     return max(floor, 1 << max(0, (x - 1).bit_length()))
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def mla_splits(rows: int, length: int, device: torch.device, block_n: int = 64) -> int:
@@ -218,7 +225,7 @@ def mla_splits(rows: int, length: int, device: torch.device, block_n: int = 64) 
     GPU yet: `scripts/mla_decode_tune.py` measures the alternatives."""
     if device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     want = -(-4 * sms // max(rows, 1))
     return max(1, min(want, length // (4 * block_n), 16))
 
