@@ -54,7 +54,8 @@ Routing replay ("R3"): with ``routing_replay(model, "record")`` every forward ap
 chosen for each real token; ``routing_replay(model, "replay", routes)`` makes the update forward use
 those experts (gate weights still come from the current router, so the router keeps its gradient).
 The alignment contract is documented on `RecordedRoutes`. The rollout engine (grpo.engine.moe_decode) runs
-no HF forward: it records the routes of its own steps and hands them to the open block (`record_routes`).
+no HF forward: it records the routes of its own steps and hands them to the open block
+(`RoutingState.add_recorded`).
 """
 from __future__ import annotations
 
@@ -176,6 +177,15 @@ class RoutingState:
         self.replay: RecordedRoutes | None = None
         self.replay_idx: torch.Tensor | None = None    # [n_layers, B, L, k] for the current forward
         self.replay_valid: torch.Tensor | None = None  # [B, L] bool
+
+    def add_recorded(self, routes: "RecordedRoutes") -> bool:
+        """Routes recorded outside the HF forward (the rollout engine) for the open `routing_replay(model,
+        "record")` block, as one more call after those already recorded; False (nothing kept) when no block
+        records."""
+        if self.mode != "record":
+            return False
+        self._calls.append({"packed": routes})
+        return True
 
 
 @dataclass
@@ -519,23 +529,6 @@ def pack_routes(mask: torch.Tensor, routes: torch.Tensor) -> RecordedRoutes:
     t = int(lengths.max()) if lengths.numel() else 0
     packed = routes.gather(1, order[:, :, None, None].expand_as(routes))[:, :t]
     return RecordedRoutes(packed, lengths)
-
-
-def record_routes(model: nn.Module, routes: RecordedRoutes) -> bool:
-    """Hand routes recorded outside the HF forward (the rollout engine) to an open `routing_replay(model,
-    "record")` block, as one more call after those already recorded; False (nothing kept) when no block
-    records."""
-    layers = moe_layers(model)
-    if not layers or layers[0].state.mode != "record":
-        return False
-    layers[0].state._calls.append({"packed": routes})
-    return True
-
-
-def recording_routes(model: nn.Module) -> bool:
-    """Whether a `routing_replay(model, "record")` block is open."""
-    layers = moe_layers(model)
-    return bool(layers) and layers[0].state.mode == "record"
 
 
 def _finish_call(call: dict) -> RecordedRoutes:

@@ -11,6 +11,8 @@ How one `generate` call runs, per chunk of at most `max_batch` rows (N = prompts
      fused decode step, in two launches: grpo.engine.fused_sampling).
   4. rows that emitted EOS keep running but write padding; the loop stops early once every row is
      done (checked every few steps, only when EOS is allowed).
+  MoE models (grpo.adapters.moe) keep the experts chosen at every cache slot; inside a
+  `routing_replay(model, "record")` block a call hands them over as the HF sampler's recording would.
 
 The engine reads the training model's own parameter tensors: no copy, no weight sync. CUDA graphs
 hold their addresses, which stay valid because optimizers update parameters in place. The model runs
@@ -24,7 +26,6 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from grpo.adapters.moe import recording_routes
 from grpo.cuda_streams import graph_stream
 from grpo.engine.attention import DecodeContext, GQAAttention, PrefillContext, attention_for
 from grpo.engine.decode_attention import triton_available
@@ -56,6 +57,8 @@ class Decoder:
         self.mlp_hooks = [layer.mlp.engine_mlp(ops) if callable(getattr(layer.mlp, "engine_mlp", None)) else None
                           for layer in self.layers]
         self.route_cache = None  # MoE: experts chosen per cache slot [rows, slots, n_layers, k] (allocate_routes)
+        moe = [hook for hook in self.mlp_hooks if hook is not None]
+        self.routing_state = moe[0].m.state if moe else None  # grpo.adapters.moe.RoutingState (record mode)
         self.attn = [attention_for(layer.self_attn, cfg, ops) for layer in self.layers]
         hooked = all(hasattr(layer.self_attn, "engine_attention") for layer in self.layers)
         base_type = cfg.model_type.removesuffix("_grpo")  # grpo.adapters' llama_grpo / qwen2_grpo (MoE-only)
@@ -230,7 +233,8 @@ class EngineSampler:
                  "auto" (Triton on CUDA when it is importable, else SDPA)
     fused:       run the decode step's layers through grpo.engine.fused_decode (RMSNorm + q/k/v + RoPE +
                  cache write in one Triton kernel, RMSNorm + gate/up + SiLU in another, residual adds in
-                 the o/down GEMMs: 5 launches per layer instead of ~13). "auto": on CUDA with Triton, a
+                 the o/down GEMMs: 5 launches per layer instead of ~13; MLA layers through
+                 grpo.engine.mla_decode, MoE MLPs through grpo.engine.moe_decode). "auto": on CUDA with Triton, a
                  bf16/fp16 engine and a model `Decoder.fusable` accepts; True forces it (CPU only under
                  TRITON_INTERPRET=1, for tests)
     dtype:       compute dtype ("auto": bf16 for fp32 weights on CUDA, else the weights' dtype). When it
@@ -375,10 +379,10 @@ class EngineSampler:
         group = torch.arange(len(prompt_ids)).repeat_interleave(group_size)
         recorded = None
         if routes:
-            from grpo.adapters.moe import RecordedRoutes, record_routes
+            from grpo.adapters.moe import RecordedRoutes
 
             recorded = RecordedRoutes.cat(routes)
-            record_routes(self.model, recorded)  # the open routing_replay(model, "record") block gets them
+            self.decoder.routing_state.add_recorded(recorded)  # for the open routing_replay(model, "record")
         return RolloutBatch(prompt_ids=rows, completion_ids=ids, completion_mask=mask, logprobs=logp,
                             texts=texts, group=group, truncated=truncated, routes=recorded)
 
@@ -420,7 +424,8 @@ class EngineSampler:
         ids, mask, truncated = finish_rows(ws.out_tok[:, :produced].cpu(), self.eos_ids, self.pad_id, t_max)
         logp = ws.out_logp[:, : ids.shape[1]].cpu() * mask
         self._chunk_routes = None  # MoE routes of this chunk (its last sampled token is never fed)
-        if self.decoder.route_cache is not None and recording_routes(self.model):
+        state = self.decoder.routing_state
+        if self.decoder.route_cache is not None and state is not None and state.mode == "record":
             self._chunk_routes = self.decoder.recorded_routes(prompts, g, p0, produced - 1)
         return ids, mask, logp, truncated
 
