@@ -544,8 +544,15 @@ def bench_mla_step(args, config, sd, tok, rows, gpu: bool) -> dict:
 
     adapter = "{mla: {" + ", ".join(f"{k}: {v}" for k, v in mla_config(config).items()) + "}}"
     print(f"ours, {adapter}:", flush=True)
-    r = bench_ours(argparse.Namespace(**{**vars(args), "adapter": adapter}), copy.deepcopy(config), sd, tok, rows,
-                   gpu)  # (a copy: the trainer's conversion marks the model's config)
+    try:  # a failure here must not cost the MLA/MoE section after it
+        r = bench_ours(argparse.Namespace(**{**vars(args), "adapter": adapter}), copy.deepcopy(config), sd, tok,
+                       rows, gpu)  # (a copy: the trainer's conversion marks the model's config)
+    except Exception:  # noqa: BLE001 - reported, then the section runs
+        import traceback
+
+        print(traceback.format_exc(), flush=True)
+        free_memory(gpu)
+        return None
     print(" ", json.dumps(r), flush=True)
     return r
 
@@ -660,7 +667,7 @@ def main(argv=None):
         results.append(bench_ours(args, config, sd, tok, rows, gpu))
         print(" ", json.dumps(results[-1]), flush=True)
         if args.mla_moe:
-            results.append(bench_mla_step(args, config, sd, tok, rows, gpu))
+            results += [r for r in [bench_mla_step(args, config, sd, tok, rows, gpu)] if r is not None]
     if not args.skip_trl:
         print("TRL:", flush=True)
         results.append(bench_trl(args, config, sd, tok, gpu))

@@ -25,6 +25,7 @@ import argparse
 import copy
 import json
 import time
+import traceback
 
 import torch
 
@@ -104,25 +105,29 @@ def bench_models(args, config, sd, tok, prompt_ids, device) -> list[dict]:
     longest = max(len(p) for p in prompt_ids)
     out = []
     for name in args.models:
-        model = build(name, config, sd, device)
-        eng = EngineSampler(model, tok, max_batch=rows, max_seq_len=longest + max(args.tokens) + 64)
-        row = {"model": name, "kv_bytes_per_token": eng.kv_bytes_per_token, "fused": eng.fused,
-               "fused_sampling": eng.fused_sampling, "rows": rows, "tok_s": {}, "peak_gib": {}}
-        for t in args.tokens:
-            if gpu:
-                torch.cuda.reset_peak_memory_stats()
-            s = timed_rollouts(eng, model, prompt_ids, args.group, t, reps=1 if t > 1024 else 2)
-            row["tok_s"][t] = round(rows * t / s, 1)
-            row["peak_gib"][t] = peak_gib(gpu)
-            eng.release()
-            print(f"  {name} T={t}: {s:.3f} s, {row['tok_s'][t]:,.0f} tok/s", flush=True)
-        if name == "moe" and not args.skip_hf:
-            t = args.tokens[0]
-            s = timed_rollouts(HFSampler(model, tok, batch_size=rows), model, prompt_ids, args.group, t, reps=1)
-            row["hf_generate_tok_s"] = {t: round(rows * t / s, 1)}
-            print(f"  {name} HF generate T={t}: {s:.3f} s, {rows * t / s:,.0f} tok/s", flush=True)
+        row = {"model": name, "rows": rows, "tok_s": {}, "peak_gib": {}}
+        try:  # one model failing (a kernel that does not compile, out of memory) must not cost the others
+            model = build(name, config, sd, device)
+            eng = EngineSampler(model, tok, max_batch=rows, max_seq_len=longest + max(args.tokens) + 64)
+            row.update(kv_bytes_per_token=eng.kv_bytes_per_token, fused=eng.fused, fused_sampling=eng.fused_sampling)
+            for t in args.tokens:
+                if gpu:
+                    torch.cuda.reset_peak_memory_stats()
+                s = timed_rollouts(eng, model, prompt_ids, args.group, t, reps=1 if t > 1024 else 2)
+                row["tok_s"][t] = round(rows * t / s, 1)
+                row["peak_gib"][t] = peak_gib(gpu)
+                eng.release()
+                print(f"  {name} T={t}: {s:.3f} s, {row['tok_s'][t]:,.0f} tok/s", flush=True)
+            if name == "moe" and not args.skip_hf:
+                t = args.tokens[0]
+                s = timed_rollouts(HFSampler(model, tok, batch_size=rows), model, prompt_ids, args.group, t, reps=1)
+                row["hf_generate_tok_s"] = {t: round(rows * t / s, 1)}
+                print(f"  {name} HF generate T={t}: {s:.3f} s, {rows * t / s:,.0f} tok/s", flush=True)
+        except Exception as e:  # noqa: BLE001 - reported in the table and the JSON
+            row["error"] = f"{type(e).__name__}: {e}"
+            print(f"  {name} failed:\n{traceback.format_exc()}", flush=True)
         out.append(row)
-        del eng, model
+        model = eng = None
         free_memory(gpu)
     return out
 
@@ -196,13 +201,15 @@ def print_table(rows: list[dict], device: str, args) -> None:
     ts = args.tokens
     print("| model | KV bytes/token | " + " | ".join(f"tok/s T={t:,}" for t in ts) + " |\n|---|---|"
           + "---|" * len(ts))
-    dense = next((r for r in rows if r["model"] == "dense"), None)
+    cell = lambda r, t: f"{r['tok_s'][t]:,.0f}" if t in r["tok_s"] else "failed"  # noqa: E731
     for r in rows:
-        print(f"| {r['model']} | {r['kv_bytes_per_token']:,} | " + " | ".join(f"{r['tok_s'][t]:,.0f}" for t in ts) + " |")
+        print(f"| {r['model']} | {r.get('kv_bytes_per_token', 0):,} | " + " | ".join(cell(r, t) for t in ts) + " |")
+    dense = next((r for r in rows if r["model"] == "dense" and "kv_bytes_per_token" in r), None)
     for r in rows:
-        if dense is not None and r is not dense:
+        if dense is not None and r is not dense and "kv_bytes_per_token" in r:
             print(f"| {r['model']} / dense | {r['kv_bytes_per_token'] / dense['kv_bytes_per_token']:.3f} | "
-                  + " | ".join(f"{r['tok_s'][t] / dense['tok_s'][t]:.2f}x" for t in ts) + " |")
+                  + " | ".join(f"{r['tok_s'][t] / dense['tok_s'][t]:.2f}x" if t in r["tok_s"] and t in dense["tok_s"]
+                               else "-" for t in ts) + " |")
     for r in rows:
         if "hf_generate_tok_s" in r:
             (t, hf), = r["hf_generate_tok_s"].items()
@@ -222,7 +229,11 @@ def run(args) -> dict:
     checks = []
     if not args.skip_checks:
         for fn in (check_mla, check_moe):
-            checks.append(fn(config, sd, tok, prompt_ids, device))
+            try:
+                checks.append(fn(config, sd, tok, prompt_ids, device))
+            except Exception as e:  # noqa: BLE001 - reported, the other check still runs
+                checks.append({"check": fn.__name__, "error": f"{type(e).__name__}: {e}"})
+                print(traceback.format_exc(), flush=True)
             print(" ", json.dumps(checks[-1]), flush=True)
     return {"device": name, "rows": rows, "checks": checks}
 
