@@ -7,6 +7,8 @@ hence subprocesses). Skipped without triton (CPU-only torch builds); bf16 on a G
 `python -m grpo.bench --mla-moe` (greedy tokens of the fused engine against the unfused one).
 """
 import os
+import subprocess
+import sys
 
 import pytest
 from interp_utils import ENGINE_SETUP, run_interpreted
@@ -140,6 +142,40 @@ assert worst["torch.float32"] < 1e-5 and worst["torch.float16"] < 5e-3, worst
 print("ok", worst)
 """
 
+COMPILE = r"""
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from grpo.engine import mla_decode as md, moe_decode as mo
+
+def build(fn, consts, warps, stages, **ptrs):
+    def kind(n):
+        if n in consts:
+            return "constexpr"
+        if n.endswith("_ptr"):
+            return ptrs.get(n, "*bf16")
+        return "fp32" if n in ("eps", "scale") else "i32"
+    src = ASTSource(fn=fn, signature={n: kind(n) for n in fn.arg_names}, constexprs=consts)
+    kernel = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps, "num_stages": stages})
+    assert kernel.asm["cubin"]
+
+f32 = dict(part_ptr="*fp32", ml_ptr="*fp32")
+for splits, rd in ((1, 8), (5, 8), (1, 0)):  # SmolLM2 MLA shapes, both split modes, with and without RoPE
+    build(md._mla_attn_kernel, dict(H=9, G=3, R=64, RD=rd, SPLITS=splits, BLOCK_H=16, R_P=64, RP=32, BLOCK_N=64),
+          4, 2, **f32)
+build(md._mla_attn_kernel, dict(H=16, G=16, R=512, RD=64, SPLITS=2, BLOCK_H=16, R_P=512, RP=64, BLOCK_N=32), 8, 2, **f32)
+build(md._combine_kernel, dict(H=9, R=64, SPLITS=5, S_P=8, R_P=64), 1, 1, **f32)
+for bias in (False, True):
+    build(md._norm_mla_proj_kernel, dict(HIDDEN=576, H=9, G=3, R=64, RD=8, HAS_BIAS=bias, BLOCK_M=16, BLOCK_N=64,
+                                         BLOCK_K=32, M_P=16), 4, 4, pairs_ptr="*i64", pos_ptr="*i64", slot_ptr="*i64")
+build(mo._norm_route_kernel, dict(HIDDEN=576, E=8, K=2, E_P=16, BLOCK_M=16, BLOCK_K=64), 4, 3, wr_ptr="*fp32",
+      bias_ptr="*fp32", gates_ptr="*fp32", routes_ptr="*i16", slot_ptr="*i64")
+for shared in (176, 0):
+    build(mo._norm_experts_kernel, dict(HIDDEN=576, E=8, DE=170, SHARED=shared, BLOCK_M=64, BLOCK_N=32, BLOCK_K=32),
+          4, 4, gates_ptr="*fp32")
+print("ok")
+"""
+
 ENGINE = ENGINE_SETUP + r"""
 from grpo.adapters import apply_adapters, mla_generate, moe_layers, routing_replay
 MLA = {"mla": {"rank": 16, "rope_dims": 8, "rope_selection": "norm"}}
@@ -198,6 +234,17 @@ def test_moe_kernels_match_the_adapters_routing_and_experts():
     """norm_route chooses the adapter's experts (same order, fp32) and gates, writes only its route slot;
     norm_experts + the down GEMMs give DeepSeekMoE.experts (8 experts top-2 + shared; 4 top-3, no shared)."""
     assert run_interpreted(TESTS + MOE_KERNELS).startswith("ok")
+
+
+def test_kernels_compile_for_an_h200():
+    """The MLA / MoE kernels compile to sm_90 cubins (Triton's own compiler and ptxas, no GPU needed): the GPU
+    backend's type and shape rules, which the interpreter does not apply, hold at the engine's configurations."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", COMPILE], env=env, capture_output=True, text=True, timeout=600)
+    if res.returncode and "ptxas" in res.stderr and "not found" in res.stderr:
+        pytest.skip("no ptxas in this triton install")
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stderr[-3000:]
 
 
 def test_engine_fused_mla_and_moe_decode():
