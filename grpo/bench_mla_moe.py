@@ -143,12 +143,15 @@ def check_mla(config, sd, tok, prompt_ids, device) -> dict:
 
     model = build("mla", config, sd, device)
     g = SamplingParams(max_new_tokens=64, temperature=0.0)
-    fused = EngineSampler(model, tok, max_batch=len(prompt_ids)).generate(prompt_ids, 1, g).completion_ids
+    eng = EngineSampler(model, tok, max_batch=len(prompt_ids))
+    eos = min(eng.eos_ids)
+    fused = eng.generate(prompt_ids, 1, g).completion_ids
     unfused = EngineSampler(model, tok, max_batch=len(prompt_ids), fused=False).generate(prompt_ids, 1, g).completion_ids
     width = max(len(p) for p in prompt_ids)
     ids = torch.tensor([[tok.pad_token_id] * (width - len(p)) + p for p in prompt_ids], device=device)
     real = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-    lat = mla_generate(model.eval(), ids, real, max_new_tokens=64)[:, width:].cpu()
+    lat = mla_generate(model.eval(), ids, real, max_new_tokens=64, eos_token_id=eos)[:, width:].cpu()
+    fused, unfused, lat = (_cut_after_eos(t, eng.eos_ids) for t in (fused, unfused, lat))
     res = {"check": "mla greedy (64 tokens)", "rows": len(prompt_ids)}
     res["fused_vs_mla_generate"] = greedy_agreement(fused, lat)
     res["fused_vs_unfused_engine"] = greedy_agreement(fused, unfused)
@@ -167,6 +170,14 @@ def check_mla(config, sd, tok, prompt_ids, device) -> dict:
             worst[length] = round(float((got.float() - ref).abs().max()), 5)
         res["attention_kernel_max_absdiff_vs_fp32"] = worst
     return res
+
+
+def _cut_after_eos(ids: torch.Tensor, eos_ids) -> torch.Tensor:
+    """ids [rows, T] with every token after each row's first EOS set to -1 (the engine pads finished rows,
+    mla_generate repeats EOS: compared up to the EOS only)."""
+    is_eos = torch.isin(ids, torch.tensor(sorted(eos_ids)))
+    after = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    return ids.masked_fill(after, -1)
 
 
 def check_moe(config, sd, tok, prompt_ids, device) -> dict:
