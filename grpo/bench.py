@@ -21,6 +21,7 @@ step). Ours also reports pure sampling throughput (tokens / seconds inside sampl
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import gc
 import json
@@ -131,6 +132,7 @@ def bench_ours(args, config, sd, tok, rows, gpu: bool) -> dict:
     free_memory(gpu)
     torch.set_num_threads(threads)  # the trainer sets 1 on CUDA; TRL runs with torch's default, as in the TRL baseline
     master = ", fp32 master" if args.master_fp32 and gpu else ""
+    master += f", adapter {args.adapter}" if getattr(args, "adapter", None) else ""
     return {"impl": f"ours ({sampler_name}{master})", "step_s_median": round(med, 4),
             "step_s_all": [round(t, 4) for t in times],
             "gen_tokens_per_s": round(n * args.tokens / med, 1),
@@ -438,6 +440,26 @@ def check_fused_decode(model, tok, prompt_ids) -> dict:
             "greedy_mean_agreeing_prefix": prefix}
 
 
+def bench_mla_step(args, config, sd, tok, rows, gpu: bool) -> dict:
+    """`bench_ours` on the MLA conversion of the same weights (grpo.bench_mla_moe.mla_config), the whole GRPO
+    step: engine rollout and update."""
+    from grpo.bench_mla_moe import mla_config
+
+    adapter = "{mla: {" + ", ".join(f"{k}: {v}" for k, v in mla_config(config).items()) + "}}"
+    print(f"ours, {adapter}:", flush=True)
+    try:  # a failure here must not cost the MLA/MoE section after it
+        r = bench_ours(argparse.Namespace(**{**vars(args), "adapter": adapter}), copy.deepcopy(config), sd, tok,
+                       rows, gpu)  # (a copy: the trainer's conversion marks the model's config)
+    except Exception:  # noqa: BLE001 - reported, then the section runs
+        import traceback
+
+        print(traceback.format_exc(), flush=True)
+        free_memory(gpu)
+        return None
+    print(" ", json.dumps(r), flush=True)
+    return r
+
+
 # ---------------------------------------------------------------------------------------- main
 
 def print_table(results: list[dict], device: str, args) -> None:
@@ -453,6 +475,8 @@ def print_table(results: list[dict], device: str, args) -> None:
     trl = [r for r in results if r["impl"].startswith("trl")]
     if ours and trl:
         print(f"ratio TRL/ours (s/step): {trl[0]['step_s_median'] / ours[0]['step_s_median']:.2f}x")
+    for r in ours[1:]:  # --mla-moe: the converted model's step against the first (dense) one
+        print(f"speed {r['impl']} / {ours[0]['impl']}: {ours[0]['step_s_median'] / r['step_s_median']:.2f}x")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -465,6 +489,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-only", action="store_true",
                    help="also run the sampling-only section (after the table; not yet seen finishing on a GPU)")
     p.add_argument("--hf-static", action="store_true", help="in that section, also HF generate with a static cache")
+    p.add_argument("--adapter", default=None,
+                   help="ours on a converted model: model.adapter as YAML, e.g. '{mla: {rank: 64, rope_dims: 8}}'")
+    p.add_argument("--mla-moe", action="store_true",
+                   help="MLA/MoE section (grpo.bench_mla_moe): ours also on the MLA conversion (unless --skip-ours), "
+                        "then dense vs MLA vs MoE rollout tok/s and KV bytes/token")
+    from grpo.bench_mla_moe import add_arguments as mla_moe_arguments
+
+    mla_moe_arguments(p)
     p.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
                    help="one extra step with synchronized phase timers (prefill, decode, rewards, ...)")
     p.add_argument("--torch-profile", action="store_true", help="one extra step under torch.profiler")
@@ -500,6 +532,8 @@ def main(argv=None):
         print("ours:", flush=True)
         results.append(bench_ours(args, config, sd, tok, rows, gpu))
         print(" ", json.dumps(results[-1]), flush=True)
+        if args.mla_moe:
+            results += [r for r in [bench_mla_step(args, config, sd, tok, rows, gpu)] if r is not None]
     if not args.skip_trl:
         print("TRL:", flush=True)
         results.append(bench_trl(args, config, sd, tok, gpu))
@@ -509,9 +543,16 @@ def main(argv=None):
     if args.engine_only:
         print("engine section:", flush=True)
         engine_rows = bench_engine(args, config, sd, tok, rows, gpu)
+    mla_moe = None
+    if args.mla_moe:
+        from grpo.bench_mla_moe import run, section_args
+
+        print("MLA / MoE section:", flush=True)
+        mla_moe = run(section_args(args))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": device, "args": vars(args), "results": results, "engine": engine_rows}, f, indent=1)
+            json.dump({"device": device, "args": vars(args), "results": results, "engine": engine_rows,
+                       "mla_moe": mla_moe}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -589,9 +589,6 @@ def _check_grpo(cfg: GRPOConfig, need: Need) -> None:
     s = cfg.sampling
     need(s.group_size >= 2, "sampling.group_size", f"must be >= 2 for group-relative advantages, got {s.group_size}")
     need(s.temperature > 0, "sampling.temperature", f"must be > 0 for GRPO sampling, got {s.temperature}")
-    need(not (s.backend == "engine" and "moe" in (cfg.model.adapter or {})), "sampling.backend",
-         "the engine cannot serve model.adapter moe (its decoder has no expert routing and records no routes "
-         "for routing replay); use sampling.backend: hf")
     _, n = launch_processes()
     b = cfg.optim.prompts_per_step
     need(b % n == 0, "optim.prompts_per_step",

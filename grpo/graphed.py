@@ -26,7 +26,7 @@ checkpointed layer inputs are kept in it (`checkpoints_in`); the graphs are capt
 is not the one they were captured with (the engine re-allocated it: another batch shape, or a call that needed
 more cache slots), and the update keeps no reference to a buffer the engine has dropped.
 Conditions (`usable`): CUDA, one process (no DDP gradient hooks to replay), the rows layout
-(transformers "sdpa" attention, no MLA/MoE adapters, whole groups of equal size per micro-batch).
+(transformers "sdpa" attention, no MoE adapter, whole groups of equal size per micro-batch).
 Anything else, or a capture that fails, runs `token_logprobs` eagerly.
 """
 from __future__ import annotations
@@ -169,7 +169,7 @@ class GraphedLogprobs:
         if num_processes != 1:
             return "more than one process (DDP's gradient hooks are not replayed)"
         if not _can_share(model):
-            return "the rows layout needs transformers' sdpa attention and no MLA/MoE adapters"
+            return "the rows layout needs transformers' sdpa attention and no MoE adapter"
         return None
 
     @property

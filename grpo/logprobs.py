@@ -15,7 +15,8 @@ sees the prompt and its own earlier tokens, never a sibling) and positions that 
 for every completion. The maths is unchanged — each completion token is conditioned on exactly the same
 context — and gradients from all G completions flow into the one shared prompt computation (their sum,
 as in the padded layout). It needs an attention implementation that takes a custom 4D mask (sdpa) and a
-model without our MLA/MoE adapters (routing replay is recorded per row); otherwise the padded layout is used.
+model without our MoE adapter (routing replay is recorded per row; MLA is fine); otherwise the padded layout
+is used.
 
 Three forms of the shared layout (`attention=`):
 - "rows" (RowsLayout): each distinct prompt once, left-padded to P, then its G completions each padded to
@@ -170,10 +171,13 @@ def _may_attend(seg_q, seg_k, q, k):
 
 
 def _can_share(model) -> bool:
+    """sdpa attention (the shared layouts' masks reach it, `_route_layout_masks`) and no MoE adapter (routing
+    replay aligns recorded routes with the rows of the padded layout). MLA layers are attention like any
+    other here: their forward hands q, k, v and the mask to the same attention function."""
     base = getattr(model, "module", model)
     cfg = getattr(base, "config", None)
     return (cfg is not None and getattr(cfg, "_attn_implementation", None) == "sdpa"
-            and not getattr(cfg, "adapter", None))
+            and set(getattr(cfg, "adapter", None) or {}) <= {"mla"})
 
 
 def _prompt_groups(batch: PackedBatch) -> tuple[PackedBatch, torch.Tensor, dict[tuple, list[int]]] | None:

@@ -199,27 +199,31 @@ def compile_blocks(model) -> int:
     their backward) that inductor fuses (~230 of ~490 ms of H100 std-step update kernel time,
     `python -m grpo.bench --torch-profile`), and one compiled call per layer instead of four (attention,
     MLP, two norms) cuts the host-side cost of launching them, which bounds the update once its kernels are
-    fast. Gradient checkpointing stays outside (HF's checkpointing layer calls the compiled module). A layer
-    holding modules of our MLA/MoE adapters is not compiled whole: its transformers submodules are, and the
-    adapter modules stay eager (their routing statistics would break the graphs). Returns how many modules
-    were compiled."""
+    fast. Gradient checkpointing stays outside (HF's checkpointing layer calls the compiled module). Our
+    adapter modules that declare `compilable = True` (MLA attention: pure tensor maths) compile like
+    transformers' own, whole layers included; a layer holding another adapter module (DeepSeekMoE: its routing
+    statistics and replay state would break the graphs) is not compiled whole: its other submodules are, and
+    that module stays eager. Returns how many modules were compiled."""
     base = getattr(model, "get_decoder", lambda: None)()
     layers = getattr(base, "layers", None)
     if layers is None:
         raise ValueError(f"model.compile: {type(model).__name__} has no decoder layers to compile")
 
-    def from_transformers(m) -> bool:
-        return type(m).__module__.startswith("transformers.")
+    def compilable(m) -> bool:
+        return type(m).__module__.startswith("transformers.") or getattr(m, "compilable", False)
+
+    def eager_only(m) -> bool:
+        return type(m).__module__.startswith("grpo.") and not getattr(m, "compilable", False)
 
     mods = [getattr(base, "norm", None)]
     for layer in layers:
-        if from_transformers(layer) and not any(type(m).__module__.startswith("grpo.") for m in layer.modules()):
+        if compilable(layer) and not any(eager_only(m) for m in layer.modules()):
             mods.append(layer)
         else:
             mods += [getattr(layer, n, None) for n in ("self_attn", "mlp", "input_layernorm", "post_attention_layernorm")]
     count = 0
     for m in mods:
-        if m is not None and from_transformers(m):
+        if m is not None and compilable(m):
             m.compile(dynamic=True)
             count += 1
     return count

@@ -111,7 +111,8 @@ def ours_config(args, gpu: bool, out_dir: str):
         "run.save_completions=false", "run.progress=false", "eval.before=false", "eval.after=false",
         f"run.mixed_precision={'bf16' if gpu else repr('no')}",
     ] + ([f"optim.micro_batch_tokens={args.micro_batch_tokens}"] if getattr(args, "micro_batch_tokens", None) else [])
-      + (["optim.oom_retry=false"] if getattr(args, "no_oom_retry", False) else []))
+      + (["optim.oom_retry=false"] if getattr(args, "no_oom_retry", False) else [])
+      + ([f"model.adapter={args.adapter}"] if getattr(args, "adapter", None) else []))
 
 
 def ours_dtype(args, gpu: bool):

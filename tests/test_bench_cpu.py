@@ -88,3 +88,28 @@ def test_scaling_bench_on_a_checkpoint_and_a_failed_workload(tmp_path, monkeypat
     assert [(r["precision"], r["error"].split(":")[0]) for r in rows] == [("bf16", "OutOfMemoryError"),
                                                                          ("recipe", "OutOfMemoryError")]
     assert "failed: OutOfMemoryError" in capsys.readouterr().out
+
+
+def test_bench_mla_moe_section_runs_on_cpu(tmp_path, monkeypatch):
+    """`--mla-moe`: ours on the dense and the MLA-converted model, then the dense / MLA / MoE engine table
+    (with HF generate for MoE) and the checks; every number of the JSON filled."""
+    _needs_bundled_tokenizer()
+    from grpo import bench
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "bench.json"
+    bench.main(["--cpu-tiny", "--skip-trl", "--steps", "1", "--warmup", "0", "--prompts", "2", "--group", "2",
+                "--tokens", "4", "--micro-batch", "4", "--no-profile", "--mla-moe", "--mla-moe-tokens", "3,6",
+                "--json", str(out)])
+    data = json.loads(out.read_text())
+    assert [r["impl"] for r in data["results"]] == ["ours (EngineSampler)",
+                                                    "ours (EngineSampler, adapter {mla: {rank: 16, rope_dims: 4, "
+                                                    "rope_selection: rotation}})"]
+    rows = {r["model"]: r for r in data["mla_moe"]["rows"]}
+    assert set(rows) == {"dense", "mla", "moe"}
+    assert rows["mla"]["kv_bytes_per_token"] < rows["dense"]["kv_bytes_per_token"] == rows["moe"]["kv_bytes_per_token"]
+    assert all(set(r["tok_s"]) == {"3", "6"} and min(r["tok_s"].values()) > 0 for r in rows.values())
+    assert rows["moe"]["hf_generate_tok_s"]["3"] > 0
+    mla, moe = data["mla_moe"]["checks"]
+    assert mla["fused_vs_mla_generate"][0] == mla["rows"] == 16  # fp32 on CPU: every greedy row identical
+    assert moe["fused_vs_unfused_engine"][0] == 16 and moe["route_sets_equal_fraction"] == 1.0

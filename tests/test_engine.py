@@ -140,7 +140,7 @@ def test_engine_skips_the_train_eval_switch_only_when_no_module_forward_runs(mon
     monkeypatch.undo()
     ref = HFSampler(model, TinyTokenizer()).generate(PROMPTS, 1, params)  # generate in eval mode: no dropout
     assert torch.equal(out.completion_ids, ref.completion_ids)
-    eng.decoder.reads_weights_only = False  # as for an ungated MLP or an MLA layer: modules run, eval mode
+    eng.decoder.reads_weights_only = False  # as for an ungated MLP: modules run, eval mode
     monkeypatch.setattr(model, "train", lambda mode=True: switches.append(mode) or model)
     eng.generate(PROMPTS, 1, params)
     assert switches == [False, True]

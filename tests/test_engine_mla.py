@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from adapter_utils import tiny_model
-from grpo.adapters import apply_adapters, cache_bytes_per_token, mla_generate
+from grpo.adapters import apply_adapters, cache_bytes_per_token, mla_generate, moe_layers, routing_replay
 from grpo.engine import EngineSampler
 from grpo.engine.attention import GQAAttention, MLALatentAttention
+from grpo.logprobs import pack, token_logprobs
 from grpo.rollout import HFSampler, SamplingParams
 
 PAD, EOS = 0, 2
@@ -87,8 +88,82 @@ def test_sampled_logprobs_match_forward_pass():
     assert not torch.equal(out.completion_ids[0], out.completion_ids[1])
 
 
-def test_moe_still_refused():
-    dense = tiny_model()
-    moe = apply_adapters(copy.deepcopy(dense), {"mla": {"rank": RANK, "rope_dims": ROPE}, "moe": {}})
-    with pytest.raises(NotImplementedError, match="MoE"):
-        EngineSampler(moe, TinyTokenizer())
+def test_reference_mla_attention_is_the_modules_latent_attention():
+    """grpo.engine.mla_decode's PyTorch maths (the CPU path and the kernel tests' oracle) on the engine's cache
+    layout [c | k_rope per KV head] and absorbed queries [q̃ | q_rope] = the module's `latent_attention`."""
+    from grpo.engine.mla_decode import reference_mla_attention
+
+    _, mla = _models()
+    m = mla.model.layers[0].self_attn
+    torch.manual_seed(0)
+    n, length, r, rd = 3, 11, RANK, ROPE
+    q = torch.randn(n, 1, m.num_heads, m.head_dim)
+    cache = torch.randn(n, length, m.cache_width)
+    mask = torch.zeros(n, length)
+    mask[1, :4] = float("-inf")
+    lat, krope = cache[..., :r], cache[..., r:].unflatten(-1, (NUM_KV, rd))
+    with torch.no_grad():
+        ref = m.latent_attention(q, lat, krope, bias=mask[:, None, None, None])[:, 0].flatten(1, 2)  # [N, H, r]
+        w_uk = m.k_up.weight.view(NUM_KV, -1, r)
+        q_lat = torch.einsum("nkge,ker->nkgr", q[:, 0, :, rd:].unflatten(1, (NUM_KV, -1)), w_uk).flatten(1, 2)
+        out = reference_mla_attention(torch.cat((q_lat, q[:, 0, :, :rd]), -1), cache, mask, m.scaling, NUM_KV, rd)
+    assert torch.allclose(out, ref, atol=1e-5), (out - ref).abs().max()
+
+
+MOE = {"num_experts": 8, "top_k": 2, "num_shared": 1}
+
+
+def _moe_model(adapters):
+    model = apply_adapters(tiny_model(), adapters)
+    torch.manual_seed(1)
+    for m in moe_layers(model):  # a decisive router and a nonzero bias: routes change token to token
+        torch.nn.init.normal_(m.router.weight, std=0.5)
+        m.e_score_correction_bias.normal_(0, 0.05)
+    return model.train()
+
+
+@pytest.mark.parametrize("adapters", [{"moe": MOE}, {"mla": {"rank": RANK, "rope_dims": ROPE}, "moe": MOE}],
+                         ids=["moe", "mla+moe"])
+def test_moe_engine_matches_hf_generate_and_records_the_same_routes(adapters):
+    """The engine serves DeepSeekMoE layers (routing, bias, shared + routed experts) and records the experts it
+    chose, for routing replay, as the HF sampler's recording does: same rows, same tokens, same routes."""
+    model = _moe_model(adapters)
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, min_new_tokens=10)  # full length: same steps
+    with routing_replay(model, "record") as rec:
+        ref = HFSampler(model, TinyTokenizer()).generate(PROMPTS, 2, params)
+    eng = EngineSampler(model, TinyTokenizer(), max_batch=6, bucket=8)  # 8 rows: two chunks, the last padded
+    assert eng.decoder.reads_weights_only
+    with routing_replay(model, "record") as got:
+        out = eng.generate(PROMPTS, 2, params)
+    assert torch.equal(out.completion_ids, ref.completion_ids)
+    hf, ours = rec[0], got[0]
+    assert ours.num_rows == hf.num_rows == 8
+    assert torch.equal(out.routes.routes, ours.routes)  # the batch carries them too
+    lengths = torch.tensor([len(p) + 9 for p in PROMPTS for _ in range(2)])  # prompt + every token fed
+    assert torch.equal(ours.lengths.cpu(), lengths) and torch.equal(hf.lengths.cpu(), lengths)
+    for row, n in enumerate(lengths.tolist()):  # (past a row's length the entries are unused padding)
+        assert torch.equal(ours.routes[row, :n], hf.routes[row, :n]), row
+    assert len(torch.unique(ours.routes[:, :, 0])) > 4  # the routes vary (not one expert pair everywhere)
+    # outside a recording block the engine keeps nothing
+    assert eng.generate(PROMPTS, 2, params).routes is None
+
+
+def test_moe_engine_rollout_replays_in_the_update():
+    """Routing replay of an engine rollout: a forward pass replaying the recorded experts gives the sampled
+    tokens' log-probs as the engine computed them (the replay routes each token to the experts it had)."""
+    model = _moe_model({"moe": MOE})
+    torch.manual_seed(0)
+    eng = EngineSampler(model, TinyTokenizer(), max_batch=16, bucket=8)
+    with routing_replay(model, "record") as rec:
+        out = eng.generate(PROMPTS, 3, SamplingParams(max_new_tokens=12, temperature=0.7))
+    with torch.no_grad():  # move the bias after sampling: the model's own routing now differs
+        for m in moe_layers(model):
+            m.e_score_correction_bias.add_(torch.randn_like(m.e_score_correction_bias))
+    batch = pack(out.prompt_ids, out.completion_ids, out.completion_mask, PAD)
+    with torch.no_grad():
+        with routing_replay(model, "replay", rec[0]):
+            replayed, _ = token_logprobs(model.eval(), batch, temperature=0.7)
+        own, _ = token_logprobs(model, batch, temperature=0.7)
+    mask = out.completion_mask.bool()
+    assert torch.allclose(replayed[mask], out.logprobs[mask], atol=1e-4)
+    assert not torch.allclose(own[mask], out.logprobs[mask], atol=1e-3)  # the moved bias reroutes tokens

@@ -119,3 +119,25 @@ def test_rows_attention_matches_per_query_softmax(gqa):
     ref_grads = torch.autograd.grad((ref * w).sum(), (q, k, v))
     for a, b in zip(grads, ref_grads):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_mla_model_uses_the_rows_layout(tok):
+    """An MLA-converted model (grpo.adapters.mla) takes the shared-prompt layouts (its attention gets q, k, v
+    and the mask like any other): same log-probs, entropies and gradients as the padded layout; a MoE model
+    keeps the padded layout (routing replay is aligned with its rows)."""
+    from grpo.adapters import apply_adapters
+    from grpo.logprobs import _can_share
+
+    mla = apply_adapters(tiny_model(tok), {"mla": {"rank": 8, "rope_dims": 4}})
+    mla.config._attn_implementation = "sdpa"
+    assert _can_share(mla)
+    moe = apply_adapters(tiny_model(tok), {"moe": {"num_experts": 4, "top_k": 2, "num_shared": 1}})
+    moe.config._attn_implementation = "sdpa"
+    assert not _can_share(moe)
+    mla.train()
+    b = _batch()
+    padded = logprobs_and_grads(mla, b, share_prompts=False)
+    rows = logprobs_and_grads(mla, b, attention="rows")
+    assert torch.allclose(rows[0], padded[0], atol=1e-5), (rows[0] - padded[0]).abs().max()
+    assert torch.allclose(rows[1], padded[1], atol=1e-5)
+    assert torch.allclose(rows[2], padded[2], atol=1e-5, rtol=1e-4), (rows[2] - padded[2]).abs().max()

@@ -321,3 +321,20 @@ def test_compile_blocks_leaves_adapter_modules_eager():
         assert getattr(layer, "_compiled_call_impl", None) is None
         assert getattr(layer.mlp, "_compiled_call_impl", None) is None
         assert layer.self_attn._compiled_call_impl is not None
+
+
+def test_compile_blocks_compiles_mla_layers_whole():
+    """MLA attention declares itself compilable: MLA layers compile whole; with MoE the MLA attention compiles
+    and the MoE module stays eager."""
+    from grpo.models import compile_blocks
+
+    mla = apply_adapters(tiny_model(), {"mla": {"rank": 8, "rope_dims": 4}})
+    n = len(mla.get_decoder().layers)
+    assert compile_blocks(mla) == n + 1
+    assert all(layer._compiled_call_impl is not None for layer in mla.get_decoder().layers)
+    both = apply_adapters(tiny_model(), {"mla": {"rank": 8, "rope_dims": 4},
+                                         "moe": {"num_experts": 4, "top_k": 2, "num_shared": 1}})
+    assert compile_blocks(both) == 3 * n + 1
+    for layer in both.get_decoder().layers:
+        assert layer.self_attn._compiled_call_impl is not None
+        assert getattr(layer.mlp, "_compiled_call_impl", None) is None

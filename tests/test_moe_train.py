@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from grpo.adapters import moe_layers, routing_replay
-from grpo.config import ConfigError
 from grpo.logprobs import pack, token_logprobs
 from grpo.testing import tiny_model
 from grpo.train import policy_update, sample, setup, next_prompts, train
@@ -26,8 +25,9 @@ def _sharpen_routers(state):
         torch.nn.init.normal_(m.router.weight, std=0.5)
 
 
-def test_rollout_records_the_routes_the_update_layout_would_choose(tmp_path, tok):
-    state = setup(moe_cfg(tmp_path), model=tiny_model(tok), tokenizer=tok)
+@pytest.mark.parametrize("backend", ["hf", "engine"])
+def test_rollout_records_the_routes_the_update_layout_would_choose(tmp_path, tok, backend):
+    state = setup(moe_cfg(tmp_path, **{"sampling.backend": backend}), model=tiny_model(tok), tokenizer=tok)
     _sharpen_routers(state)
     _, rollout = sample(state, next_prompts(state))
     routes = rollout.routes
@@ -43,13 +43,13 @@ def test_rollout_records_the_routes_the_update_layout_would_choose(tmp_path, tok
         assert torch.equal(routes.routes[row, :n], full.routes[row, :n]), row
 
 
-@pytest.mark.parametrize("replay", [True, False])
-def test_update_uses_the_rollout_experts_after_the_bias_moves(tmp_path, tok, replay):
+@pytest.mark.parametrize("replay,backend", [(True, "hf"), (False, "hf"), (True, "engine")])
+def test_update_uses_the_rollout_experts_after_the_bias_moves(tmp_path, tok, replay, backend):
     """mu = 2, lr = 0: only the MoE bias changes (γ = 1 after the first optimizer step), which reroutes
     tokens (the replay=False case shows it does). With replay the second update routes as at rollout, so its
     ratio is exactly 1."""
     cfg = moe_cfg(tmp_path, {"bias_update_rate": 1.0, "routing_replay": replay},
-                  **{"algorithm.num_iterations": 2})
+                  **{"algorithm.num_iterations": 2, "sampling.backend": backend})
     state = setup(cfg, model=tiny_model(tok), tokenizer=tok)
     _sharpen_routers(state)
     for g in state.optimizer.param_groups:
@@ -117,14 +117,3 @@ def test_calibration_continuations_leave_the_global_rng_alone(tok):
     calibrate_moe_bias(model, BiasCalibration(prompts, tok, SamplingParams(max_new_tokens=8)), steps=20)
     assert torch.equal(torch.rand(3), expected)
     assert any(float(m.e_score_correction_bias.abs().max()) > 0 for m in moe_layers(model))
-
-
-def test_engine_backend_refuses_moe(tmp_path, tok):
-    with pytest.raises(ConfigError, match="sampling.backend.*moe"):
-        moe_cfg(tmp_path, **{"sampling.backend": "engine"})
-    from grpo.adapters import apply_adapters
-    from grpo.engine import EngineSampler
-
-    model = apply_adapters(tiny_model(tok), {"moe": MOE})
-    with pytest.raises(NotImplementedError, match="MoE"):
-        EngineSampler(model, tok, max_batch=4, max_seq_len=64)

@@ -1,10 +1,10 @@
-"""Scripts that print results: they run to the end on a tiny model (CPU)."""
+"""Tools that print results: they run to the end on a tiny model (CPU)."""
 import json
 import runpy
 import sys
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SCRIPTS = Path(__file__).resolve().parents[1] / "tools"
 
 
 def test_engine_kv_bytes_decode_prints_json(tiny_model_dir, capsys, monkeypatch):

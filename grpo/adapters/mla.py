@@ -101,6 +101,8 @@ def _lin(x, lin, w):
 class MLAAttention(nn.Module):
     """Drop-in for LlamaAttention / Qwen2Attention (same forward signature and return)."""
 
+    compilable = True  # grpo.models.compile_blocks may compile it (and its layer) whole: tensor maths only
+
     def __init__(self, config, layer_idx: int, cfg: MLAConfig, qkv_bias: bool = False, o_bias: bool = False,
                  sliding_window=None, dtype=None):
         super().__init__()
@@ -235,6 +237,47 @@ class MLAAttention(nn.Module):
         if self.v_up.bias is not None:
             o = o + w(self.v_up.bias).view(n_kv, 1, d)
         return _lin(o.reshape(b, l, -1), self.o_proj, w)
+
+    @torch.no_grad()
+    def absorbed_weights(self) -> dict[str, torch.Tensor | None]:
+        """The decode step's projections with W_uk and W_uv absorbed (step 3 above), in float32 from this
+        module's parameters, for grpo.engine.mla_decode:
+
+            proj [(H+1)·r + (H + n_kv)·2m, D], rows in this order:
+                W_qa (H·r)      head h: W_uk^gᵀ W_q,nope[h]         (so h·W_qaᵀ = q̃, the absorbed query)
+                W_dkv (r)       the latent c
+                W_q,rope (H·2m) each head's rotary query rows
+                W_k,rope (n_kv·2m)
+            proj_bias: that length (q bias absorbed the same way; c has none) or None without q/k biases
+            out [D, H·r] = W_o[:, head h] · W_uv^g per head       (attended latents -> attention output)
+            out_bias [D] = W_o · b_v (per head) + b_o, or None when neither exists
+
+        g = h // G is head h's KV group. The engine casts them to its dtype once per `generate` call."""
+        h, g, n_kv, d, r, rd = (self.num_heads, self.num_key_value_groups, self.num_kv, self.head_dim,
+                                self.rank, self.rope_dims)
+        group = torch.arange(h, device=self.q_proj.weight.device) // g
+        wq = self.q_proj.weight.float().view(h, d, -1)                                   # [H, d, D]
+        w_uk = self.k_up.weight.float().view(n_kv, d - rd, r)[group]                     # [H, d-2m, r]
+        parts = [torch.einsum("her,heD->hrD", w_uk, wq[:, rd:]).flatten(0, 1), self.kv_down.weight.float(),
+                 wq[:, :rd].flatten(0, 1), self.k_rope_proj.weight.float()]
+        bq, bk = self.q_proj.bias, self.k_rope_proj.bias
+        proj_bias = None
+        if bq is not None or bk is not None:
+            bq = bq.float().view(h, d) if bq is not None else wq.new_zeros(h, d)
+            bk = bk.float() if bk is not None else wq.new_zeros(n_kv * rd)
+            proj_bias = torch.cat((torch.einsum("her,he->hr", w_uk, bq[:, rd:]).flatten(), wq.new_zeros(r),
+                                   bq[:, :rd].flatten(), bk))
+        wo = self.o_proj.weight.float().view(-1, h, d)                                    # [D, H, d]
+        w_uv = self.v_up.weight.float().view(n_kv, d, r)[group]                          # [H, d, r]
+        out = torch.einsum("Dhd,hdr->Dhr", wo, w_uv).flatten(1)
+        out_bias = None
+        if self.v_up.bias is not None or self.o_proj.bias is not None:
+            out_bias = wo.new_zeros(wo.shape[0])
+            if self.v_up.bias is not None:
+                out_bias = out_bias + wo.flatten(1) @ self.v_up.bias.float().view(n_kv, d)[group].flatten()
+            if self.o_proj.bias is not None:
+                out_bias = out_bias + self.o_proj.bias.float()
+        return {"proj": torch.cat(parts), "proj_bias": proj_bias, "out": out, "out_bias": out_bias}
 
     def engine_attention(self, config, ops):
         """The rollout engine's per-layer attention for this module: a static latent + rotary-key cache."""

@@ -53,7 +53,9 @@ whose launch overhead dominates. The routing maths, balancing and replay do not 
 Routing replay ("R3"): with ``routing_replay(model, "record")`` every forward appends the experts
 chosen for each real token; ``routing_replay(model, "replay", routes)`` makes the update forward use
 those experts (gate weights still come from the current router, so the router keeps its gradient).
-The alignment contract is documented on `RecordedRoutes`.
+The alignment contract is documented on `RecordedRoutes`. The rollout engine (grpo.engine.moe_decode) runs
+no HF forward: it records the routes of its own steps and hands them to the open block
+(`RoutingState.add_recorded`).
 """
 from __future__ import annotations
 
@@ -176,6 +178,15 @@ class RoutingState:
         self.replay_idx: torch.Tensor | None = None    # [n_layers, B, L, k] for the current forward
         self.replay_valid: torch.Tensor | None = None  # [B, L] bool
 
+    def add_recorded(self, routes: "RecordedRoutes") -> bool:
+        """Routes recorded outside the HF forward (the rollout engine) for the open `routing_replay(model,
+        "record")` block, as one more call after those already recorded; False (nothing kept) when no block
+        records."""
+        if self.mode != "record":
+            return False
+        self._calls.append({"packed": routes})
+        return True
+
 
 @dataclass
 class RecordedRoutes:
@@ -210,6 +221,22 @@ class RecordedRoutes:
         t = max(p.routes.shape[1] for p in parts)
         padded = [F.pad(p.routes, (0, 0, 0, 0, 0, t - p.routes.shape[1])) for p in parts]
         return RecordedRoutes(torch.cat(padded), torch.cat([p.lengths for p in parts]))
+
+
+def route(flat: torch.Tensor, router_weight: torch.Tensor, bias: torch.Tensor, k: int):
+    """Router affinities and the experts chosen: flat [N, D] -> (s = sigmoid(u·e_i) [N, E] fp32, computed in
+    fp32 as DeepSeek-V3; TopK_i(s + b, k) indices [N, k], torch.topk's order). The one routing function of the
+    HF forward and the rollout engine's unfused path."""
+    with torch.autocast(flat.device.type, enabled=False):
+        scores = torch.sigmoid(F.linear(flat.float(), router_weight.float()))     # [N, E]
+    return scores, torch.topk(scores.detach() + bias, k, dim=-1).indices
+
+
+def gate_weights(scores: torch.Tensor, idx: torch.Tensor, k: int) -> torch.Tensor:
+    """g: scores [N, E], chosen experts idx [N, k] -> [N, E], k · s_i / Σ_{j∈chosen} s_j on the chosen, else 0."""
+    w = scores.gather(1, idx)
+    w = w / w.sum(dim=-1, keepdim=True) * k                                      # [N, k]
+    return torch.zeros_like(scores).scatter(1, idx, w)
 
 
 class DeepSeekMoE(nn.Module):
@@ -288,11 +315,9 @@ class DeepSeekMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, l, d = x.shape
-        e, k = self.cfg.num_experts, self.cfg.top_k
+        k = self.cfg.top_k
         flat = x.reshape(-1, d)                                                  # [N, D]
-        with torch.autocast(flat.device.type, enabled=False):  # routing in fp32, as DeepSeek-V3
-            scores = torch.sigmoid(F.linear(flat.float(), self.router.weight.float()))  # [N, E]
-        own = torch.topk(scores.detach() + self.e_score_correction_bias, k, dim=-1).indices  # [N, k]
+        scores, own = route(flat, self.router.weight, self.e_score_correction_bias, k)
         idx = own
         st = self.state
         if st.mode == "replay" and st.replay_idx is not None:
@@ -300,17 +325,30 @@ class DeepSeekMoE(nn.Module):
             idx = torch.where(st.replay_valid.reshape(-1, 1), rep, own)
         elif st.mode == "record":
             st._calls[-1]["routes"][self.layer].append(own.view(b, l, k).to(torch.int16))
-        w = scores.gather(1, idx)
-        w = w / w.sum(dim=-1, keepdim=True) * k                                  # [N, k]
-        gates = torch.zeros_like(scores).scatter(1, idx, w)                       # [N, E]
-        h = self.act_fn(self.gate_proj(flat)) * self.up_proj(flat)               # [N, E*d_e]
-        h = (h.view(-1, e, self.expert_dim) * gates.unsqueeze(-1).to(h.dtype)).view(-1, e * self.expert_dim)
-        y = self.down_proj(h)
-        if self.shared_dim:
-            y = y + self.shared_down_proj(self.act_fn(self.shared_gate_proj(flat)) * self.shared_up_proj(flat))
+        y = self.experts(flat, gate_weights(scores, idx, k))
         if torch.is_grad_enabled():
             self._account(scores, own, b, l)
         return y.view(b, l, d)
+
+    def experts(self, flat: torch.Tensor, gates: torch.Tensor, w=None) -> torch.Tensor:
+        """Shared + gated routed experts, dense-masked: flat [N, D], gates [N, E] (g_{t,i}, zero for experts
+        not chosen) -> [N, D]. `w` maps a parameter to the tensor to compute with (the rollout engine's
+        low-precision shadows; default: the parameter)."""
+        w = w or (lambda p: p)
+        e = self.cfg.num_experts
+        h = self.act_fn(F.linear(flat, w(self.gate_proj.weight))) * F.linear(flat, w(self.up_proj.weight))  # [N, E*d_e]
+        h = (h.view(-1, e, self.expert_dim) * gates.unsqueeze(-1).to(h.dtype)).view(-1, e * self.expert_dim)
+        y = F.linear(h, w(self.down_proj.weight))
+        if self.shared_dim:
+            y = y + F.linear(self.act_fn(F.linear(flat, w(self.shared_gate_proj.weight)))
+                             * F.linear(flat, w(self.shared_up_proj.weight)), w(self.shared_down_proj.weight))
+        return y
+
+    def engine_mlp(self, ops):
+        """The rollout engine's hook for this layer (grpo.engine.moe_decode.MoEMLP): routing and experts on
+        the engine's buffers, routes recorded per cache slot for routing replay."""
+        from grpo.engine.moe_decode import MoEMLP
+        return MoEMLP(self, ops)
 
     def _account(self, scores: torch.Tensor, own: torch.Tensor, b: int, l: int) -> None:
         """Count loads / entropy of the router's own choice; build the balance loss. Grad forwards only."""
@@ -483,14 +521,22 @@ def _prepare_replay(state: RoutingState, tok: torch.Tensor | None, b: int, l: in
     state.replay_valid = valid
 
 
-def _finish_call(call: dict) -> RecordedRoutes:
-    mask = torch.cat(call["masks"], dim=1)                                       # [B, T]
-    r = torch.stack([torch.cat(per, dim=1) for per in call["routes"]], dim=2)    # [B, T, n_layers, k]
+def pack_routes(mask: torch.Tensor, routes: torch.Tensor) -> RecordedRoutes:
+    """mask [B, T] bool real tokens, routes [B, T, n_layers, k] -> `RecordedRoutes` (real tokens packed left,
+    in position order)."""
     order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)            # real tokens first
     lengths = mask.sum(1)
     t = int(lengths.max()) if lengths.numel() else 0
-    packed = r.gather(1, order[:, :, None, None].expand_as(r))[:, :t]
+    packed = routes.gather(1, order[:, :, None, None].expand_as(routes))[:, :t]
     return RecordedRoutes(packed, lengths)
+
+
+def _finish_call(call: dict) -> RecordedRoutes:
+    if "packed" in call:
+        return call["packed"]
+    mask = torch.cat(call["masks"], dim=1)                                       # [B, T]
+    r = torch.stack([torch.cat(per, dim=1) for per in call["routes"]], dim=2)    # [B, T, n_layers, k]
+    return pack_routes(mask, r)
 
 
 @contextlib.contextmanager

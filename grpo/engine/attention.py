@@ -17,7 +17,15 @@ rotate-half RoPE, grouped-query heads) against a [rows, kv_heads, slots, head_di
 whose attention module has a method `engine_attention(config, ops)` returning such an object is served
 through that object instead; nothing else changes. The MLA adapter's module (grpo.adapters.mla) returns
 `MLALatentAttention`: a cache of only the latent [rows, slots, rank] and the rotated decoupled keys
-[rows, slots, n_kv, rope_dims], with W_uk absorbed into the query and W_uv into the output.
+[rows, slots, n_kv, rope_dims] (one [rows, slots, rank + n_kv·rope_dims] tensor), with W_uk absorbed into
+the query and W_uv into the output.
+
+The engine's fused decode step (EngineSampler(fused=...)) also calls, when `fusable()` says so:
+
+    refresh()                              once per generate call, before any step (optional: weights
+                                           derived from the parameters, recomputed in place)
+    decode_fused_residual(x, norm, ctx)    x [N, H] the residual stream += the layer's attention output,
+                                           from the un-normed x and the layer's input RMSNorm `norm`
 """
 from __future__ import annotations
 
@@ -28,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from grpo.engine.fused_decode import norm_qkv_rope
+from grpo.engine.mla_decode import mla_decode_attention, mla_splits, norm_mla_proj, triton_mla_attention
 
 
 @dataclass
@@ -73,6 +82,8 @@ def _linear(x: torch.Tensor, lin, ops) -> torch.Tensor:
 
 class GQAAttention:
     """Llama/Qwen-style attention reading the HF module's own weights (no copies)."""
+
+    reads_weights_only = True  # no module forward runs (train/eval flags, hooks and dropout do not apply)
 
     def __init__(self, module, config, ops):
         self.m = module
@@ -147,12 +158,19 @@ class GQAAttention:
 
     def fusable(self) -> bool:
         """Whether `decode_fused` serves this layer: no q/k norms, q/k/v weights contiguous, biases on
-        all three or none, head_dim a power of two >= 32 (tensor-core tiles of D/2 columns)."""
+        all three or none, head_dim a power of two >= 32 (tensor-core tiles of D/2 columns), and o_proj
+        without bias and contiguous (`decode_fused_residual` adds it as an in-place addmm)."""
         m, w = self.m, self.ops.w
         biases = [getattr(p, "bias", None) is not None for p in (m.q_proj, m.k_proj, m.v_proj)]
         d = self.head_dim
         return (self.q_norm is None and all(w(p.weight).is_contiguous() for p in (m.q_proj, m.k_proj, m.v_proj))
-                and len(set(biases)) == 1 and d >= 32 and d & (d - 1) == 0)
+                and len(set(biases)) == 1 and d >= 32 and d & (d - 1) == 0
+                and getattr(m.o_proj, "bias", None) is None and w(m.o_proj.weight).is_contiguous())
+
+    def decode_fused_residual(self, x: torch.Tensor, norm, ctx: DecodeContext) -> None:
+        """x [N, H] the un-normed residual stream, += this layer's attention output: `decode_fused`, then
+        o_proj as an in-place addmm (the residual add is the GEMM's beta = 1)."""
+        x.addmm_(self.decode_fused(x, norm, ctx), self.ops.w(self.m.o_proj.weight).t())
 
     def decode_fused(self, x: torch.Tensor, norm, ctx: DecodeContext) -> torch.Tensor:
         """x [N, H] the un-normed residual stream; norm the layer's input RMSNorm. One Triton kernel
@@ -172,29 +190,48 @@ class GQAAttention:
 class MLALatentAttention:
     """Multi-head latent attention (grpo.adapters.mla.MLAAttention) on an absorbed latent cache.
 
-    Per layer the cache holds the latent c = W_dkv x [rows, slots, r] and the rotated decoupled keys
-    [rows, slots, n_kv, 2m]; the per-head keys and values are never materialised. Scores are
-    (W_uk^T q_nope)·c + q_rope·k_rope and the output is W_o W_uv (Σ_j p_j c_j), as in DeepSeek-V2's
-    inference. The maths is the module's own (`_project`, `latent_attention`, `latent_output`), called
-    with the engine's weight mapping (low-precision shadows).
+    Per layer the cache is one tensor [rows, slots, r + n_kv·2m]: the latent c = W_dkv x, then the rotated
+    decoupled keys of each KV head (`latent` and `k_rope` are views of its two parts); the per-head keys
+    and values are never materialised. Scores are (W_uk^T q_nope)·c + q_rope·k_rope and the output is
+    W_o W_uv (Σ_j p_j c_j), as in DeepSeek-V2's inference.
+
+    Three paths, one maths: the prefill and the CPU decode call the module's own `_project`,
+    `latent_attention` and `latent_output` with the engine's weight mapping (low-precision shadows); the
+    decode on CUDA runs the attention core as grpo.engine.mla_decode's Triton kernel (all heads of a row
+    read its cache once); the fused decode step (`decode_fused_residual`) runs RMSNorm + every projection +
+    RoPE + the cache write as one kernel on the module's `absorbed_weights` (W_uk folded into the query
+    projection, W_uv into o_proj), which `refresh` recasts into static buffers at each `generate` call.
     """
+
+    reads_weights_only = True  # no module forward runs (train/eval flags, hooks and dropout do not apply)
 
     def __init__(self, module, config, ops):
         self.m = module
         self.ops = ops
         self.rank, self.rope_dims, self.n_kv = module.rank, module.rope_dims, module.num_kv
-        self.latent = self.k_rope = None
+        self.n_heads, self.group = module.num_heads, module.num_key_value_groups
+        self.width = self.rank + self.n_kv * self.rope_dims
+        self.cache = self.latent = self.k_rope = None
+        self.absorbed: dict | None = None  # `absorbed_weights` in the engine's dtype (static addresses)
 
-    def allocate(self, rows: int, length: int) -> None:
+    def kv_numel(self, rows: int, length: int) -> int:
+        """Elements of this layer's cache."""
+        return rows * length * self.width
+
+    def allocate(self, rows: int, length: int, storage: torch.Tensor | None = None) -> None:
+        """The cache [rows, length, r + n_kv·2m]: a new zeroed tensor, or a view of `storage` (a flat buffer
+        of `kv_numel` elements in the engine's dtype)."""
         w = self.ops.w(self.m.q_proj.weight)
-        self.latent = torch.zeros((rows, length, self.rank), dtype=w.dtype, device=w.device)
-        self.k_rope = torch.zeros((rows, length, self.n_kv, self.rope_dims), dtype=w.dtype, device=w.device)
+        shape = (rows, length, self.width)
+        self.cache = torch.zeros(shape, dtype=w.dtype, device=w.device) if storage is None else storage.view(shape)
+        self.latent = self.cache[..., :self.rank]
+        self.k_rope = self.cache[..., self.rank:].unflatten(-1, (self.n_kv, self.rope_dims))
 
     def release(self) -> None:
-        self.latent = self.k_rope = None
+        self.cache = self.latent = self.k_rope = None
 
     def cache_tensors(self) -> list[torch.Tensor]:
-        return [] if self.latent is None else [self.latent, self.k_rope]
+        return [] if self.cache is None else [self.latent, self.k_rope]
 
     def prefill(self, h: torch.Tensor, ctx: PrefillContext) -> torch.Tensor:
         b, p, _ = h.shape
@@ -214,9 +251,51 @@ class MLALatentAttention:
         lat, krc = self.latent[:n], self.k_rope[:n]
         lat.index_copy_(1, ctx.slot, c)
         krc.index_copy_(1, ctx.slot, kr)
-        out = self.m.latent_attention(q, lat[:, : ctx.length], krc[:, : ctx.length],
-                                      bias=ctx.mask[:, :, None], w=w)  # mask [N,1,1,1,length]
+        if self.ops.triton_attention and h.is_cuda:
+            r, rd = self.rank, self.rope_dims
+            q_nope = q[:, 0, :, rd:].unflatten(1, (self.n_kv, self.group))              # [N, n_kv, G, d-2m]
+            w_uk = w(self.m.k_up.weight).view(self.n_kv, -1, r)
+            q_lat = torch.einsum("nkge,ker->nkgr", q_nope, w_uk).flatten(1, 2)           # [N, H, r]
+            out = mla_decode_attention(torch.cat((q_lat, q[:, 0, :, :rd]), -1), self.cache[:n, : ctx.length],
+                                       ctx.mask[:, 0, 0], self.m.scaling, self.n_kv, rd)
+            out = out.view(n, 1, self.n_kv, self.group, r)
+        else:
+            out = self.m.latent_attention(q, lat[:, : ctx.length], krc[:, : ctx.length],
+                                          bias=ctx.mask[:, :, None], w=w)  # mask [N,1,1,1,length]
         return self.m.latent_output(out, w)
+
+    def fusable(self) -> bool:
+        """Whether `decode_fused_residual` serves this layer: rotary dims kept (> 0) and no sliding window."""
+        return self.rope_dims > 0 and self.m.sliding_window is None
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute the absorbed weights from the current parameters into the same buffers (the engine's
+        CUDA graphs hold their addresses): once per `generate` call, as the engine refreshes its shadows."""
+        dtype = self.ops.w(self.m.q_proj.weight).dtype
+        fresh = self.m.absorbed_weights()
+        if self.absorbed is None:
+            self.absorbed = {k: None if v is None else v.to(dtype).contiguous() for k, v in fresh.items()}
+            return
+        for k, v in fresh.items():
+            if v is not None:
+                self.absorbed[k].copy_(v)
+
+    def decode_fused_residual(self, x: torch.Tensor, norm, ctx: DecodeContext) -> None:
+        """x [N, D] the un-normed residual stream, += this layer's attention output; norm its input RMSNorm.
+        Two Triton kernels (grpo.engine.mla_decode: `norm_mla_proj`, then `triton_mla_attention`) and the
+        absorbed output projection as an in-place addmm. Needs `refresh` first."""
+        n = x.shape[0]
+        a, w = self.absorbed, self.ops.w
+        q = norm_mla_proj(x, w(norm.weight), _eps(norm), a["proj"], a["proj_bias"], self.m.rope_pairs,
+                          ctx.cos_table, ctx.sin_table, ctx.positions, ctx.slot, self.cache, self.n_heads,
+                          self.rank, self.rope_dims)
+        cache = self.cache[:n, : ctx.length]
+        out = triton_mla_attention(q, cache, ctx.mask[:, 0, 0], self.m.scaling, self.n_kv, self.rope_dims,
+                                   splits=mla_splits(n, ctx.length, x.device))
+        x.addmm_(out.view(n, -1), a["out"].t())
+        if a["out_bias"] is not None:
+            x.add_(a["out_bias"])
 
 
 def _eps(norm) -> float:

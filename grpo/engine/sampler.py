@@ -11,6 +11,8 @@ How one `generate` call runs, per chunk of at most `max_batch` rows (N = prompts
      fused decode step, in two launches: grpo.engine.fused_sampling).
   4. rows that emitted EOS keep running but write padding; the loop stops early once every row is
      done (checked every few steps, only when EOS is allowed).
+  MoE models (grpo.adapters.moe) keep the experts chosen at every cache slot; inside a
+  `routing_replay(model, "record")` block a call hands them over as the HF sampler's recording would.
 
 The engine reads the training model's own parameter tensors: no copy, no weight sync. CUDA graphs
 hold their addresses, which stay valid because optimizers update parameters in place. The model runs
@@ -52,22 +54,69 @@ class Decoder:
         self.final_norm = base.norm
         self.rotary = base.rotary_emb
         self.lm_head = model.get_output_embeddings()
-        if any(hasattr(layer.mlp, "router") for layer in self.layers):  # DeepSeekMoE (grpo.adapters.moe)
-            raise NotImplementedError("the engine cannot serve MoE layers (model.adapter moe): it would run the "
-                                      "routed experts ungated; use sampling.backend: hf")
+        # MLPs with an engine hook (grpo.adapters.moe's DeepSeekMoE -> grpo.engine.moe_decode.MoEMLP), else None
+        self.mlp_hooks = [layer.mlp.engine_mlp(ops) if callable(getattr(layer.mlp, "engine_mlp", None)) else None
+                          for layer in self.layers]
+        self.route_cache = None  # MoE: experts chosen per cache slot [rows, slots, n_layers, k] (allocate_routes)
+        moe = [hook for hook in self.mlp_hooks if hook is not None]
+        self.routing_state = moe[0].m.state if moe else None  # grpo.adapters.moe.RoutingState (record mode)
         self.attn = [attention_for(layer.self_attn, cfg, ops) for layer in self.layers]
         hooked = all(hasattr(layer.self_attn, "engine_attention") for layer in self.layers)
-        if cfg.model_type not in SUPPORTED_MODEL_TYPES and not hooked:
+        base_type = cfg.model_type.removesuffix("_grpo")  # grpo.adapters' llama_grpo / qwen2_grpo (MoE-only)
+        if base_type not in SUPPORTED_MODEL_TYPES and not hooked:
             raise NotImplementedError(
                 f"engine supports {SUPPORTED_MODEL_TYPES} (or attention modules with engine_attention); "
                 f"got model_type={cfg.model_type!r}: use sampling.backend: hf")
         self.gated_mlp = getattr(cfg, "hidden_act", "silu") in ("silu", "swish") and all(
             all(hasattr(layer.mlp, n) for n in ("gate_proj", "up_proj", "down_proj")) for layer in self.layers)
-        # GQAAttention and the gated MLP read weights only: no module's forward runs (so no train/eval flag,
-        # dropout or hook can change what the engine computes); an ungated MLP or another attention does
-        self.reads_weights_only = self.gated_mlp and all(isinstance(a, GQAAttention) for a in self.attn)
+        # the attentions (GQAAttention, MLALatentAttention), MoE hooks and the gated MLP read weights only: no
+        # module's forward runs (so no train/eval flag, dropout or hook can change what the engine computes);
+        # an ungated MLP or another attention does
+        self.reads_weights_only = (all(getattr(a, "reads_weights_only", False) for a in self.attn)
+                                   and all(hook is not None or self.gated_mlp for hook in self.mlp_hooks))
 
-    def _mlp(self, mlp, h, ops: Ops):
+    def allocate_routes(self, rows: int, slots: int) -> None:
+        """MoE models: a route cache of this shape (kept when it has it; a new one is zeroed), each MoE layer
+        writing its [rows, slots, k] view. No-op for models without MoE layers."""
+        hooks = [h for h in self.mlp_hooks if h is not None]
+        if not hooks or (self.route_cache is not None and self.route_cache.shape[:2] == (rows, slots)):
+            return
+        dev = self.ops.w(self.embed.weight).device
+        self.route_cache = torch.zeros((rows, slots, len(self.layers), hooks[0].top_k), dtype=torch.int16,
+                                       device=dev)
+        for i, hook in enumerate(self.mlp_hooks):
+            if hook is not None:
+                hook.routes = self.route_cache[:, :, i]
+
+    def release_routes(self) -> None:
+        self.route_cache = None
+        for hook in self.mlp_hooks:
+            if hook is not None:
+                hook.routes = None
+
+    def recorded_routes(self, prompts: list[list[int]], g: int, p0: int, fed: int):
+        """The chosen experts of the last call's rows as `grpo.adapters.RecordedRoutes` (device tensors): per
+        row its real prompt slots (left-padded to p0), then the `fed` decoded tokens' slots [p0, p0 + fed)."""
+        from grpo.adapters.moe import pack_routes
+
+        n, t = len(prompts) * g, p0 + fed
+        mask = torch.zeros((n, t), dtype=torch.bool)
+        mask[:, p0:] = True
+        for i, p in enumerate(prompts):
+            mask[i * g:(i + 1) * g, p0 - len(p):p0] = True
+        return pack_routes(mask.to(self.route_cache.device), self.route_cache[:n, :t])
+
+    def refresh(self) -> None:
+        """Recompute the weights the layers derive from the parameters (MLA's absorbed projections) in place;
+        once per generate call, before the first step."""
+        for a in self.attn:
+            if callable(getattr(a, "refresh", None)):
+                a.refresh()
+
+    def _mlp(self, i: int, h, ctx, ops: Ops):
+        mlp = self.layers[i].mlp
+        if self.mlp_hooks[i] is not None:
+            return self.mlp_hooks[i](h, ctx)
         if not self.gated_mlp:
             return mlp(h)
         w = ops.w
@@ -86,30 +135,40 @@ class Decoder:
             post = layer.post_attention_layernorm
             res, h = ops.add_rms_norm(res, a, w(post.weight), _eps(post))
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.final_norm
-            res, h = ops.add_rms_norm(res, self._mlp(layer.mlp, h, ops), w(nxt.weight), _eps(nxt))
+            res, h = ops.add_rms_norm(res, self._mlp(i, h, ctx, ops), w(nxt.weight), _eps(nxt))
         return h
 
     def fusable(self) -> bool:
-        """Whether `hidden_fused` can run this model: GQA attention that `decode_fused` serves, a gated
-        SiLU MLP and o/down projections without bias, weights contiguous."""
+        """Whether `hidden_fused` can run this model: every attention has a fused decode step that accepts
+        the layer (`decode_fused_residual`; GQAAttention.fusable, MLALatentAttention.fusable), and every MLP
+        is a gated SiLU MLP without biases, weights contiguous, or an MoE hook that `fusable()` accepts."""
         w = self.ops.w
-        if not (self.gated_mlp and all(isinstance(a, GQAAttention) and a.fusable() for a in self.attn)):
+        if not all(callable(getattr(a, "decode_fused_residual", None)) and a.fusable() for a in self.attn):
             return False
-        for layer in self.layers:
-            lins = (layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)
-            if any(getattr(lin, "bias", None) is not None or not w(lin.weight).is_contiguous() for lin in lins):
+        for layer, hook in zip(self.layers, self.mlp_hooks):
+            if hook is not None:
+                if not (callable(getattr(hook, "decode_fused_residual", None)) and hook.fusable()):
+                    return False
+                continue
+            lins = (layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj) if self.gated_mlp else ()
+            if not lins or any(getattr(lin, "bias", None) is not None or not w(lin.weight).is_contiguous()
+                               for lin in lins):
                 return False
         return True
 
     def hidden_fused(self, ids: torch.Tensor, ctx: DecodeContext, final_norm: bool = True) -> torch.Tensor:
-        """Decode step through grpo.engine.fused_decode: ids [N] -> final-normed hidden states [N, 1, H]
+        """Decode step through the layers' fused paths: ids [N] -> final-normed hidden states [N, 1, H]
         (final_norm=False: the residual stream [N, H] before the final norm, for fused_sampling.head_partials).
-        Five launches per layer; the residual adds ride on the o/down GEMMs (in-place addmm)."""
+        Dense layers: five launches (grpo.engine.fused_decode); the residual adds ride on the o/down GEMMs
+        (in-place addmm). MLA attention: grpo.engine.mla_decode; MoE MLPs: grpo.engine.moe_decode."""
         w, ops = self.ops.w, self.ops
         x = F.embedding(ids, w(self.embed.weight))  # [N, H], the residual stream, updated in place
         for i, layer in enumerate(self.layers):
-            x.addmm_(self.attn[i].decode_fused(x, layer.input_layernorm, ctx), w(layer.self_attn.o_proj.weight).t())
+            self.attn[i].decode_fused_residual(x, layer.input_layernorm, ctx)
             mlp, post = layer.mlp, layer.post_attention_layernorm
+            if self.mlp_hooks[i] is not None:
+                self.mlp_hooks[i].decode_fused_residual(x, post, ctx)
+                continue
             act = norm_gate_up(x, w(post.weight), _eps(post), w(mlp.gate_proj.weight), w(mlp.up_proj.weight))
             x.addmm_(act, w(mlp.down_proj.weight).t())
         if not final_norm:
@@ -179,7 +238,8 @@ class EngineSampler:
                  "auto" (Triton on CUDA when it is importable, else SDPA)
     fused:       run the decode step's layers through grpo.engine.fused_decode (RMSNorm + q/k/v + RoPE +
                  cache write in one Triton kernel, RMSNorm + gate/up + SiLU in another, residual adds in
-                 the o/down GEMMs: 5 launches per layer instead of ~13). "auto": on CUDA with Triton, a
+                 the o/down GEMMs: 5 launches per layer instead of ~13; MLA layers through
+                 grpo.engine.mla_decode, MoE MLPs through grpo.engine.moe_decode). "auto": on CUDA with Triton, a
                  bf16/fp16 engine and a model `Decoder.fusable` accepts; True forces it (CPU only under
                  TRITON_INTERPRET=1, for tests)
     dtype:       compute dtype ("auto": bf16 for fp32 weights on CUDA, else the weights' dtype). When it
@@ -229,8 +289,9 @@ class EngineSampler:
             fused = (on_cuda and triton_available() and dtype in (torch.bfloat16, torch.float16)
                      and self.decoder.fusable())
         elif fused and not (triton_available() and self.decoder.fusable()):
-            raise ValueError("fused=True needs triton and a Llama/Qwen2-style model (GQA without q/k norms, "
-                             "gated SiLU MLP, no o/gate/up/down bias, head_dim a power of two >= 32)")
+            raise ValueError("fused=True needs triton and a model `Decoder.fusable` accepts: Llama/Qwen2-style "
+                             "GQA (no q/k norms, no o bias, head_dim a power of two >= 32) or MLA with rotary "
+                             "dims, and gated SiLU MLPs without bias or DeepSeekMoE layers")
         self.fused = bool(fused)
         head = self.decoder.lm_head
         head_ok = (self.fused and getattr(head, "bias", None) is None  # (fused implies triton)
@@ -246,6 +307,7 @@ class EngineSampler:
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
         self._ws: _Workspace | None = None
+        self._chunk_routes = None  # MoE: RecordedRoutes of the last chunk, when recording (grpo.adapters.moe)
         self.profile = False  # when True, each call synchronizes and adds its phase times to .timings
         self.timings: dict[str, float] = {}
 
@@ -262,6 +324,7 @@ class EngineSampler:
         self._ws = None
         for a in self.decoder.attn:
             a.release()
+        self.decoder.release_routes()
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -293,6 +356,9 @@ class EngineSampler:
             self.model.eval()
         for p, shadow in self.ops.shadows.items():  # same addresses every call: graphs stay valid
             shadow.copy_(p.detach())
+        if self.fused:
+            self.decoder.refresh()
+        routes = []  # MoE: the chunks' RecordedRoutes, when a routing_replay(model, "record") block is open
         try:
             chunks = []
             for i in range(0, len(prompt_ids), per_chunk):
@@ -301,6 +367,8 @@ class EngineSampler:
                 part = part + [part[-1]] * (per_chunk - len(part))  # keep the graphs' row count
                 ids, mask, logp, trunc = self._generate_chunk(part, group_size, params)
                 chunks.append((ids[:real], mask[:real], logp[:real], trunc[:real]))
+                if self._chunk_routes is not None:
+                    routes.append(self._chunk_routes.select(range(real)))
         finally:
             if toggle:
                 self.model.train(was_training)
@@ -314,8 +382,14 @@ class EngineSampler:
         rows = [p for p in prompt_ids for _ in range(group_size)]
         texts = LazyTexts(self.tokenizer, ids, mask)  # decoded when the verifiers first read them
         group = torch.arange(len(prompt_ids)).repeat_interleave(group_size)
+        recorded = None
+        if routes:
+            from grpo.adapters.moe import RecordedRoutes
+
+            recorded = RecordedRoutes.cat(routes)
+            self.decoder.routing_state.add_recorded(recorded)  # for the open routing_replay(model, "record")
         return RolloutBatch(prompt_ids=rows, completion_ids=ids, completion_mask=mask, logprobs=logp,
-                            texts=texts, group=group, truncated=truncated)
+                            texts=texts, group=group, truncated=truncated, routes=recorded)
 
     def _workspace(self, rows: int, need_slots: int, max_new: int) -> _Workspace:
         """The workspace for this call: the current one when it has these rows and max_new and at least
@@ -369,6 +443,10 @@ class EngineSampler:
             self.timings["decode_s"] = self.timings.get("decode_s", 0.0) + t2 - t1
         ids, mask, truncated = finish_rows(ws.out_tok[:, :produced].cpu(), self.eos_ids, self.pad_id, t_max)
         logp = ws.out_logp[:, : ids.shape[1]].cpu() * mask
+        self._chunk_routes = None  # MoE routes of this chunk (its last sampled token is never fed)
+        state = self.decoder.routing_state
+        if self.decoder.route_cache is not None and state is not None and state.mode == "record":
+            self._chunk_routes = self.decoder.recorded_routes(prompts, g, p0, produced - 1)
         return ids, mask, logp, truncated
 
     def _clock(self) -> float:
@@ -381,6 +459,7 @@ class EngineSampler:
         row's first token. The prompts are left-padded to p0 on the host; the rest (`_prefill_step`) is
         replayed from a CUDA graph per (B, p0, G, sampling parameters) when graphs are on."""
         b = len(prompts)
+        self.decoder.allocate_routes(ws.rows, ws.slots)  # MoE: the route cache, shaped as the KV cache
         ids = torch.full((b, p0), self.pad_id, dtype=torch.long)
         valid = torch.zeros((b, p0), dtype=torch.bool)
         for i, p in enumerate(prompts):  # left padding: every prompt ends at slot p0 - 1
